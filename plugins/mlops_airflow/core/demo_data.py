@@ -1,0 +1,195 @@
+"""Deterministic demo data: daily batches for the ``credit_default`` binary-classification model.
+
+Everything is generated offline from a seed. Switches inject the faults a continuous-training system must
+survive: covariate drift (``feature_shift``), a change of the label's dependence on the features
+(``concept_shift``), and corrupt batches (``corrupt``: one of :data:`CORRUPTIONS`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EMPLOYMENT = ("salaried", "self_employed", "unemployed", "retired")
+REGIONS = ("north", "south", "east", "west")
+HOME = ("rent", "own", "mortgage")
+CORRUPTIONS = (
+    "missing_column",
+    "wrong_dtype",
+    "nulls_in_required",
+    "out_of_range",
+    "empty",
+    "not_tabular",
+    "unknown_category",
+)
+DEFAULT_START = dt.date(2026, 1, 1)
+
+
+def generate_batch(
+    day: int,
+    *,
+    n_rows: int = 1000,
+    seed: int = 42,
+    feature_shift: float = 0.0,
+    concept_shift: float = 0.0,
+    start: dt.date = DEFAULT_START,
+) -> pd.DataFrame:
+    """One day of loan applications with their observed default label.
+
+    :param day: day index from ``start``; the same ``(day, seed)`` always gives the same frame.
+    :param feature_shift: 0 = none; 1 = strong covariate drift (poorer, more indebted applicants).
+    :param concept_shift: 0 = none; 1 = the label depends on the features in a different way.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng([seed, day])
+    n = n_rows
+    s = float(feature_shift)
+    age = rng.normal(42 - 4 * s, 12, n).clip(18, 90).round()
+    income = np.exp(rng.normal(10.6 - 0.35 * s, 0.45, n)).round(2)
+    debt_ratio = rng.gamma(2.0 + 1.5 * s, 0.18, n).clip(0, 5).round(4)
+    credit_lines = rng.poisson(6 + 2 * s, n).clip(0, 40)
+    late_payments = rng.poisson(0.6 + 0.8 * s, n).clip(0, 25)
+    utilization = rng.beta(2 + 2 * s, 4, n).clip(0, 1.5).round(4)
+    emp_p = np.array([0.62 - 0.2 * s, 0.18, 0.08 + 0.15 * s, 0.12 + 0.05 * s])
+    employment = rng.choice(EMPLOYMENT, n, p=emp_p / emp_p.sum())
+    region_p = np.array([0.3, 0.25 + 0.2 * s, 0.25, 0.2])
+    region = rng.choice(REGIONS, n, p=region_p / region_p.sum())
+    home = rng.choice(HOME, n, p=[0.4, 0.25, 0.35])
+
+    c = float(concept_shift)
+    logit = (
+        -1.2
+        + 2.6 * (1 - c) * (utilization - 0.35)
+        + 2.2 * c * (0.45 - utilization)
+        + 1.1 * (debt_ratio - 0.4)
+        + 0.45 * late_payments
+        - 0.9 * (np.log(income) - 10.6)
+        - 0.015 * (age - 42)
+        + np.select(
+            [employment == "unemployed", employment == "self_employed", employment == "retired"],
+            [1.1 + 0.8 * c, 0.35 + 1.2 * c, -0.1],
+            0.0,
+        )
+        + np.where(home == "own", -0.35, 0.0)
+        + np.where(region == "south", 0.2 + 0.9 * c, 0.0)
+        + rng.normal(0, 0.6, n)
+    )
+    default = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
+
+    frame = pd.DataFrame(
+        {
+            "application_id": [f"{day:04d}-{i:05d}" for i in range(n)],
+            "event_date": pd.Timestamp(start + dt.timedelta(days=day)),
+            "age": age,
+            "income": income,
+            "debt_ratio": debt_ratio,
+            "credit_lines": credit_lines.astype("int64"),
+            "late_payments": late_payments.astype("int64"),
+            "utilization": utilization,
+            "employment_type": employment,
+            "region": region,
+            "home_ownership": home,
+            "default": default,
+        }
+    )
+    # Realistic gaps: income is often not reported, employment sometimes.
+    frame.loc[rng.random(n) < 0.06, "income"] = np.nan
+    frame.loc[rng.random(n) < 0.03, "employment_type"] = None
+    return frame
+
+
+def corrupt_batch(frame: pd.DataFrame, kind: str, *, seed: int = 0) -> pd.DataFrame | bytes:
+    """Damage a batch the way real feeds break. ``not_tabular`` returns bytes that are no CSV/Parquet."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    bad = frame.copy()
+    if kind == "missing_column":
+        return bad.drop(columns=["utilization"])
+    if kind == "wrong_dtype":
+        bad["income"] = bad["income"].map(lambda v: "n/a" if v != v else f"{v:,.2f} EUR")
+        return bad
+    if kind == "nulls_in_required":
+        bad.loc[rng.random(len(bad)) < 0.3, "age"] = np.nan
+        return bad
+    if kind == "out_of_range":
+        bad.loc[rng.random(len(bad)) < 0.1, "utilization"] = 7.5
+        return bad
+    if kind == "empty":
+        return bad.iloc[0:0]
+    if kind == "unknown_category":
+        bad.loc[rng.random(len(bad)) < 0.2, "region"] = "atlantis"
+        return bad
+    if kind == "not_tabular":
+        return b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(rng.integers(0, 256, 512, dtype="uint8"))
+    raise ValueError(f"unknown corruption {kind!r}; choose one of {CORRUPTIONS}")
+
+
+def batch_file_name(day: int, fmt: str = "csv", start: dt.date = DEFAULT_START) -> str:
+    return f"batch_{(start + dt.timedelta(days=day)).isoformat()}.{fmt}"
+
+
+def write_batch(
+    directory: Path | str,
+    day: int,
+    *,
+    fmt: str = "csv",
+    corrupt: str | None = None,
+    start: dt.date = DEFAULT_START,
+    **kwargs: Any,
+) -> Path:
+    """Generate day ``day`` and write it to ``directory`` (created if needed); returns the file."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    frame = generate_batch(day, start=start, **kwargs)
+    payload: Any = frame if corrupt is None else corrupt_batch(frame, corrupt, seed=day)
+    path = directory / batch_file_name(day, fmt, start)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if isinstance(payload, bytes):
+        tmp.write_bytes(payload)
+    elif fmt == "csv":
+        payload.to_csv(tmp, index=False)
+    else:
+        payload.to_parquet(tmp, index=False)
+    tmp.replace(path)  # a reader never sees a half-written batch
+    return path
+
+
+def write_batches(directory: Path | str, days: range | list[int], **kwargs: Any) -> list[Path]:
+    return [write_batch(directory, day, **kwargs) for day in days]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mlops_airflow.core.demo_data DIR --days 15``: write demo batches."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("directory")
+    parser.add_argument("--days", type=int, default=15)
+    parser.add_argument("--first-day", type=int, default=0)
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    parser.add_argument("--feature-shift", type=float, default=0.0)
+    parser.add_argument("--concept-shift", type=float, default=0.0)
+    parser.add_argument("--corrupt", choices=CORRUPTIONS, default=None)
+    args = parser.parse_args(argv)
+    paths = write_batches(
+        args.directory,
+        range(args.first_day, args.first_day + args.days),
+        n_rows=args.rows,
+        fmt=args.format,
+        feature_shift=args.feature_shift,
+        concept_shift=args.concept_shift,
+        corrupt=args.corrupt,
+    )
+    print(f"wrote {len(paths)} batches to {args.directory}")
+
+
+if __name__ == "__main__":
+    main()
