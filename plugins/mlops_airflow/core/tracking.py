@@ -1,0 +1,130 @@
+"""MLflow tracking: one parent run per CT DAG run, nested runs per candidate, found again on retry.
+
+Runs are located by their Airflow tags, never created twice: a retried or cleared task finds the run of
+its DAG run (``airflow.dag_id`` + ``airflow.run_id``) and goes on logging into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from mlops_airflow.core import settings
+
+TAG_DAG_ID = "airflow.dag_id"
+TAG_RUN_ID = "airflow.run_id"
+TAG_KIND = "mlops.kind"
+TAG_CANDIDATE = "mlops.candidate_index"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def client_for(tracking_uri: str) -> MlflowClient:
+    """A client bound to ``tracking_uri`` (also set as the process default for the fluent API)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created on first use (with local artifacts when the store is a file DB)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None
+    if not str(client.tracking_uri).startswith("http"):
+        location = f"{settings.default_artifact_root()}/{name}"
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except mlflow.exceptions.MlflowException:  # created concurrently by another task
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")
+
+
+def find_run(client: MlflowClient, exp_id: str, tags: dict[str, str]) -> Any | None:
+    """The one run carrying all ``tags`` (the oldest if a race ever made two)."""
+    query = " and ".join(f"tags.`{k}` = '{_quote(v)}'" for k, v in tags.items())
+    runs = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time ASC"])
+    return runs[0] if runs else None
+
+
+def get_or_create_run(
+    client: MlflowClient, exp_id: str, key_tags: dict[str, str], extra_tags: dict[str, str] | None = None,
+    run_name: str | None = None,
+) -> str:
+    """Id of the run identified by ``key_tags``; created (with ``extra_tags``) if it does not exist."""
+    run = find_run(client, exp_id, key_tags)
+    if run is not None:
+        return str(run.info.run_id)
+    created = client.create_run(exp_id, tags={**key_tags, **(extra_tags or {})}, run_name=run_name)
+    return str(created.info.run_id)
+
+
+def parent_run_id(client: MlflowClient, exp_id: str, dag_id: str, run_id: str) -> str | None:
+    run = find_run(client, exp_id, {TAG_DAG_ID: dag_id, TAG_RUN_ID: run_id, TAG_KIND: "ct"})
+    return None if run is None else str(run.info.run_id)
+
+
+def run_url(exp_id: str, run_id: str) -> str:
+    return f"{settings.mlflow_ui_url()}/#/experiments/{exp_id}/runs/{run_id}"
+
+
+def model_url(name: str, version: str | int) -> str:
+    return f"{settings.mlflow_ui_url()}/#/models/{name}/versions/{version}"
+
+
+def log_json(client: MlflowClient, run_id: str, data: Any, artifact_file: str) -> None:
+    client.log_dict(run_id, data, artifact_file)
+
+
+def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
+    client.log_text(run_id, text, artifact_file)
+
+
+def log_figures(client: MlflowClient, run_id: str, figures: dict[str, Any], prefix: str = "plots") -> None:
+    for name, fig in figures.items():
+        client.log_figure(run_id, fig, f"{prefix}/{name}")
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], prefix: str = "") -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(f"{prefix}{k}", float(v), now, 0) for k, v in metrics.items() if v == v]
+    if batch:
+        client.log_batch(run_id, metrics=batch)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log params once: a retry that finds them already logged leaves them (MLflow params are immutable)."""
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+    if new:
+        client.log_batch(run_id, params=new)
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
+def scratch_dir() -> str:
+    base = settings.mlops_home() / "tmp"
+    base.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(dir=os.fspath(base))

@@ -1,0 +1,108 @@
+"""Model spec -> the model's DAGs (DESIGN.md 3). Runs at parse time: reads YAML, builds tasks, nothing else."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, Param
+from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+
+from mlops_airflow.core.config import ModelSpec, load_all_specs
+from mlops_airflow.core.training import candidate_grid
+
+START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+REGISTRY_POOL = "mlflow_registry"
+
+
+def default_args(spec: ModelSpec) -> dict[str, Any]:
+    """Retries with exponential backoff for what talks to servers; data and gate failures fail closed."""
+    return {
+        "owner": spec.owner,
+        "retries": 2,
+        "retry_delay": dt.timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=10),
+    }
+
+
+def retrain_asset(spec: ModelSpec) -> Asset:
+    return Asset(uri=spec.retrain_asset_uri, name=f"{spec.name}_retrain_request")
+
+
+def ct_schedule(spec: ModelSpec) -> Any:
+    """The spec's cron OR a retrain request from ``monitor_<model>`` (or an operator)."""
+    if spec.schedule is None:
+        return retrain_asset(spec)
+    if spec.schedule.startswith("@"):
+        presets = {"@daily": "0 0 * * *", "@hourly": "0 * * * *", "@weekly": "0 0 * * 0"}
+        cron = presets.get(spec.schedule)
+        if cron is None:
+            raise ValueError(f"{spec.name}: schedule {spec.schedule!r} is not a supported preset")
+    else:
+        cron = spec.schedule
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=retrain_asset(spec)
+    )
+
+
+def ct_doc(spec: ModelSpec) -> str:
+    return f"""### Continuous training of `{spec.name}`
+
+{spec.description}
+
+snapshot -> validate_data -> train (one mapped task per candidate) -> select_candidate
+-> evaluate_vs_champion -> gate -> register_challenger -> smoke_test -> promote
+
+* Schedule: `{spec.schedule}` (UTC) **or** asset `{spec.retrain_asset_uri}`.
+* Bad data fails `validate_data`; a candidate that is not provably no worse than `champion` stops at `gate`.
+* MLflow: experiment and registered model `{spec.name}`; each task links to its MLflow run.
+* Trigger with config: `data_uri` reads another landing zone, `reason` is recorded in MLflow.
+"""
+
+
+def build_ct_dag(spec: ModelSpec) -> DAG:
+    from mlops_airflow.operators.data import SnapshotOperator, ValidateDataOperator
+    from mlops_airflow.operators.training import SelectCandidateOperator, TrainCandidateOperator
+
+    with DAG(
+        dag_id=f"ct_{spec.name}",
+        description=f"Continuous training of {spec.name}",
+        doc_md=ct_doc(spec),
+        schedule=ct_schedule(spec),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(spec),
+        tags=["mlops", "continuous-training", spec.name, *spec.tags],
+        params={
+            "data_uri": Param(
+                None,
+                type=["null", "string"],
+                description="Landing zone (path or URI) to train on instead of the spec's source.uri",
+            ),
+            "reason": Param("", type="string", description="Why this run was started (recorded in MLflow)"),
+        },
+    ) as dag:
+        common = {"model_name": spec.name}
+        snapshot = SnapshotOperator(task_id="snapshot", data_uri="{{ params.data_uri or '' }}", **common)
+        validate = ValidateDataOperator(task_id="validate_data", snapshot=snapshot.output, **common)
+        grid = [{"index": i, "params": p} for i, p in enumerate(candidate_grid(spec))]
+        train = TrainCandidateOperator.partial(
+            task_id="train", snapshot=snapshot.output, **common
+        ).expand(candidate=grid)
+        select = SelectCandidateOperator(
+            task_id="select_candidate", snapshot=snapshot.output, candidates=train.output, **common
+        )
+        snapshot >> validate >> train >> select
+    return dag
+
+
+def build_dags(specs: list[ModelSpec] | None = None) -> dict[str, DAG]:
+    """Every DAG of every model spec, keyed by DAG id."""
+    dags: dict[str, DAG] = {}
+    for spec in specs if specs is not None else load_all_specs():
+        for builder in (build_ct_dag,):
+            dag = builder(spec)
+            dags[dag.dag_id] = dag
+    return dags

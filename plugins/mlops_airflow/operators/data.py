@@ -1,0 +1,134 @@
+"""``snapshot`` and ``validate_data``: the first two tasks of ``ct_<model>``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from mlops_airflow.operators.base import MlopsBaseOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def storage_path(uri: str) -> Any:
+    """An ``ObjectStoragePath`` for a landing-zone or storage URI (local paths become ``file://``)."""
+    from pathlib import Path
+
+    from airflow.sdk import ObjectStoragePath
+
+    from mlops_airflow.core import settings
+
+    if "://" not in uri:
+        return ObjectStoragePath(Path(uri).resolve().as_uri())
+    if uri.startswith("file://"):
+        return ObjectStoragePath(uri)
+    return ObjectStoragePath(uri, conn_id=settings.storage_conn_id())
+
+
+def describe_trigger(context: Context) -> dict[str, str]:
+    """What started this DAG run: schedule, manual, or an asset event (with its metadata)."""
+    dag_run = context["dag_run"]
+    run_type = str(getattr(dag_run, "run_type", "") or "unknown")
+    info = {"mlops.trigger": run_type.split(".")[-1].lower()}
+    events = context.get("triggering_asset_events") or {}
+    reasons = []
+    for asset_events in events.values():
+        for event in asset_events:
+            extra = getattr(event, "extra", None) or {}
+            if extra.get("reason"):
+                reasons.append(str(extra["reason"]))
+            if extra.get("trigger"):
+                info["mlops.trigger"] = str(extra["trigger"])
+            if extra.get("drift_report_run_id"):
+                info["mlops.trigger.drift_run_id"] = str(extra["drift_report_run_id"])
+    if reasons:
+        info["mlops.trigger.reason"] = "; ".join(reasons)[:4000]
+    return info
+
+
+class SnapshotOperator(MlopsBaseOperator):
+    """Write the run's immutable Parquet snapshot and open the DAG run's MLflow run.
+
+    :param data_uri: landing zone to read instead of the spec's ``source.uri`` (templated; empty = spec).
+    """
+
+    template_fields: Sequence[str] = ("model_name", "data_uri")
+
+    def __init__(self, *, data_uri: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_uri = data_uri
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_airflow.core import settings, tracking
+        from mlops_airflow.core.data import DataError, safe_name, write_snapshot
+
+        spec = self.spec
+        source = (self.data_uri or "").strip()
+        if source in {"", "None"}:
+            source = settings.resolve_source_uri(spec.source.uri)
+        dest = self.storage_root() / spec.name / "snapshots" / safe_name(context["run_id"])
+        try:
+            snapshot = write_snapshot(spec, storage_path(source), dest)
+        except DataError as err:  # no data to train on is a data failure: fail closed, no retry
+            raise AirflowFailException(str(err)) from None
+        self.log.info("snapshot %s: %s", snapshot.uri, snapshot.summary())
+
+        run_id = tracking.get_or_create_run(
+            self.client,
+            self.experiment_id,
+            {tracking.TAG_DAG_ID: self.dag_id, tracking.TAG_RUN_ID: context["run_id"], tracking.TAG_KIND: "ct"},
+            {
+                "airflow.try_number": str(context["ti"].try_number),
+                "mlops.git_commit": settings.git_commit(),
+                "mlops.model": spec.name,
+                **describe_trigger(context),
+            },
+            run_name=f"ct-{safe_name(context['run_id'])}",
+        )
+        self.link_run(run_id)
+        self.client.set_tag(run_id, "mlops.data_hash", snapshot.content_hash)
+        tracking.log_params(
+            self.client,
+            run_id,
+            {"snapshot_uri": snapshot.uri, "data_hash": snapshot.content_hash, "source_uri": source},
+        )
+        tracking.log_json(self.client, run_id, snapshot.to_dict(), "data/snapshot_manifest.json")
+        return {**snapshot.summary(), "mlflow_run_id": run_id}
+
+
+class ValidateDataOperator(MlopsBaseOperator):
+    """Validate the snapshot with Great Expectations; fail closed with file, column, rule and counts.
+
+    :param snapshot: the ``snapshot`` task's XCom (templated, usually ``snapshot.output``).
+    """
+
+    template_fields: Sequence[str] = ("model_name", "snapshot")
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, snapshot: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.snapshot = snapshot
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_airflow.core import tracking
+        from mlops_airflow.core.data import read_manifest
+        from mlops_airflow.core.validation import validate_snapshot
+
+        snapshot = read_manifest(storage_path(self.snapshot["snapshot_uri"]))
+        if snapshot is None:
+            raise AirflowFailException(f"{self.snapshot['snapshot_uri']}: snapshot manifest is missing")
+        summary = validate_snapshot(self.spec, snapshot)
+        run_id = self.parent_run_id(context)
+        tracking.log_json(self.client, run_id, summary.to_dict(), "validation/summary.json")
+        self.client.set_tag(run_id, "mlops.validation", "passed" if summary.success else "failed")
+        self.client.log_metric(run_id, "validation_failed_expectations", len(summary.failed))
+        result = summary.to_dict()
+        context["ti"].xcom_push(key="validation_summary", value=result)
+        if not summary.success:
+            self.client.set_terminated(run_id, "FAILED")
+            # Bad data does not get better on retry: fail without retrying.
+            raise AirflowFailException(summary.message())
+        return result

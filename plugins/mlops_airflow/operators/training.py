@@ -1,0 +1,176 @@
+"""``train`` (one mapped task per candidate) and ``select_candidate`` of ``ct_<model>``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from mlops_airflow.operators.base import MlopsBaseOperator
+from mlops_airflow.operators.data import storage_path
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def load_snapshot(ref: dict[str, Any]) -> Any:
+    from mlops_airflow.core.data import read_manifest
+
+    snapshot = read_manifest(storage_path(ref["snapshot_uri"]))
+    if snapshot is None:
+        raise RuntimeError(f"{ref['snapshot_uri']}: snapshot manifest is missing")
+    return snapshot
+
+
+def candidate_label(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "defaults"
+
+
+class TrainCandidateOperator(MlopsBaseOperator):
+    """Fit one candidate of the search space as a nested MLflow run; a retry reuses a finished run.
+
+    :param snapshot: the ``snapshot`` task's XCom.
+    :param candidate: ``{"index": i, "params": {...}}``, one entry of the spec's grid (mapped over).
+    """
+
+    template_fields: Sequence[str] = ("model_name", "snapshot")
+    ui_color = "#d5f5e3"
+
+    def __init__(self, *, snapshot: Any, candidate: dict[str, Any], **kwargs: Any) -> None:
+        kwargs.setdefault("map_index_template", "{{ candidate_label }}")
+        super().__init__(**kwargs)
+        self.snapshot = snapshot
+        self.candidate = candidate
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_airflow.core import tracking
+        from mlops_airflow.core.data import load_part
+        from mlops_airflow.core.training import fit_candidate
+
+        index, params = int(self.candidate["index"]), dict(self.candidate["params"])
+        context["candidate_label"] = candidate_label(params)  # type: ignore[typeddict-unknown-key]
+        parent = self.parent_run_id(context)
+        child = tracking.get_or_create_run(
+            self.client,
+            self.experiment_id,
+            {tracking.PARENT_TAG: parent, tracking.TAG_CANDIDATE: str(index), tracking.TAG_KIND: "candidate"},
+            {tracking.TAG_DAG_ID: self.dag_id, tracking.TAG_RUN_ID: context["run_id"]},
+            run_name=f"candidate-{index}",
+        )
+        self.link_run(child)
+        run = self.client.get_run(child)
+        primary = f"val_{self.spec.primary}"
+        if run.info.status == "FINISHED" and primary in run.data.metrics:
+            self.log.info("candidate %s already trained in MLflow run %s: reusing it", index, child)
+            metrics = {k[4:]: v for k, v in run.data.metrics.items() if k.startswith("val_")}
+            seconds = run.data.metrics.get("fit_seconds", 0.0)
+        else:
+            train = load_part(load_snapshot(self.snapshot), "train")
+            _, (metrics, seconds) = fit_candidate(self.spec, params, train)
+            tracking.log_params(self.client, child, {**self.spec.estimator.params, **params})
+            tracking.log_metrics(self.client, child, metrics, prefix="val_")
+            tracking.log_metrics(self.client, child, {"fit_seconds": seconds})
+            self.client.set_terminated(child, "FINISHED")
+        self.log.info("candidate %s (%s): %s", index, candidate_label(params), metrics)
+        return {
+            "index": index,
+            "params": params,
+            "metrics": metrics,
+            "fit_seconds": round(seconds, 3),
+            "mlflow_run_id": child,
+        }
+
+
+class SelectCandidateOperator(MlopsBaseOperator):
+    """Pick the best candidate on the validation split, refit it on the whole training window and log it.
+
+    The logged model carries its signature and an input example; the run gets the dataset inputs (with
+    the snapshot's content hash), the candidate's metrics on the evaluation set and its plots.
+
+    :param snapshot: the ``snapshot`` task's XCom.
+    :param candidates: the mapped ``train`` task's XComs.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "snapshot", "candidates")
+    ui_color = "#d5f5e3"
+
+    def __init__(self, *, snapshot: Any, candidates: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.snapshot = snapshot
+        self.candidates = candidates
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_airflow.core.training import CandidateResult, best_candidate
+
+        spec = self.spec
+        results = [
+            CandidateResult(int(c["index"]), dict(c["params"]), dict(c["metrics"]), float(c["fit_seconds"]))
+            for c in list(self.candidates)
+            if c
+        ]
+        best = best_candidate(spec, results)
+        parent = self.parent_run_id(context)
+        run = self.client.get_run(parent)
+        model_uri = run.data.tags.get("mlops.candidate_model_uri")
+        if model_uri and run.data.tags.get("mlops.selected_candidate") == str(best.index):
+            self.log.info("candidate model already logged: %s", model_uri)
+            eval_metrics = {k[5:]: v for k, v in run.data.metrics.items() if k.startswith("eval_")}
+        else:
+            model_uri, eval_metrics = self._refit_and_log(parent, best)
+        self.log.info("selected candidate %s (%s): %s", best.index, candidate_label(best.params), model_uri)
+        return {
+            "model_uri": model_uri,
+            "candidate_index": best.index,
+            "params": best.params,
+            "validation_metrics": best.metrics,
+            "eval_metrics": eval_metrics,
+            "mlflow_run_id": parent,
+        }
+
+    def _refit_and_log(self, parent: str, best: Any) -> tuple[str, dict[str, float]]:
+        import mlflow
+        from mlflow.models import infer_signature
+
+        from mlops_airflow.core import tracking
+        from mlops_airflow.core.data import load_part, split_xy
+        from mlops_airflow.core.evaluation import compute_metrics, predict_scores
+        from mlops_airflow.core.reports import evaluation_figures
+        from mlops_airflow.core.training import fit_final
+
+        spec = self.spec
+        snapshot = load_snapshot(self.snapshot)
+        train, evaluation = load_part(snapshot, "train"), load_part(snapshot, "eval")
+        pipeline = fit_final(spec, best.params, train)
+        x_train, _ = split_xy(spec, train)
+        x_eval, y_eval = split_xy(spec, evaluation)
+        score = predict_scores(pipeline, x_eval, spec.task)
+        eval_metrics = compute_metrics(spec.task, y_eval, score)
+
+        classification = spec.task == "classification"
+        example = x_train.head(5)
+        output = pipeline.predict_proba(example) if classification else pipeline.predict(example)
+        with mlflow.start_run(run_id=parent):
+            for part, frame in (("train", train), ("eval", evaluation)):
+                dataset = mlflow.data.from_pandas(
+                    frame,
+                    source=f"{snapshot.uri}/{part}",
+                    targets=spec.label.name,
+                    name=f"{spec.name}-{part}",
+                    digest=snapshot.content_hash[:36],
+                )
+                mlflow.log_input(dataset, context="training" if part == "train" else "evaluation")
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name="model",
+                signature=infer_signature(example, output),
+                input_example=example,
+                pyfunc_predict_fn="predict_proba" if classification else "predict",
+                params={**spec.estimator.params, **best.params},
+                tags={"mlops.data_hash": snapshot.content_hash},
+            )
+            mlflow.log_params({f"selected.{k}": v for k, v in best.params.items()})
+        tracking.log_metrics(self.client, parent, eval_metrics, prefix="eval_")
+        tracking.log_metrics(self.client, parent, best.metrics, prefix="val_")
+        tracking.log_figures(self.client, parent, evaluation_figures(spec.task, y_eval, score), "plots")
+        self.client.set_tag(parent, "mlops.candidate_model_uri", info.model_uri)
+        self.client.set_tag(parent, "mlops.selected_candidate", str(best.index))
+        return str(info.model_uri), eval_metrics
