@@ -227,6 +227,9 @@ def load_batch(snapshot: Snapshot, batch: BatchFile) -> pd.DataFrame:
 def split_xy(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Features (in spec order, categorical as strings) and label."""
     x = frame[spec.feature_names].copy()
+    # Numeric features as float: an integer column with one missing value would break the model signature.
+    for name in spec.numeric_features:
+        x[name] = pd.to_numeric(x[name], errors="coerce").astype("float64")
     for name in spec.categorical_features:
         x[name] = x[name].astype("object").where(x[name].notna(), None)
     return x, frame[spec.label.name]

@@ -64,21 +64,21 @@ def generate_batch(
 
     c = float(concept_shift)
     logit = (
-        -1.2
-        + 2.6 * (1 - c) * (utilization - 0.35)
-        + 2.2 * c * (0.45 - utilization)
-        + 1.1 * (debt_ratio - 0.4)
-        + 0.45 * late_payments
-        - 0.9 * (np.log(income) - 10.6)
-        - 0.015 * (age - 42)
+        -1.6
+        + 4.5 * (1 - c) * (utilization - 0.35)
+        + 4.0 * c * (0.45 - utilization)
+        + 1.8 * (debt_ratio - 0.4)
+        + 0.75 * late_payments
+        - 1.6 * (np.log(income) - 10.6)
+        - 0.03 * (age - 42)
         + np.select(
             [employment == "unemployed", employment == "self_employed", employment == "retired"],
-            [1.1 + 0.8 * c, 0.35 + 1.2 * c, -0.1],
+            [1.4 + 0.8 * c, 0.5 + 1.5 * c, -0.2],
             0.0,
         )
-        + np.where(home == "own", -0.35, 0.0)
-        + np.where(region == "south", 0.2 + 0.9 * c, 0.0)
-        + rng.normal(0, 0.6, n)
+        + np.where(home == "own", -0.5, 0.0)
+        + np.where(region == "south", 0.3 + 1.2 * c, 0.0)
+        + rng.normal(0, 0.3, n)
     )
     default = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
 

@@ -25,6 +25,17 @@ def candidate_label(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "defaults"
 
 
+def trusted_types(pipeline: Any) -> list[str]:
+    """Types skops must trust to load a pipeline this task built itself: sklearn and numpy ones only."""
+    import skops.io
+
+    found = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+    foreign = [t for t in found if not t.startswith(("sklearn.", "numpy."))]
+    if foreign:
+        raise TypeError(f"pipeline holds types that are not sklearn/numpy: {foreign}")
+    return list(found)
+
+
 class TrainCandidateOperator(MlopsBaseOperator):
     """Fit one candidate of the search space as a nested MLflow run; a retry reuses a finished run.
 
@@ -104,7 +115,7 @@ class SelectCandidateOperator(MlopsBaseOperator):
         spec = self.spec
         results = [
             CandidateResult(int(c["index"]), dict(c["params"]), dict(c["metrics"]), float(c["fit_seconds"]))
-            for c in list(self.candidates)
+            for c in (self.candidates[i] for i in range(len(self.candidates)))
             if c
         ]
         best = best_candidate(spec, results)
@@ -166,6 +177,7 @@ class SelectCandidateOperator(MlopsBaseOperator):
                 pyfunc_predict_fn="predict_proba" if classification else "predict",
                 params={**spec.estimator.params, **best.params},
                 tags={"mlops.data_hash": snapshot.content_hash},
+                skops_trusted_types=trusted_types(pipeline),
             )
             mlflow.log_params({f"selected.{k}": v for k, v in best.params.items()})
         tracking.log_metrics(self.client, parent, eval_metrics, prefix="eval_")
