@@ -8,8 +8,7 @@ from typing import Any
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, Param
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
-from mlops_airflow.core.config import ModelSpec, load_all_specs
-from mlops_airflow.core.training import candidate_grid
+from mlops_airflow.core.config import ModelSpec, candidate_grid, load_all_specs
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 REGISTRY_POOL = "mlflow_registry"
@@ -63,6 +62,13 @@ snapshot -> validate_data -> train (one mapped task per candidate) -> select_can
 
 def build_ct_dag(spec: ModelSpec) -> DAG:
     from mlops_airflow.operators.data import SnapshotOperator, ValidateDataOperator
+    from mlops_airflow.operators.deploy import (
+        EvaluateVsChampionOperator,
+        GateOperator,
+        PromoteOperator,
+        RegisterChallengerOperator,
+        SmokeTestOperator,
+    )
     from mlops_airflow.operators.training import SelectCandidateOperator, TrainCandidateOperator
 
     with DAG(
@@ -94,7 +100,75 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
         select = SelectCandidateOperator(
             task_id="select_candidate", snapshot=snapshot.output, candidates=train.output, **common
         )
-        snapshot >> validate >> train >> select
+        evaluate = EvaluateVsChampionOperator(
+            task_id="evaluate_vs_champion", snapshot=snapshot.output, candidate=select.output, **common
+        )
+        gate = GateOperator(task_id="gate", evaluation=evaluate.output, retries=0, **common)
+        register = RegisterChallengerOperator(
+            task_id="register_challenger",
+            snapshot=snapshot.output,
+            candidate=select.output,
+            decision=gate.output,
+            **common,
+        )
+        smoke = SmokeTestOperator(
+            task_id="smoke_test", snapshot=snapshot.output, registered=register.output, **common
+        )
+        promote = PromoteOperator(
+            task_id="promote", registered=register.output, pool=REGISTRY_POOL, **common
+        )
+        snapshot >> validate >> train >> select >> evaluate >> gate >> register >> smoke
+        if spec.gate.require_approval:
+            from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+            approve = ApprovalOperator(
+                task_id="approve",
+                subject=f"Promote {spec.name} to champion?",
+                body=(
+                    "The gate blessed this candidate and its smoke test passed. Read the gate report in "
+                    "MLflow (artifact gate/report.md of this run) before approving."
+                ),
+                execution_timeout=dt.timedelta(days=2),
+            )
+            smoke >> approve >> promote
+        else:
+            smoke >> promote
+    return dag
+
+
+def build_rollback_dag(spec: ModelSpec) -> DAG:
+    from mlops_airflow.operators.deploy import RollbackOperator
+
+    with DAG(
+        dag_id=f"rollback_{spec.name}",
+        description=f"Move the champion of {spec.name} back (manual only)",
+        doc_md=f"""### Rollback of `{spec.name}`
+
+Moves alias `champion` to `previous_champion` (default) or to the chosen `version`, which must exist and
+have been blessed by the gate. The reason is kept as tags on both versions. Runs in pool
+`{REGISTRY_POOL}`, so it never races a promotion.
+""",
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(spec),
+        tags=["mlops", "rollback", spec.name, *spec.tags],
+        params={
+            "version": Param(
+                None, type=["null", "string"], description="Version to serve; empty = previous_champion"
+            ),
+            "reason": Param("", type="string", minLength=1, description="Why (kept as audit on the versions)"),
+        },
+    ) as dag:
+        RollbackOperator(
+            task_id="rollback",
+            model_name=spec.name,
+            version="{{ params.version or '' }}",
+            reason="{{ params.reason }}",
+            pool=REGISTRY_POOL,
+            retries=0,
+        )
     return dag
 
 
@@ -102,7 +176,7 @@ def build_dags(specs: list[ModelSpec] | None = None) -> dict[str, DAG]:
     """Every DAG of every model spec, keyed by DAG id."""
     dags: dict[str, DAG] = {}
     for spec in specs if specs is not None else load_all_specs():
-        for builder in (build_ct_dag,):
+        for builder in (build_ct_dag, build_rollback_dag):
             dag = builder(spec)
             dags[dag.dag_id] = dag
     return dags

@@ -32,6 +32,7 @@ class DagRunResult:
                 key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
                 self.tasks[key] = str(ti.state)
         self.dag_id = dag_run.dag_id
+        self.run_after: dt.datetime | None = None
 
     def state_of(self, task_id: str) -> str:
         return self.tasks[task_id]
@@ -60,13 +61,20 @@ def run_dag(airflow_db: Path, mlops_home: Path) -> Callable[..., DagRunResult]:
     """``run_dag("ct_credit_default", conf={...})`` parses the DAG folder and runs one DAG run."""
     counter = iter(range(1_000_000))
 
-    def _run(dag_id: str, conf: dict[str, Any] | None = None, **kwargs: Any) -> DagRunResult:
+    def _run(
+        dag_id: str, conf: dict[str, Any] | None = None, *, same_as: DagRunResult | None = None
+    ) -> DagRunResult:
+        """``same_as``: run that DAG run again under the same run id, as clearing it in the UI would."""
         from mlops_airflow.dag_factory import build_dags
 
         dag = build_dags()[dag_id]
-        # distinct, increasing run times so that runs of one test never collide
-        run_after = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=next(counter))
-        return DagRunResult(dag.test(run_conf=conf, run_after=run_after, **kwargs))
+        if same_as is not None:
+            run_after = same_as.run_after
+        else:  # distinct, increasing run times so that runs of one test never collide
+            run_after = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=next(counter))
+        result = DagRunResult(dag.test(run_conf=conf, run_after=run_after, logical_date=run_after))
+        result.run_after = run_after
+        return result
 
     return _run
 

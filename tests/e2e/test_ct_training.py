@@ -8,7 +8,7 @@ import pytest
 
 from mlops_airflow.core import tracking
 from mlops_airflow.core.config import get_spec
-from mlops_airflow.core.training import candidate_grid
+from mlops_airflow.core.config import candidate_grid
 
 pytestmark = pytest.mark.e2e
 DAG_ID = "ct_credit_default"

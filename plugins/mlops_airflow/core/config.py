@@ -6,6 +6,7 @@ This module is imported at DAG-parse time, so it uses only pydantic and PyYAML. 
 
 from __future__ import annotations
 
+import itertools
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -224,6 +225,16 @@ class ModelSpec(_Strict):
     @property
     def predictions_asset_uri(self) -> str:
         return f"mlops://{self.name}/predictions"
+
+
+def candidate_grid(spec: ModelSpec) -> list[dict[str, Any]]:
+    """Every combination of the search space (in a stable order), capped at ``max_candidates``."""
+    space = spec.estimator.search_space
+    if not space:
+        return [{}]
+    keys = sorted(space)
+    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space[k] for k in keys))]
+    return combos[: spec.estimator.max_candidates]
 
 
 def higher_is_better(metric: str) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +12,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from mlops_airflow.core.config import ModelSpec, higher_is_better
+from mlops_airflow.core.config import ModelSpec, candidate_grid, higher_is_better
 from mlops_airflow.core.data import split_xy
 from mlops_airflow.core.evaluation import compute_metrics, predict_scores
 
@@ -24,16 +23,6 @@ class CandidateResult:
     params: dict[str, Any]
     metrics: dict[str, float]
     fit_seconds: float
-
-
-def candidate_grid(spec: ModelSpec) -> list[dict[str, Any]]:
-    """Every combination of the search space (in a stable order), capped at ``max_candidates``."""
-    space = spec.estimator.search_space
-    if not space:
-        return [{}]
-    keys = sorted(space)
-    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space[k] for k in keys))]
-    return combos[: spec.estimator.max_candidates]
 
 
 def estimator_class(spec: ModelSpec) -> type:

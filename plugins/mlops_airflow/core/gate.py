@@ -1,0 +1,482 @@
+"""The promotion rule: is the candidate provably no worse than the champion?
+
+Pure logic, no Airflow and no MLflow. The evaluate task scores the candidate AND the current champion on the
+same fresh evaluation rows; :func:`paired_bootstrap` turns the two score vectors into a confidence interval
+of the difference, :func:`slice_metrics` into per-slice values, and :func:`decide` applies the model's
+:class:`~mlops_airflow.core.config.GateSpec` to all of it. The resulting :class:`GateDecision` (the
+"blessing", as TFX calls it) is small and JSON-safe, so it travels through XCom and into MLflow tags.
+
+Every difference is *oriented*: positive always means "the candidate is better", whatever the metric's
+direction (``champion - candidate`` for lower-is-better metrics such as log loss or RMSE).
+
+This module is imported at DAG-parse time: numpy, pandas and :mod:`mlops_airflow.core.evaluation` are
+imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from mlops_airflow.core.config import GateSpec, higher_is_better
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Verdict = Literal["pass", "fail", "skip"]
+#: Category label of a slice for rows whose slice column is null.
+MISSING = "<missing>"
+#: Upper bound on resamples x rows held in memory at once by the bootstrap (about 32 MB of float64).
+_CHUNK_CELLS = 4_000_000
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """``None`` for missing/NaN/inf, so that JSON (XCom, MLflow) never sees a NaN."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _orient(metric: str, candidate: float, champion: float) -> float:
+    """Candidate minus champion, sign-flipped for lower-is-better metrics (positive = candidate better)."""
+    diff = candidate - champion
+    return diff if higher_is_better(metric) else -diff
+
+
+# --------------------------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Percentile interval of the oriented difference (candidate better = positive) on one metric.
+
+    :param estimate: the oriented difference on all evaluation rows.
+    :param n_resamples: resamples on which the metric was defined (and so entered the interval).
+    """
+
+    metric: str
+    estimate: float
+    lower: float
+    upper: float
+    confidence: float
+    n_resamples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "estimate": _finite_or_none(self.estimate),
+            "lower": _finite_or_none(self.lower),
+            "upper": _finite_or_none(self.upper),
+            "confidence": self.confidence,
+            "n_resamples": self.n_resamples,
+        }
+
+
+def _weighted_metric(metric: str, y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The metric on every resample at once; row ``b`` of ``w`` holds how often each row was drawn.
+
+    A bootstrap resample is the original rows with integer weights, so every metric is a weighted
+    statistic of the original rows: one matrix product instead of 1000 sklearn calls. Undefined values
+    (ROC AUC with one class, R2 with constant labels) are NaN. Matches
+    :func:`~mlops_airflow.core.evaluation.metric_value` on unit weights (see the tests).
+    """
+    import numpy as np
+
+    n = w.sum(axis=1)
+    if metric in {"roc_auc", "log_loss", "brier", "f1", "accuracy"}:
+        pos = (y == 1).astype("float64")
+        if metric == "roc_auc":
+            # Mann-Whitney U with ties counted as half: group rows by distinct score (ascending); a
+            # positive beats every negative of a lower group and half of those in its own group.
+            order = np.argsort(s, kind="mergesort")
+            s_sorted = s[order]
+            starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+            w_sorted = w[:, order]
+            pos_g = np.add.reduceat(w_sorted * pos[order], starts, axis=1)
+            neg_g = np.add.reduceat(w_sorted * (1.0 - pos[order]), starts, axis=1)
+            below = np.cumsum(neg_g, axis=1) - neg_g
+            n_pos, n_neg = pos_g.sum(axis=1), neg_g.sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                auc = (pos_g * (below + 0.5 * neg_g)).sum(axis=1) / (n_pos * n_neg)
+            return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+        if metric == "log_loss":
+            p = np.clip(s, 1e-15, 1 - 1e-15)
+            return (w @ -(pos * np.log(p) + (1.0 - pos) * np.log1p(-p))) / n
+        if metric == "brier":
+            return (w @ (s - pos) ** 2) / n
+        pred = (s >= 0.5).astype("float64")
+        if metric == "accuracy":
+            return (w @ (pred == pos).astype("float64")) / n
+        tp, fp, fn = w @ (pos * pred), w @ ((1.0 - pos) * pred), w @ (pos * (1.0 - pred))
+        denom = 2 * tp + fp + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, 2 * tp / denom, 0.0)  # sklearn's zero_division=0
+    if metric == "rmse":
+        return np.sqrt((w @ (y - s) ** 2) / n)
+    if metric == "mae":
+        return (w @ np.abs(y - s)) / n
+    if metric == "r2":
+        yc = y - y.mean()  # centred first: less cancellation in sum(w y^2) - (sum w y)^2 / n
+        ss_tot = w @ yc**2 - (w @ yc) ** 2 / n
+        ss_res = w @ (y - s) ** 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(ss_tot > 1e-12, 1.0 - ss_res / ss_tot, np.nan)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def paired_bootstrap(
+    y_true: Any,
+    score_candidate: Any,
+    score_champion: Any,
+    metric: str,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> BootstrapResult:
+    """Paired bootstrap of the oriented metric difference between candidate and champion.
+
+    Both models are scored on the SAME resampled rows in every resample, so the noise of the evaluation
+    set cancels out of the difference: the interval is much tighter than two independent intervals.
+
+    :param y_true: labels (0/1 for classification) or targets of the evaluation rows.
+    :param score_candidate: candidate's positive-class probability or prediction, one per row.
+    :param score_champion: champion's scores on the same rows.
+    :param metric: a name known to :func:`~mlops_airflow.core.evaluation.metric_value`.
+    :param n_resamples: number of bootstrap resamples.
+    :param confidence: two-sided coverage of the percentile interval.
+    :param seed: seed of the resampling; the same inputs and seed give the same interval.
+    """
+    import numpy as np
+
+    from mlops_airflow.core.evaluation import metric_value
+
+    y = np.asarray(y_true, dtype="float64").ravel()
+    cand = np.asarray(score_candidate, dtype="float64").ravel()
+    champ = np.asarray(score_champion, dtype="float64").ravel()
+    if not (len(y) == len(cand) == len(champ)):
+        raise ValueError(f"length mismatch: y={len(y)}, candidate={len(cand)}, champion={len(champ)}")
+    if len(y) == 0:
+        raise ValueError("paired_bootstrap needs at least one evaluation row")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+    estimate = _orient(metric, metric_value(metric, y, cand), metric_value(metric, y, champ))
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    chunk = max(1, min(n_resamples, _CHUNK_CELLS // n))
+    diffs = []
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        idx = rng.integers(0, n, size=(size, n))
+        # Row b of `w` counts how often each evaluation row was drawn in resample b (shared by both models).
+        w = np.bincount((idx + n * np.arange(size)[:, None]).ravel(), minlength=size * n)
+        w = w.reshape(size, n).astype("float64")
+        diffs.append(_orient(metric, _weighted_metric(metric, y, cand, w), _weighted_metric(metric, y, champ, w)))
+    all_diffs = np.concatenate(diffs)
+    valid = all_diffs[np.isfinite(all_diffs)]  # undefined resamples (one class) carry no evidence
+    alpha = (1.0 - confidence) / 2.0
+    if len(valid):
+        lower, upper = (float(v) for v in np.quantile(valid, [alpha, 1.0 - alpha]))
+    else:
+        lower = upper = float("nan")
+    return BootstrapResult(metric, float(estimate), lower, upper, confidence, int(len(valid)))
+
+
+# ------------------------------------------------------------------------------------------------ slices
+
+
+def slice_metrics(
+    primary_metric: str,
+    y_true: Any,
+    score_candidate: Any,
+    score_champion: Any | None,
+    slice_columns: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Primary metric of both models on every category of every slice column.
+
+    :param slice_columns: column name -> its values on the evaluation rows (same order as ``y_true``).
+    :param score_champion: ``None`` when there is no champion (its values are then NaN).
+    :return: ``{"column=value": {"n": rows, "candidate": metric, "champion": metric}}``; null values
+        form the category ``<missing>``. Undefined metrics (one class in the slice) are NaN.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from mlops_airflow.core.evaluation import metric_value
+
+    y = np.asarray(y_true)
+    cand = np.asarray(score_candidate, dtype="float64")
+    champ = None if score_champion is None else np.asarray(score_champion, dtype="float64")
+    out: dict[str, dict[str, Any]] = {}
+    for column, values in slice_columns.items():
+        series = pd.Series(np.asarray(values, dtype=object))
+        if len(series) != len(y):
+            raise ValueError(f"slice column {column!r} has {len(series)} values for {len(y)} rows")
+        labels = series.where(series.notna(), MISSING).astype(str).to_numpy()
+        for value in sorted(set(labels)):
+            mask = labels == value
+            out[f"{column}={value}"] = {
+                "n": int(mask.sum()),
+                "candidate": metric_value(primary_metric, y[mask], cand[mask]),
+                "champion": float("nan") if champ is None else metric_value(primary_metric, y[mask], champ[mask]),
+            }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- decision
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One check of the gate. ``value`` and ``bound`` are ``None`` when missing or not numeric."""
+
+    name: str
+    metric: str | None
+    value: float | None
+    bound: float | None
+    verdict: Verdict
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["value"], data["bound"] = _finite_or_none(self.value), _finite_or_none(self.bound)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateCheck:
+        return cls(
+            name=data["name"],
+            metric=data.get("metric"),
+            value=_finite_or_none(data.get("value")),
+            bound=_finite_or_none(data.get("bound")),
+            verdict=data["verdict"],
+            detail=data.get("detail", ""),
+        )
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The blessing: whether the candidate may become champion, and every check that decided it."""
+
+    blessed: bool
+    checks: list[GateCheck] = field(default_factory=list)
+    champion_version: str | None = None
+    first_run: bool = False
+    primary_metric: str = ""
+    reason: str = ""
+
+    @property
+    def failed(self) -> list[GateCheck]:
+        return [c for c in self.checks if c.verdict == "fail"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "blessed": self.blessed,
+            "champion_version": self.champion_version,
+            "first_run": self.first_run,
+            "primary_metric": self.primary_metric,
+            "reason": self.reason,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateDecision:
+        version = data.get("champion_version")
+        return cls(
+            blessed=bool(data["blessed"]),
+            checks=[GateCheck.from_dict(c) for c in data.get("checks", [])],
+            champion_version=None if version is None else str(version),
+            first_run=bool(data.get("first_run", False)),
+            primary_metric=data.get("primary_metric", ""),
+            reason=data.get("reason", ""),
+        )
+
+    def to_markdown(self) -> str:
+        """A short report for the Airflow task log, MLflow and the PR-style review of a promotion."""
+
+        def fmt(value: float | None) -> str:
+            return "-" if value is None else f"{value:.4g}"
+
+        verdict = "BLESSED" if self.blessed else "NOT BLESSED"
+        against = (
+            f"champion version {self.champion_version}"
+            if self.champion_version is not None
+            else "no champion (first run)"
+            if self.first_run
+            else "no champion"
+        )
+        lines = [
+            f"### Gate: **{verdict}**",
+            "",
+            f"- Compared against: {against}",
+            f"- Primary metric: `{self.primary_metric}` (differences oriented: positive = candidate better)",
+            f"- Reason: {self.reason}",
+            "",
+            "| check | metric | value | bound | verdict | detail |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in self.checks:
+            detail = c.detail.replace("|", "\\|")
+            lines.append(
+                f"| {c.name} | {c.metric or '-'} | {fmt(c.value)} | {fmt(c.bound)} | {c.verdict} | {detail} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def _threshold_checks(gate: GateSpec, candidate: dict[str, float]) -> list[GateCheck]:
+    checks = []
+    for metric, bound in gate.thresholds.items():
+        value = _finite_or_none(candidate.get(metric))
+        for kind, limit in (("min", bound.min), ("max", bound.max)):
+            if limit is None:
+                continue
+            name = f"{metric} {'>=' if kind == 'min' else '<='} {limit:g}"
+            if value is None:
+                # Fail closed: a metric we cannot read proves nothing.
+                checks.append(GateCheck(name, metric, None, limit, "fail", f"{metric} is missing or NaN"))
+                continue
+            ok = value >= limit if kind == "min" else value <= limit
+            detail = f"{metric} = {value:.4g} ({'within' if ok else 'outside'} the absolute {kind} {limit:g})"
+            checks.append(GateCheck(name, metric, value, limit, "pass" if ok else "fail", detail))
+    return checks
+
+
+def _champion_checks(
+    gate: GateSpec,
+    primary_metric: str,
+    candidate: dict[str, float],
+    champion: dict[str, float],
+    bootstrap: BootstrapResult | None,
+) -> list[GateCheck]:
+    margin = -gate.max_regression
+    lower = None if bootstrap is None else _finite_or_none(bootstrap.lower)
+    if bootstrap is None:
+        ni = GateCheck("non_inferiority", primary_metric, None, margin, "fail", "no bootstrap interval")
+    elif bootstrap.metric != primary_metric:
+        detail = f"bootstrap is on {bootstrap.metric!r}, not the primary metric {primary_metric!r}"
+        ni = GateCheck("non_inferiority", primary_metric, lower, margin, "fail", detail)
+    elif lower is None:
+        detail = "bootstrap interval undefined (metric undefined on every resample)"
+        ni = GateCheck("non_inferiority", primary_metric, None, margin, "fail", detail)
+    else:
+        ok = lower > margin
+        detail = (
+            f"{bootstrap.confidence:.0%} lower bound of candidate - champion = {lower:+.4g} "
+            f"({'>' if ok else '<='} -{gate.max_regression:g}); estimate {bootstrap.estimate:+.4g}, "
+            f"interval [{lower:+.4g}, {bootstrap.upper:+.4g}], {bootstrap.n_resamples} resamples"
+        )
+        ni = GateCheck("non_inferiority", primary_metric, lower, margin, "pass" if ok else "fail", detail)
+    checks = [ni]
+
+    if gate.min_improvement is not None:
+        # The paired estimate is on the same rows; the metric dicts are the fallback.
+        if bootstrap is not None and bootstrap.metric == primary_metric:
+            estimate = _finite_or_none(bootstrap.estimate)
+        else:
+            c, h = _finite_or_none(candidate.get(primary_metric)), _finite_or_none(champion.get(primary_metric))
+            estimate = None if c is None or h is None else _orient(primary_metric, c, h)
+        if estimate is None:
+            checks.append(
+                GateCheck(
+                    "min_improvement", primary_metric, None, gate.min_improvement, "fail", "no estimate"
+                )
+            )
+        else:
+            ok = estimate >= gate.min_improvement
+            detail = f"improvement {estimate:+.4g} {'>=' if ok else '<'} required {gate.min_improvement:g}"
+            verdict: Verdict = "pass" if ok else "fail"
+            checks.append(
+                GateCheck("min_improvement", primary_metric, estimate, gate.min_improvement, verdict, detail)
+            )
+    return checks
+
+
+def _slice_checks(gate: GateSpec, primary_metric: str, slices: dict[str, dict[str, Any]]) -> list[GateCheck]:
+    checks = []
+    bound = -gate.slice_max_regression
+    for key in sorted(slices):
+        entry = slices[key]
+        n = int(entry.get("n", 0))
+        cand, champ = _finite_or_none(entry.get("candidate")), _finite_or_none(entry.get("champion"))
+        name = f"slice {key}"
+        if n < gate.min_slice_size:
+            detail = f"{n} rows < min_slice_size {gate.min_slice_size}: reported, not gated"
+            checks.append(GateCheck(name, primary_metric, None, bound, "skip", detail))
+            continue
+        if cand is None or champ is None:
+            # Typically one class in the slice: AUC undefined. Not evidence either way.
+            detail = f"{n} rows: {primary_metric} undefined (candidate={cand}, champion={champ})"
+            checks.append(GateCheck(name, primary_metric, None, bound, "skip", detail))
+            continue
+        delta = _orient(primary_metric, cand, champ)
+        ok = delta >= bound
+        detail = (
+            f"{n} rows: candidate {cand:.4g} vs champion {champ:.4g}, "
+            f"change {delta:+.4g} ({'>=' if ok else '<'} -{gate.slice_max_regression:g})"
+        )
+        checks.append(GateCheck(name, primary_metric, delta, bound, "pass" if ok else "fail", detail))
+    return checks
+
+
+def decide(
+    gate: GateSpec,
+    *,
+    primary_metric: str,
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    bootstrap: BootstrapResult | None,
+    slices: dict[str, dict[str, Any]] | None = None,
+    champion_version: str | None = None,
+) -> GateDecision:
+    """Apply the promotion rule. Blessed iff no check failed (skipped checks do not count).
+
+    :param gate: the model's gate spec.
+    :param primary_metric: the metric of the non-inferiority, improvement and slice checks.
+    :param candidate: candidate metrics on the evaluation rows.
+    :param champion: champion metrics on the SAME rows, or ``None`` when there is no champion yet.
+    :param bootstrap: :func:`paired_bootstrap` result on ``primary_metric`` (``None`` fails the
+        non-inferiority check when there is a champion).
+    :param slices: :func:`slice_metrics` output; slices are gated only with a champion.
+    :param champion_version: registry version of the champion, for the audit trail.
+    """
+    checks = _threshold_checks(gate, candidate)
+    first_run = champion is None
+    if champion is None:
+        if gate.first_run_policy == "reject":
+            detail = "no champion and first_run_policy is 'reject': a human promotes the first model"
+            checks.append(GateCheck("first_run", None, None, None, "fail", detail))
+        elif not gate.thresholds:
+            # TFX rule: without a baseline and without thresholds nothing proves the model is any good.
+            detail = "no champion and no absolute thresholds: nothing proves the model"
+            checks.append(GateCheck("first_run", None, None, None, "fail", detail))
+        else:
+            detail = "no champion: first_run_policy 'absolute_only' blesses on the absolute thresholds alone"
+            checks.append(GateCheck("first_run", None, None, None, "pass", detail))
+    else:
+        checks += _champion_checks(gate, primary_metric, candidate, champion, bootstrap)
+        if slices:
+            checks += _slice_checks(gate, primary_metric, slices)
+
+    failed = [c for c in checks if c.verdict == "fail"]
+    blessed = not failed
+    if failed:
+        reason = "not blessed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    elif first_run:
+        reason = f"blessed on first run: all {len(checks) - 1} absolute threshold checks pass"
+    else:
+        gated = sum(c.verdict == "pass" for c in checks)
+        skipped = sum(c.verdict == "skip" for c in checks)
+        reason = f"blessed: no worse than champion version {champion_version} on {gated} checks" + (
+            f" ({skipped} skipped)" if skipped else ""
+        )
+    return GateDecision(
+        blessed=blessed,
+        checks=checks,
+        champion_version=champion_version,
+        first_run=first_run,
+        primary_metric=primary_metric,
+        reason=reason,
+    )

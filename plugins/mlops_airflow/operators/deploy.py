@@ -1,0 +1,344 @@
+"""From a selected candidate to ``champion``: evaluate, gate, register, smoke test, promote; and rollback.
+
+The rule for promotion lives in :mod:`mlops_airflow.core.gate`; these operators only feed it and act on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import SkipMixin
+from airflow.sdk.exceptions import AirflowFailException
+
+from mlops_airflow.operators.base import MlopsBaseOperator
+from mlops_airflow.operators.training import load_snapshot
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from mlops_airflow.core.registry import ModelRegistry
+
+
+class _RegistryMixin:
+    model_name: str
+    client: Any
+
+    @property
+    def registry(self) -> ModelRegistry:
+        from mlops_airflow.core.registry import ModelRegistry
+
+        return ModelRegistry(self.client, self.model_name)
+
+
+class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
+    """Score the candidate and ``models:/<model>@champion`` on the same, newest evaluation rows.
+
+    Both models are loaded as MLflow pyfunc models, as serving loads them. Output: every metric of both,
+    the paired bootstrap of the primary metric's difference, and per-slice primary metrics.
+
+    :param snapshot: the ``snapshot`` task's XCom.
+    :param candidate: the ``select_candidate`` task's XCom.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "snapshot", "candidate")
+    ui_color = "#fcf3cf"
+
+    def __init__(self, *, snapshot: Any, candidate: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.snapshot = snapshot
+        self.candidate = candidate
+
+    def _baseline(self, context: Context) -> Any | None:
+        """The champion to compare with. If this DAG run's own version already is champion (the run is
+        being cleared and re-run after it promoted), compare with the version it was judged against."""
+        champion = self.registry.champion()
+        if champion is None:
+            return None
+        tags = champion.tags or {}
+        if tags.get("airflow.dag_id") == self.dag_id and tags.get("airflow.run_id") == context["run_id"]:
+            earlier = tags.get("mlops.gate.champion_version")
+            return self.registry.version(earlier) if earlier else None
+        return champion
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import mlflow
+
+        from mlops_airflow.core import tracking
+        from mlops_airflow.core.data import load_part, split_xy
+        from mlops_airflow.core.evaluation import compute_metrics, predict_scores
+        from mlops_airflow.core.gate import paired_bootstrap, slice_metrics
+        from mlops_airflow.core.reports import metric_comparison_figure, roc_curve_figure
+
+        spec = self.spec
+        parent = self.parent_run_id(context)
+        evaluation = load_part(load_snapshot(self.snapshot), "eval")
+        x, y = split_xy(spec, evaluation)
+        candidate_score = predict_scores(mlflow.pyfunc.load_model(self.candidate["model_uri"]), x, spec.task)
+        result: dict[str, Any] = {
+            "primary_metric": spec.primary,
+            "rows": len(evaluation),
+            "candidate": compute_metrics(spec.task, y, candidate_score),
+            "champion": None,
+            "champion_version": None,
+            "bootstrap": None,
+            "slices": None,
+        }
+        tracking.log_metrics(self.client, parent, result["candidate"], prefix="candidate_")
+
+        baseline = self._baseline(context)
+        figures = {}
+        if baseline is not None:
+            version = str(baseline.version)
+            model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}")
+            champion_score = predict_scores(model, x, spec.task)
+            result["champion"] = compute_metrics(spec.task, y, champion_score)
+            result["champion_version"] = version
+            gate = spec.gate
+            result["bootstrap"] = paired_bootstrap(
+                y.to_numpy(),
+                candidate_score,
+                champion_score,
+                spec.primary,
+                n_resamples=gate.n_bootstrap,
+                confidence=gate.confidence,
+            ).to_dict()
+            if spec.slices:
+                columns = {c: evaluation[c].to_numpy() for c in spec.slices}
+                result["slices"] = slice_metrics(spec.primary, y.to_numpy(), candidate_score, champion_score, columns)
+            tracking.log_metrics(self.client, parent, result["champion"], prefix="champion_")
+            self.client.set_tag(parent, "mlops.champion_version", version)
+            if spec.task == "classification":
+                figures["roc_candidate_vs_champion.png"] = roc_curve_figure(
+                    y, {"candidate": candidate_score, f"champion v{version}": champion_score}
+                )
+        figures["metrics_candidate_vs_champion.png"] = metric_comparison_figure(
+            result["candidate"], result["champion"]
+        )
+        tracking.log_figures(self.client, parent, figures, "evaluation")
+        tracking.log_json(self.client, parent, result, "evaluation/comparison.json")
+        return result
+
+
+class GateOperator(MlopsBaseOperator, SkipMixin):
+    """Apply the spec's gate to the evaluation; not blessed = downstream tasks skipped, not a crash.
+
+    The decision goes to XCom (``gate_decision``), the task log, and MLflow (tags, JSON and Markdown).
+
+    :param evaluation: the ``evaluate_vs_champion`` task's XCom.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "evaluation")
+    ui_color = "#fadbd8"
+
+    def __init__(self, *, evaluation: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.evaluation = evaluation
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_airflow.core import tracking
+        from mlops_airflow.core.gate import BootstrapResult, decide
+
+        ev = self.evaluation
+        boot = ev.get("bootstrap")
+        decision = decide(
+            self.spec.gate,
+            primary_metric=ev["primary_metric"],
+            candidate=ev["candidate"],
+            champion=ev.get("champion"),
+            bootstrap=BootstrapResult(**boot) if boot else None,
+            slices=ev.get("slices"),
+            champion_version=ev.get("champion_version"),
+        )
+        parent = self.parent_run_id(context)
+        data = decision.to_dict()
+        self.client.set_tag(parent, "mlops.gate.blessed", str(decision.blessed).lower())
+        self.client.set_tag(parent, "mlops.gate.reason", decision.reason[:5000])
+        tracking.log_json(self.client, parent, data, "gate/decision.json")
+        tracking.log_text(self.client, parent, decision.to_markdown(), "gate/report.md")
+        context["ti"].xcom_push(key="gate_decision", value=data)
+        self.log.info("gate decision for %s:\n%s", self.model_name, decision.to_markdown())
+        if not decision.blessed:
+            self.client.set_terminated(parent, "FINISHED")
+            self.log.warning("NOT BLESSED: %s; champion stays where it is", decision.reason)
+            downstream = [t for t in context["task"].get_flat_relatives(upstream=False)]
+            if downstream:
+                self.skip(ti=context["ti"], tasks=downstream)
+        return data
+
+
+class RegisterChallengerOperator(_RegistryMixin, MlopsBaseOperator):
+    """Register the blessed candidate as a new version with alias ``challenger``; once per DAG run.
+
+    :param snapshot: the ``snapshot`` task's XCom.
+    :param candidate: the ``select_candidate`` task's XCom.
+    :param decision: the ``gate`` task's XCom.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "snapshot", "candidate", "decision")
+    ui_color = "#e8daef"
+
+    def __init__(self, *, snapshot: Any, candidate: Any, decision: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.snapshot = snapshot
+        self.candidate = candidate
+        self.decision = decision
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_airflow.core import settings, tracking
+        from mlops_airflow.core.registry import CHALLENGER
+
+        if not self.decision.get("blessed"):  # the gate skips this task; refuse all the same
+            raise AirflowFailException(f"{self.model_name}: refusing to register a candidate not blessed")
+        parent = self.parent_run_id(context)
+        registry = self.registry
+        version = registry.version_of_run(self.dag_id, context["run_id"])
+        if version is None:
+            tags = {
+                "airflow.dag_id": self.dag_id,
+                "airflow.run_id": context["run_id"],
+                "airflow.try_number": str(context["ti"].try_number),
+                "mlops.data_hash": self.snapshot["content_hash"],
+                "mlops.snapshot_uri": self.snapshot["snapshot_uri"],
+                "mlops.validation": "passed",
+                "mlops.gate.blessed": "true",
+                "mlops.gate.reason": self.decision.get("reason", "")[:5000],
+                "mlops.gate.first_run": str(self.decision.get("first_run", False)).lower(),
+                "mlops.gate.champion_version": str(self.decision.get("champion_version") or ""),
+                "mlops.git_commit": settings.git_commit(),
+                "mlops.mlflow_run_id": parent,
+            }
+            version = registry.register(
+                self.candidate["model_uri"],
+                parent,
+                tags,
+                description=f"Trained by {self.dag_id} run {context['run_id']}; gate: {tags['mlops.gate.reason']}",
+            )
+        else:
+            self.log.info("version %s was already registered by this DAG run", version.version)
+        registry.set_alias(CHALLENGER, str(version.version))
+        self.client.set_tag(parent, "mlops.registered_version", str(version.version))
+        self.mlflow_url = tracking.model_url(self.model_name, version.version)
+        return {"version": str(version.version), "model_uri": f"models:/{self.model_name}/{version.version}"}
+
+
+class SmokeTestOperator(MlopsBaseOperator):
+    """Load ``models:/<model>@challenger`` in a fresh process and check outputs and latency.
+
+    :param snapshot: the ``snapshot`` task's XCom (evaluation rows to predict on).
+    :param registered: the ``register_challenger`` task's XCom.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "snapshot", "registered")
+    ui_color = "#e8daef"
+
+    def __init__(self, *, snapshot: Any, registered: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.snapshot = snapshot
+        self.registered = registered
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import json
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from mlops_airflow.core import tracking
+        from mlops_airflow.core.data import load_part, split_xy
+        from mlops_airflow.core.registry import CHALLENGER
+
+        spec = self.spec
+        parent = self.parent_run_id(context)
+        x, _ = split_xy(spec, load_part(load_snapshot(self.snapshot), "eval"))
+        scratch = Path(tracking.scratch_dir())
+        rows_file = scratch / "rows.parquet"
+        x.head(spec.smoke_test.rows).to_parquet(rows_file, index=False)
+        challenger = self.client.get_model_version_by_alias(spec.name, CHALLENGER)
+        if str(challenger.version) != str(self.registered["version"]):
+            raise AirflowFailException(
+                f"{spec.name}: alias challenger points at version {challenger.version}, this run registered "
+                f"{self.registered['version']}; another run moved it"
+            )
+        cmd = [
+            sys.executable, "-m", "mlops_airflow.core.smoke",
+            "--model-uri", f"models:/{spec.name}@{CHALLENGER}",
+            "--rows", str(rows_file),
+            "--task", spec.task,
+            "--max-latency-ms", str(spec.smoke_test.max_latency_ms_per_row),
+        ]  # fmt: skip
+        if spec.smoke_test.serve:
+            cmd.append("--serve")
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.hook.tracking_uri}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"smoke test process gave no result (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        result = json.loads(lines[-1])
+        tracking.log_json(self.client, parent, result, "smoke_test/result.json")
+        self.client.set_model_version_tag(spec.name, str(challenger.version), "mlops.smoke_test", str(result["passed"]).lower())
+        self.log.info("smoke test: %s", result)
+        if not result["passed"]:
+            raise AirflowFailException(f"{spec.name} v{challenger.version} failed its smoke test: {result['problems']}")
+        return {"passed": True, "latency_ms_per_row": result["latency_ms_per_row"], "version": str(challenger.version)}
+
+
+class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
+    """Move ``champion`` to this run's version (``previous_champion`` to the old one). Pool of one slot.
+
+    :param registered: the ``register_challenger`` task's XCom.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "registered")
+    ui_color = "#abebc6"
+
+    def __init__(self, *, registered: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.registered = registered
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_airflow.core import tracking
+
+        parent = self.parent_run_id(context)
+        version = str(self.registered["version"])
+        move = self.registry.promote(version, reason=f"blessed by the gate in {self.dag_id} run {context['run_id']}")
+        self.log.info("champion of %s: %s", self.model_name, move)
+        self.client.set_tag(parent, "mlops.promoted_version", version)
+        self.client.set_terminated(parent, "FINISHED")
+        self.mlflow_url = tracking.model_url(self.model_name, version)
+        return move.to_dict()
+
+
+class RollbackOperator(_RegistryMixin, MlopsBaseOperator):
+    """Move ``champion`` back to ``previous_champion`` or to a chosen, blessed version.
+
+    :param version: version number, or empty for ``previous_champion`` (templated).
+    :param reason: why (templated; required), kept on the versions as audit.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "version", "reason")
+    ui_color = "#f5b7b1"
+
+    def __init__(self, *, version: str | None = None, reason: str = "", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.version = version
+        self.reason = reason
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from mlops_airflow.core import tracking
+        from mlops_airflow.core.registry import RegistryError
+
+        reason = (self.reason or "").strip()
+        if not reason:
+            raise AirflowFailException("rollback needs a reason (param 'reason')")
+        version = (str(self.version).strip() if self.version is not None else "") or None
+        if version in {"None", "null"}:
+            version = None
+        by = f"{reason} (rollback by {self.dag_id} run {context['run_id']})"
+        try:
+            move = self.registry.rollback(by, version)
+        except RegistryError as err:
+            raise AirflowFailException(str(err)) from None
+        self.log.info("rollback of %s: %s", self.model_name, move)
+        self.mlflow_url = tracking.model_url(self.model_name, move.to_version)
+        return move.to_dict()
