@@ -19,7 +19,7 @@ def aliases(client) -> dict[str, str]:
 
 
 def versions(client) -> list[str]:
-    return sorted(v.version for v in client.search_model_versions(f"name = '{MODEL}'"))
+    return sorted(str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'"))
 
 
 def shuffle_training_labels(landing, days) -> None:

@@ -193,3 +193,25 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def write_diabetes_batches(directory: Path | str, days: int = 15, start: dt.date = DEFAULT_START) -> list[Path]:
+    """scikit-learn's bundled diabetes data (442 patients, no download) as ``days`` daily CSV batches.
+
+    The regression example: ``progression`` (disease progression after one year) from ten baseline
+    measurements; ``sex`` is written as a category.
+    """
+    import numpy as np
+    from sklearn.datasets import load_diabetes
+
+    frame = load_diabetes(scaled=False, as_frame=True).frame.rename(columns={"target": "progression"})
+    frame["sex"] = frame["sex"].map({1.0: "sex_1", 2.0: "sex_2"})
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for day, chunk in enumerate(np.array_split(frame, days)):
+        chunk = chunk.assign(event_date=str(start + dt.timedelta(days=day)))
+        path = directory / batch_file_name(day, "csv", start)
+        chunk.to_csv(path, index=False)
+        paths.append(path)
+    return paths

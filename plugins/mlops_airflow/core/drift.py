@@ -221,7 +221,10 @@ def compute_drift(
         # Both conditions: with thousands of rows a test's p-value falls below any threshold on shifts far
         # too small to matter, and the PSI alone is noisy on small batches. Significant AND large = drift.
         drifted = bool(
-            math.isfinite(p_value) and p_value < spec.p_value and math.isfinite(psi) and psi >= spec.psi_threshold
+            math.isfinite(p_value)
+            and p_value < spec.p_value
+            and math.isfinite(psi)
+            and psi >= spec.psi_threshold
         )
         features.append(FeatureDrift(column, kind, stat, p_value, distance, psi, drifted))
 
@@ -304,8 +307,8 @@ def retrain_decision(
             # on the same drifted data would only queue identical runs.
             reason = (
                 f"suppressed: within the {spec.cooldown_hours:g}h cooldown (last request "
-                f"{_utc(last_request_at).isoformat()}, {elapsed.total_seconds() / 3600:.1f}h ago); would request "
-                f"because {why}"
+                f"{_utc(last_request_at).isoformat()}, {elapsed.total_seconds() / 3600:.1f}h ago); "
+                f"would request because {why}"
             )
             return RetrainDecision(False, reason, True)
     return RetrainDecision(True, f"retrain requested: {why}", False)
@@ -331,8 +334,8 @@ def plot_feature_drift(reference: pd.DataFrame, current: pd.DataFrame, feature: 
         else:
             # Shared edges so the two histograms are comparable bar for bar.
             edges = np.histogram_bin_edges(both, bins=30)
-            ax.hist(ref, bins=edges, density=True, alpha=0.5, label=f"reference (n={len(ref)})")
-            ax.hist(cur, bins=edges, density=True, alpha=0.5, label=f"current (n={len(cur)})")
+            ax.hist(ref, bins=edges.tolist(), density=True, alpha=0.5, label=f"reference (n={len(ref)})")
+            ax.hist(cur, bins=edges.tolist(), density=True, alpha=0.5, label=f"current (n={len(cur)})")
         ax.set(xlabel=feature, ylabel="density")
     elif kind == "categorical":
         ref_share = _as_categories(reference[feature]).value_counts(normalize=True)

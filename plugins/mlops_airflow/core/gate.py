@@ -174,7 +174,9 @@ def paired_bootstrap(
         # Row b of `w` counts how often each evaluation row was drawn in resample b (shared by both models).
         w = np.bincount((idx + n * np.arange(size)[:, None]).ravel(), minlength=size * n)
         w = w.reshape(size, n).astype("float64")
-        diffs.append(_orient(metric, _weighted_metric(metric, y, cand, w), _weighted_metric(metric, y, champ, w)))
+        diffs.append(
+            _orient(metric, _weighted_metric(metric, y, cand, w), _weighted_metric(metric, y, champ, w))
+        )
     all_diffs = np.concatenate(diffs)
     valid = all_diffs[np.isfinite(all_diffs)]  # undefined resamples (one class) carry no evidence
     alpha = (1.0 - confidence) / 2.0
@@ -221,7 +223,9 @@ def slice_metrics(
             out[f"{column}={value}"] = {
                 "n": int(mask.sum()),
                 "candidate": metric_value(primary_metric, y[mask], cand[mask]),
-                "champion": float("nan") if champ is None else metric_value(primary_metric, y[mask], champ[mask]),
+                "champion": float("nan")
+                if champ is None
+                else metric_value(primary_metric, y[mask], champ[mask]),
             }
     return out
 
@@ -376,7 +380,10 @@ def _champion_checks(
         if bootstrap is not None and bootstrap.metric == primary_metric:
             estimate = _finite_or_none(bootstrap.estimate)
         else:
-            c, h = _finite_or_none(candidate.get(primary_metric)), _finite_or_none(champion.get(primary_metric))
+            c, h = (
+                _finite_or_none(candidate.get(primary_metric)),
+                _finite_or_none(champion.get(primary_metric)),
+            )
             estimate = None if c is None or h is None else _orient(primary_metric, c, h)
         if estimate is None:
             checks.append(

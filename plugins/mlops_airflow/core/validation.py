@@ -150,7 +150,7 @@ def validate_snapshot(spec: ModelSpec, snapshot: Snapshot) -> ValidationSummary:
     for batch in snapshot.batches:
         if batch.snapshot_file is None:
             summary.failed.append(
-                FailedExpectation(batch.name, "readable_table", None, str(batch.read_error))
+                FailedExpectation(batch.name, "readable_table", None, f"readable_table: {batch.read_error}")
             )
             continue
         frame = load_batch(snapshot, batch)

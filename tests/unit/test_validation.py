@@ -1,0 +1,63 @@
+"""GX validation of snapshot batches: each corruption is caught and named (file, column, rule, counts)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlops_airflow.core import demo_data
+from mlops_airflow.core.config import get_spec
+from mlops_airflow.core.data import write_snapshot
+from mlops_airflow.core.validation import validate_snapshot
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return get_spec("credit_default")
+
+
+def snapshot_with(tmp_path, corrupt=None, fmt="csv"):
+    landing = tmp_path / "landing"
+    demo_data.write_batches(landing, range(3), n_rows=300, fmt=fmt)
+    demo_data.write_batch(landing, 3, n_rows=300, corrupt=corrupt, fmt=fmt)
+    return write_snapshot(spec_for_window(), str(landing), str(tmp_path / "snap"))
+
+
+def spec_for_window():
+    return get_spec("credit_default").model_copy(update={"min_rows": 100})
+
+
+def test_clean_batches_pass(spec, tmp_path):
+    summary = validate_snapshot(spec, snapshot_with(tmp_path))
+    assert summary.success, summary.message()
+    assert summary.files == 4 and summary.rows == 1200 and summary.expectations > 30
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "column", "expectation", "counted"),
+    [
+        ("missing_column", "utilization", "expect_column_to_exist", False),
+        ("wrong_dtype", "income", "expect_column_values_to_be_in_type_list", False),
+        ("nulls_in_required", "age", "expect_column_values_to_not_be_null", True),
+        ("out_of_range", "utilization", "expect_column_values_to_be_between", True),
+        ("unknown_category", "region", "expect_column_values_to_be_in_set", True),
+        ("empty", None, "expect_table_row_count_to_be_between", False),
+        ("not_tabular", None, "readable_table", False),
+    ],
+)
+def test_each_corruption_is_named(spec, tmp_path, corrupt, column, expectation, counted):
+    summary = validate_snapshot(spec, snapshot_with(tmp_path, corrupt))
+    assert not summary.success
+    hits = [f for f in summary.failed if f.expectation == expectation and f.column == column]
+    assert hits, summary.message()
+    assert {f.file for f in summary.failed} == {"batch_2026-01-04.csv"}
+    if counted:
+        assert 0 < hits[0].unexpected_count < hits[0].element_count == 300
+    message = summary.message()
+    assert "batch_2026-01-04.csv" in message and expectation in message
+    if column:
+        assert f"column {column!r}" in message
+
+
+def test_parquet_batches_validate_too(spec, tmp_path):
+    summary = validate_snapshot(spec, snapshot_with(tmp_path, "out_of_range", fmt="parquet"))
+    assert [f.file for f in summary.failed] == ["batch_2026-01-04.parquet"]
