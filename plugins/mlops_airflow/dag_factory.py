@@ -94,9 +94,9 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
         snapshot = SnapshotOperator(task_id="snapshot", data_uri="{{ params.data_uri or '' }}", **common)
         validate = ValidateDataOperator(task_id="validate_data", snapshot=snapshot.output, **common)
         grid = [{"index": i, "params": p} for i, p in enumerate(candidate_grid(spec))]
-        train = TrainCandidateOperator.partial(
-            task_id="train", snapshot=snapshot.output, **common
-        ).expand(candidate=grid)
+        train = TrainCandidateOperator.partial(task_id="train", snapshot=snapshot.output, **common).expand(
+            candidate=grid
+        )
         select = SelectCandidateOperator(
             task_id="select_candidate", snapshot=snapshot.output, candidates=train.output, **common
         )
@@ -114,9 +114,7 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
         smoke = SmokeTestOperator(
             task_id="smoke_test", snapshot=snapshot.output, registered=register.output, **common
         )
-        promote = PromoteOperator(
-            task_id="promote", registered=register.output, pool=REGISTRY_POOL, **common
-        )
+        promote = PromoteOperator(task_id="promote", registered=register.output, pool=REGISTRY_POOL, **common)
         snapshot >> validate >> train >> select >> evaluate >> gate >> register >> smoke
         if spec.gate.require_approval:
             from airflow.providers.standard.operators.hitl import ApprovalOperator
@@ -158,7 +156,9 @@ have been blessed by the gate. The reason is kept as tags on both versions. Runs
             "version": Param(
                 None, type=["null", "string"], description="Version to serve; empty = previous_champion"
             ),
-            "reason": Param("", type="string", minLength=1, description="Why (kept as audit on the versions)"),
+            "reason": Param(
+                "", type="string", minLength=1, description="Why (kept as audit on the versions)"
+            ),
         },
     ) as dag:
         RollbackOperator(
@@ -172,11 +172,77 @@ have been blessed by the gate. The reason is kept as tags on both versions. Runs
     return dag
 
 
+def build_predict_dag(spec: ModelSpec) -> DAG:
+    from mlops_airflow.operators.monitoring import PredictOperator
+
+    with DAG(
+        dag_id=f"predict_{spec.name}",
+        description=f"Batch scoring with models:/{spec.name}@champion",
+        doc_md=f"""### Batch scoring of `{spec.name}`
+
+Scores every batch in the scoring zone (`{spec.scoring_uri}` under the data root, or the `data_uri` param)
+that has no predictions yet, with the version that holds `champion` when the task runs. Each row keeps its
+input columns and gets `prediction`, `model_version` and `predicted_at`. Runs when asset
+`{spec.scoring_asset_uri}` is updated (a landing job emits it) or by hand; emits `{spec.predictions_asset_uri}`.
+""",
+        schedule=Asset(uri=spec.scoring_asset_uri, name=f"{spec.name}_scoring_data"),
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(spec),
+        tags=["mlops", "batch-scoring", spec.name, *spec.tags],
+        params={
+            "data_uri": Param(None, type=["null", "string"], description="Batch file or directory to score"),
+        },
+    ) as dag:
+        PredictOperator(
+            task_id="predict",
+            model_name=spec.name,
+            data_uri="{{ params.data_uri or '' }}",
+            outlets=[Asset(uri=spec.predictions_asset_uri, name=f"{spec.name}_predictions")],
+        )
+    return dag
+
+
+def build_monitor_dag(spec: ModelSpec) -> DAG:
+    from mlops_airflow.operators.monitoring import MonitorOperator, RequestRetrainOperator
+
+    d = spec.drift
+    with DAG(
+        dag_id=f"monitor_{spec.name}",
+        description=f"Drift and live performance of the {spec.name} champion",
+        doc_md=f"""### Monitoring of `{spec.name}`
+
+`monitor` compares the newest {d.window_batches} landed batch(es) with the champion's training snapshot
+(KS / chi-squared tests and PSI per feature; a feature drifts when p < {d.p_value} and PSI >= {d.psi_threshold})
+and, where labels have arrived, the champion's live `{spec.primary}` with its evaluation figure. The drift
+report and plots go to MLflow. `request_retrain` emits `{spec.retrain_asset_uri}` (which starts
+`ct_{spec.name}`) when drift share >= {d.drift_share} or the metric fell by more than {d.max_metric_drop},
+at most once per {d.cooldown_hours:g} h; otherwise it is skipped.
+""",
+        schedule="0 6 * * *",
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(spec),
+        tags=["mlops", "monitoring", spec.name, *spec.tags],
+        params={"data_uri": Param(None, type=["null", "string"], description="Landing zone to monitor")},
+    ) as dag:
+        monitor = MonitorOperator(task_id="monitor", model_name=spec.name, data_uri="{{ params.data_uri or '' }}")
+        RequestRetrainOperator(
+            task_id="request_retrain",
+            model_name=spec.name,
+            decision=monitor.output,
+            outlets=[retrain_asset(spec)],
+        )
+    return dag
+
+
 def build_dags(specs: list[ModelSpec] | None = None) -> dict[str, DAG]:
     """Every DAG of every model spec, keyed by DAG id."""
     dags: dict[str, DAG] = {}
     for spec in specs if specs is not None else load_all_specs():
-        for builder in (build_ct_dag, build_rollback_dag):
+        for builder in (build_ct_dag, build_monitor_dag, build_predict_dag, build_rollback_dag):
             dag = builder(spec)
             dags[dag.dag_id] = dag
     return dags

@@ -32,11 +32,15 @@ def main() -> int:
     if run_id and experiment:
         run = client.get_run(run_id)
         tags = run.data.tags
-        print(f"  data hash       {tags.get('mlops.data_hash', '?')[:16]}...  validation: {tags.get('mlops.validation')}")
+        print(
+            f"  data hash       {tags.get('mlops.data_hash', '?')[:16]}...  validation: {tags.get('mlops.validation')}"
+        )
         auc = run.data.metrics.get("candidate_roc_auc")
         if auc is not None:
             print(f"  candidate       ROC AUC {auc:.4f} on the newest day")
-        print(f"  gate            blessed={tags.get('mlops.gate.blessed')}  {tags.get('mlops.gate.reason', '')[:90]}")
+        print(
+            f"  gate            blessed={tags.get('mlops.gate.blessed')}  {tags.get('mlops.gate.reason', '')[:90]}"
+        )
         print(f"  MLflow run      {run_url(experiment.experiment_id, run_id)}")
     if champion is not None:
         print(f"  champion        models:/credit_default@champion = version {champion.version}")
@@ -45,8 +49,10 @@ def main() -> int:
         "\nOpen the UIs:  make up   (Airflow http://127.0.0.1:8080, login admin/admin; "
         f"MLflow {settings.mlflow_ui_url()})"
     )
-    print("Run again on a new day:  uv run python -m mlops_airflow.core.demo_data "
-          f"{settings.data_root()}/landing/credit_default --first-day 15 --days 1 && make demo")
+    print(
+        "Run again on a new day:  uv run python -m mlops_airflow.core.demo_data "
+        f"{settings.data_root()}/landing/credit_default --first-day 15 --days 1 && make demo"
+    )
     print(line)
     return 0 if str(dag_run.state) == "success" else 1
 

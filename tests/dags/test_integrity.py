@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ def test_every_model_spec_yields_its_dags(dagbag):
     specs = load_all_specs(models_dir())
     assert [s.name for s in specs] == sorted(p.stem for p in models_dir().glob("*.yaml"))
     for spec in specs:
-        for prefix in ("ct_", "rollback_"):
+        for prefix in ("ct_", "monitor_", "predict_", "rollback_"):
             assert f"{prefix}{spec.name}" in dagbag.dags
 
 
@@ -53,7 +54,7 @@ def test_ct_dag_shape(dagbag):
         "snapshot", "validate_data", "train", "select_candidate", "evaluate_vs_champion", "gate",
         "register_challenger", "smoke_test", "promote",
     ]  # fmt: skip
-    for upstream, downstream in zip(order, order[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(order):
         assert downstream in dag.get_task(upstream).downstream_task_ids
     assert dag.get_task("promote").pool == "mlflow_registry"
     assert dagbag.dags["rollback_credit_default"].get_task("rollback").pool == "mlflow_registry"

@@ -69,7 +69,9 @@ def test_first_run_promotes_then_a_good_day_promotes_again_and_rollback_returns(
     back = run_dag(ROLLBACK, conf={"reason": "v2 misprices self-employed applicants"})
     assert back.state == "success", back.tasks
     assert aliases(mlflow_client)["champion"] == "1"
-    assert mlflow_client.get_model_version(MODEL, "1").tags["mlops.rollback_reason"].startswith("v2 misprices")
+    assert (
+        mlflow_client.get_model_version(MODEL, "1").tags["mlops.rollback_reason"].startswith("v2 misprices")
+    )
 
     missing = run_dag(ROLLBACK, conf={"version": "42", "reason": "try a version that does not exist"})
     assert missing.state == "failed"
@@ -99,7 +101,8 @@ def test_candidate_trained_on_shuffled_labels_is_not_blessed(run_dag, demo_batch
     )[0]
     assert parent.data.tags["mlops.gate.blessed"] == "false"
     report = mlflow_client.download_artifacts(parent.info.run_id, "gate/report.md")
-    assert "non_inferiority" in open(report).read()
+    with open(report) as fh:
+        assert "non_inferiority" in fh.read()
 
 
 def test_rollback_refuses_a_version_never_blessed(run_dag, demo_batches, mlflow_client):
@@ -108,7 +111,9 @@ def test_rollback_refuses_a_version_never_blessed(run_dag, demo_batches, mlflow_
     registry = ModelRegistry(mlflow_client, MODEL)
     # a version registered by hand, outside the gate
     unblessed = registry.register(
-        mlflow_client.get_model_version(MODEL, "1").source, None, {"origin": "hand"}  # type: ignore[arg-type]
+        mlflow_client.get_model_version(MODEL, "1").source,
+        None,
+        {"origin": "hand"},  # type: ignore[arg-type]
     )
     result = run_dag(ROLLBACK, conf={"version": str(unblessed.version), "reason": "hand-made model"})
     assert result.state == "failed"

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from mlops_airflow.core import tracking
-from mlops_airflow.core.config import get_spec
-from mlops_airflow.core.config import candidate_grid
+from mlops_airflow.core.config import candidate_grid, get_spec
 
 pytestmark = pytest.mark.e2e
 DAG_ID = "ct_credit_default"
@@ -48,9 +47,8 @@ def test_ct_run_trains_candidates_and_logs_model(run_dag, demo_batches, mlflow_c
     assert run.data.metrics["eval_roc_auc"] > 0.75
     artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/roc_curve.png", "plots/confusion_matrix.png"}
-    summary = json.loads(
-        open(mlflow_client.download_artifacts(run.info.run_id, "validation/summary.json")).read()
-    )
+    with open(mlflow_client.download_artifacts(run.info.run_id, "validation/summary.json")) as fh:
+        summary = json.load(fh)
     assert summary["success"] is True and summary["files"] == 15
 
     # the fitted pipeline is logged with a signature and loads back as a pyfunc model

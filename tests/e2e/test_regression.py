@@ -26,7 +26,7 @@ def test_regression_model_trains_gates_and_promotes(run_dag, mlops_home, mlflow_
     decision = result.xcom("gate", key="gate_decision")
     assert decision["blessed"] and decision["first_run"] and decision["primary_metric"] == "rmse"
     model = mlflow_client.get_registered_model("diabetes_progression")
-    assert model.aliases["champion"] == "1"
+    assert str(model.aliases["champion"]) == "1"
 
     exp = mlflow_client.get_experiment_by_name("diabetes_progression")
     parent = mlflow_client.search_runs([exp.experiment_id], "tags.`mlops.kind` = 'ct'")[0]

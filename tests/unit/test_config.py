@@ -32,7 +32,11 @@ def test_demo_spec_loads():
     [
         (lambda d: d.update(task="ranking"), "task", "classification"),
         (lambda d: d["features"][0].update(type="text"), "features.0.type", "numeric"),
-        (lambda d: d["gate"]["thresholds"].update(rmse={"max": 1}), "gate.thresholds", "unknown metric 'rmse'"),
+        (
+            lambda d: d["gate"]["thresholds"].update(rmse={"max": 1}),
+            "gate.thresholds",
+            "unknown metric 'rmse'",
+        ),
         (lambda d: d.update(primary_metric="r2"), "primary_metric", "not one of"),
         (lambda d: d["estimator"].update({"class": "xgboost.XGBClassifier"}), "estimator.class", "sklearn"),
         (lambda d: d.update(slices=["age"]), "slices", "not a categorical feature"),

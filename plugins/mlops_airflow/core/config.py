@@ -41,6 +41,13 @@ class SourceSpec(_Strict):
     timestamp_column: str = "event_date"
 
 
+class ScoringSpec(_Strict):
+    """Where unlabelled batches to score land (``predict_<model>``); relative to ``MLOPS_DATA_ROOT``."""
+
+    uri: str | None = None
+    format: Literal["csv", "parquet"] = "csv"
+
+
 class FeatureSpec(_Strict):
     name: str
     type: Literal["numeric", "categorical"]
@@ -151,6 +158,7 @@ class ModelSpec(_Strict):
     owner: str = "mlops"
     task: Literal["classification", "regression"]
     source: SourceSpec
+    scoring: ScoringSpec = ScoringSpec()
     features: list[FeatureSpec] = Field(min_length=1)
     label: LabelSpec
     window: WindowSpec = WindowSpec()
@@ -225,6 +233,14 @@ class ModelSpec(_Strict):
     @property
     def predictions_asset_uri(self) -> str:
         return f"mlops://{self.name}/predictions"
+
+    @property
+    def scoring_asset_uri(self) -> str:
+        return f"mlops://{self.name}/scoring-data"
+
+    @property
+    def scoring_uri(self) -> str:
+        return self.scoring.uri or f"scoring/{self.name}"
 
 
 def candidate_grid(spec: ModelSpec) -> list[dict[str, Any]]:

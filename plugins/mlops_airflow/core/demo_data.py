@@ -195,7 +195,9 @@ if __name__ == "__main__":
     main()
 
 
-def write_diabetes_batches(directory: Path | str, days: int = 15, start: dt.date = DEFAULT_START) -> list[Path]:
+def write_diabetes_batches(
+    directory: Path | str, days: int = 15, start: dt.date = DEFAULT_START
+) -> list[Path]:
     """scikit-learn's bundled diabetes data (442 patients, no download) as ``days`` daily CSV batches.
 
     The regression example: ``progression`` (disease progression after one year) from ten baseline
@@ -209,8 +211,8 @@ def write_diabetes_batches(directory: Path | str, days: int = 15, start: dt.date
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for day, chunk in enumerate(np.array_split(frame, days)):
-        chunk = chunk.assign(event_date=str(start + dt.timedelta(days=day)))
+    for day, rows in enumerate(np.array_split(np.arange(len(frame)), days)):
+        chunk = frame.iloc[rows].assign(event_date=str(start + dt.timedelta(days=day)))
         path = directory / batch_file_name(day, "csv", start)
         chunk.to_csv(path, index=False)
         paths.append(path)

@@ -221,10 +221,7 @@ def compute_drift(
         # Both conditions: with thousands of rows a test's p-value falls below any threshold on shifts far
         # too small to matter, and the PSI alone is noisy on small batches. Significant AND large = drift.
         drifted = bool(
-            math.isfinite(p_value)
-            and p_value < spec.p_value
-            and math.isfinite(psi)
-            and psi >= spec.psi_threshold
+            math.isfinite(p_value) and p_value < spec.p_value and math.isfinite(psi) and psi >= spec.psi_threshold
         )
         features.append(FeatureDrift(column, kind, stat, p_value, distance, psi, drifted))
 
@@ -240,9 +237,7 @@ def compute_drift(
     )
 
 
-def performance_drop(
-    reference_metric: float, live_metric: float, metric: str, spec: DriftSpec
-) -> tuple[bool, float]:
+def performance_drop(reference_metric: float, live_metric: float, metric: str, spec: DriftSpec) -> tuple[bool, float]:
     """Whether the live metric fell more than ``spec.max_metric_drop`` below the reference.
 
     :param reference_metric: the champion's metric on its evaluation set.

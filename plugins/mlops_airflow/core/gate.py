@@ -39,13 +39,16 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _orient(metric: str, candidate: float, champion: float) -> float:
+def _signed(value: float | None) -> str:
+    """``+0.0123`` style; a bootstrap rebuilt from JSON may hold ``None`` where it had NaN."""
+    value = _finite_or_none(value)
+    return "undefined" if value is None else f"{value:+.4g}"
+
+
+def _orient(metric: str, candidate: Any, champion: Any) -> Any:
     """Candidate minus champion, sign-flipped for lower-is-better metrics (positive = candidate better)."""
     diff = candidate - champion
     return diff if higher_is_better(metric) else -diff
-
-
-# --------------------------------------------------------------------------------------------- bootstrap
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,8 @@ class BootstrapResult:
     n_resamples: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "estimate": _finite_or_none(self.estimate),
-            "lower": _finite_or_none(self.lower),
-            "upper": _finite_or_none(self.upper),
-            "confidence": self.confidence,
-            "n_resamples": self.n_resamples,
-        }
+        data = asdict(self)
+        return data | {k: _finite_or_none(data[k]) for k in ("estimate", "lower", "upper")}
 
 
 def _weighted_metric(metric: str, y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -174,9 +171,7 @@ def paired_bootstrap(
         # Row b of `w` counts how often each evaluation row was drawn in resample b (shared by both models).
         w = np.bincount((idx + n * np.arange(size)[:, None]).ravel(), minlength=size * n)
         w = w.reshape(size, n).astype("float64")
-        diffs.append(
-            _orient(metric, _weighted_metric(metric, y, cand, w), _weighted_metric(metric, y, champ, w))
-        )
+        diffs.append(_orient(metric, _weighted_metric(metric, y, cand, w), _weighted_metric(metric, y, champ, w)))
     all_diffs = np.concatenate(diffs)
     valid = all_diffs[np.isfinite(all_diffs)]  # undefined resamples (one class) carry no evidence
     alpha = (1.0 - confidence) / 2.0
@@ -184,10 +179,7 @@ def paired_bootstrap(
         lower, upper = (float(v) for v in np.quantile(valid, [alpha, 1.0 - alpha]))
     else:
         lower = upper = float("nan")
-    return BootstrapResult(metric, float(estimate), lower, upper, confidence, int(len(valid)))
-
-
-# ------------------------------------------------------------------------------------------------ slices
+    return BootstrapResult(metric, float(estimate), lower, upper, confidence, len(valid))
 
 
 def slice_metrics(
@@ -200,9 +192,9 @@ def slice_metrics(
     """Primary metric of both models on every category of every slice column.
 
     :param slice_columns: column name -> its values on the evaluation rows (same order as ``y_true``).
-    :param score_champion: ``None`` when there is no champion (its values are then NaN).
+    :param score_champion: ``None`` when there is no champion (its values are then ``None``).
     :return: ``{"column=value": {"n": rows, "candidate": metric, "champion": metric}}``; null values
-        form the category ``<missing>``. Undefined metrics (one class in the slice) are NaN.
+        form the category ``<missing>``. Undefined metrics (one class in the slice) are ``None``.
     """
     import numpy as np
     import pandas as pd
@@ -220,17 +212,15 @@ def slice_metrics(
         labels = series.where(series.notna(), MISSING).astype(str).to_numpy()
         for value in sorted(set(labels)):
             mask = labels == value
+            # None, not NaN, for an undefined metric: this dict goes to XCom and MLflow as JSON.
+            champion = None if champ is None else metric_value(primary_metric, y[mask], champ[mask])
+            candidate = _finite_or_none(metric_value(primary_metric, y[mask], cand[mask]))
             out[f"{column}={value}"] = {
                 "n": int(mask.sum()),
-                "candidate": metric_value(primary_metric, y[mask], cand[mask]),
-                "champion": float("nan")
-                if champ is None
-                else metric_value(primary_metric, y[mask], champ[mask]),
+                "candidate": candidate,
+                "champion": _finite_or_none(champion),
             }
     return out
-
-
-# ---------------------------------------------------------------------------------------------- decision
 
 
 @dataclass(frozen=True)
@@ -277,14 +267,7 @@ class GateDecision:
         return [c for c in self.checks if c.verdict == "fail"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "blessed": self.blessed,
-            "champion_version": self.champion_version,
-            "first_run": self.first_run,
-            "primary_metric": self.primary_metric,
-            "reason": self.reason,
-            "checks": [c.to_dict() for c in self.checks],
-        }
+        return asdict(self) | {"checks": [c.to_dict() for c in self.checks]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GateDecision:
@@ -305,13 +288,9 @@ class GateDecision:
             return "-" if value is None else f"{value:.4g}"
 
         verdict = "BLESSED" if self.blessed else "NOT BLESSED"
-        against = (
-            f"champion version {self.champion_version}"
-            if self.champion_version is not None
-            else "no champion (first run)"
-            if self.first_run
-            else "no champion"
-        )
+        against = "no champion (first run)" if self.first_run else "champion"
+        if self.champion_version is not None:
+            against = f"champion version {self.champion_version}"
         lines = [
             f"### Gate: **{verdict}**",
             "",
@@ -324,10 +303,16 @@ class GateDecision:
         ]
         for c in self.checks:
             detail = c.detail.replace("|", "\\|")
-            lines.append(
-                f"| {c.name} | {c.metric or '-'} | {fmt(c.value)} | {fmt(c.bound)} | {c.verdict} | {detail} |"
-            )
+            lines.append(f"| {c.name} | {c.metric or '-'} | {fmt(c.value)} | {fmt(c.bound)} | {c.verdict} | {detail} |")
         return "\n".join(lines) + "\n"
+
+
+def _check(
+    name: str, metric: str | None, value: float | None, bound: float | None, ok: bool | None, detail: str
+) -> GateCheck:
+    """A :class:`GateCheck`; ``ok=None`` is a skip (reported, not gated)."""
+    verdict: Verdict = "skip" if ok is None else "pass" if ok else "fail"
+    return GateCheck(name, metric, value, bound, verdict, detail)
 
 
 def _threshold_checks(gate: GateSpec, candidate: dict[str, float]) -> list[GateCheck]:
@@ -340,91 +325,78 @@ def _threshold_checks(gate: GateSpec, candidate: dict[str, float]) -> list[GateC
             name = f"{metric} {'>=' if kind == 'min' else '<='} {limit:g}"
             if value is None:
                 # Fail closed: a metric we cannot read proves nothing.
-                checks.append(GateCheck(name, metric, None, limit, "fail", f"{metric} is missing or NaN"))
+                checks.append(_check(name, metric, None, limit, False, f"{metric} is missing or NaN"))
                 continue
             ok = value >= limit if kind == "min" else value <= limit
             detail = f"{metric} = {value:.4g} ({'within' if ok else 'outside'} the absolute {kind} {limit:g})"
-            checks.append(GateCheck(name, metric, value, limit, "pass" if ok else "fail", detail))
+            checks.append(_check(name, metric, value, limit, ok, detail))
     return checks
 
 
 def _champion_checks(
     gate: GateSpec,
-    primary_metric: str,
+    metric: str,
     candidate: dict[str, float],
     champion: dict[str, float],
     bootstrap: BootstrapResult | None,
 ) -> list[GateCheck]:
     margin = -gate.max_regression
-    lower = None if bootstrap is None else _finite_or_none(bootstrap.lower)
+    usable = bootstrap is not None and bootstrap.metric == metric
+    lower = _finite_or_none(bootstrap.lower) if bootstrap is not None and usable else None
     if bootstrap is None:
-        ni = GateCheck("non_inferiority", primary_metric, None, margin, "fail", "no bootstrap interval")
-    elif bootstrap.metric != primary_metric:
-        detail = f"bootstrap is on {bootstrap.metric!r}, not the primary metric {primary_metric!r}"
-        ni = GateCheck("non_inferiority", primary_metric, lower, margin, "fail", detail)
+        detail = "no bootstrap interval"
+    elif not usable:
+        detail = f"bootstrap is on {bootstrap.metric!r}, not the primary metric {metric!r}"
     elif lower is None:
         detail = "bootstrap interval undefined (metric undefined on every resample)"
-        ni = GateCheck("non_inferiority", primary_metric, None, margin, "fail", detail)
     else:
-        ok = lower > margin
         detail = (
             f"{bootstrap.confidence:.0%} lower bound of candidate - champion = {lower:+.4g} "
-            f"({'>' if ok else '<='} -{gate.max_regression:g}); estimate {bootstrap.estimate:+.4g}, "
-            f"interval [{lower:+.4g}, {bootstrap.upper:+.4g}], {bootstrap.n_resamples} resamples"
+            f"({'>' if lower > margin else '<='} -{gate.max_regression:g}); estimate "
+            f"{_signed(bootstrap.estimate)}, interval [{lower:+.4g}, "
+            f"{_signed(bootstrap.upper)}], "
+            f"{bootstrap.n_resamples} resamples"
         )
-        ni = GateCheck("non_inferiority", primary_metric, lower, margin, "pass" if ok else "fail", detail)
-    checks = [ni]
+    checks = [_check("non_inferiority", metric, lower, margin, lower is not None and lower > margin, detail)]
 
     if gate.min_improvement is not None:
         # The paired estimate is on the same rows; the metric dicts are the fallback.
-        if bootstrap is not None and bootstrap.metric == primary_metric:
+        if bootstrap is not None and usable:
             estimate = _finite_or_none(bootstrap.estimate)
         else:
-            c, h = (
-                _finite_or_none(candidate.get(primary_metric)),
-                _finite_or_none(champion.get(primary_metric)),
-            )
-            estimate = None if c is None or h is None else _orient(primary_metric, c, h)
-        if estimate is None:
-            checks.append(
-                GateCheck(
-                    "min_improvement", primary_metric, None, gate.min_improvement, "fail", "no estimate"
-                )
-            )
-        else:
-            ok = estimate >= gate.min_improvement
-            detail = f"improvement {estimate:+.4g} {'>=' if ok else '<'} required {gate.min_improvement:g}"
-            verdict: Verdict = "pass" if ok else "fail"
-            checks.append(
-                GateCheck("min_improvement", primary_metric, estimate, gate.min_improvement, verdict, detail)
-            )
+            c, h = _finite_or_none(candidate.get(metric)), _finite_or_none(champion.get(metric))
+            estimate = None if c is None or h is None else _orient(metric, c, h)
+        ok = estimate is not None and estimate >= gate.min_improvement
+        detail = (
+            "no estimate of the improvement"
+            if estimate is None
+            else f"improvement {estimate:+.4g} {'>=' if ok else '<'} required {gate.min_improvement:g}"
+        )
+        checks.append(_check("min_improvement", metric, estimate, gate.min_improvement, ok, detail))
     return checks
 
 
-def _slice_checks(gate: GateSpec, primary_metric: str, slices: dict[str, dict[str, Any]]) -> list[GateCheck]:
+def _slice_checks(gate: GateSpec, metric: str, slices: dict[str, dict[str, Any]]) -> list[GateCheck]:
     checks = []
     bound = -gate.slice_max_regression
     for key in sorted(slices):
         entry = slices[key]
         n = int(entry.get("n", 0))
         cand, champ = _finite_or_none(entry.get("candidate")), _finite_or_none(entry.get("champion"))
-        name = f"slice {key}"
         if n < gate.min_slice_size:
             detail = f"{n} rows < min_slice_size {gate.min_slice_size}: reported, not gated"
-            checks.append(GateCheck(name, primary_metric, None, bound, "skip", detail))
-            continue
-        if cand is None or champ is None:
+            checks.append(_check(f"slice {key}", metric, None, bound, None, detail))
+        elif cand is None or champ is None:
             # Typically one class in the slice: AUC undefined. Not evidence either way.
-            detail = f"{n} rows: {primary_metric} undefined (candidate={cand}, champion={champ})"
-            checks.append(GateCheck(name, primary_metric, None, bound, "skip", detail))
-            continue
-        delta = _orient(primary_metric, cand, champ)
-        ok = delta >= bound
-        detail = (
-            f"{n} rows: candidate {cand:.4g} vs champion {champ:.4g}, "
-            f"change {delta:+.4g} ({'>=' if ok else '<'} -{gate.slice_max_regression:g})"
-        )
-        checks.append(GateCheck(name, primary_metric, delta, bound, "pass" if ok else "fail", detail))
+            detail = f"{n} rows: {metric} undefined (candidate={cand}, champion={champ})"
+            checks.append(_check(f"slice {key}", metric, None, bound, None, detail))
+        else:
+            delta = _orient(metric, cand, champ)
+            detail = (
+                f"{n} rows: candidate {cand:.4g} vs champion {champ:.4g}, "
+                f"change {delta:+.4g} ({'>=' if delta >= bound else '<'} -{gate.slice_max_regression:g})"
+            )
+            checks.append(_check(f"slice {key}", metric, delta, bound, delta >= bound, detail))
     return checks
 
 
@@ -454,14 +426,13 @@ def decide(
     if champion is None:
         if gate.first_run_policy == "reject":
             detail = "no champion and first_run_policy is 'reject': a human promotes the first model"
-            checks.append(GateCheck("first_run", None, None, None, "fail", detail))
         elif not gate.thresholds:
             # TFX rule: without a baseline and without thresholds nothing proves the model is any good.
             detail = "no champion and no absolute thresholds: nothing proves the model"
-            checks.append(GateCheck("first_run", None, None, None, "fail", detail))
         else:
             detail = "no champion: first_run_policy 'absolute_only' blesses on the absolute thresholds alone"
-            checks.append(GateCheck("first_run", None, None, None, "pass", detail))
+        ok = gate.first_run_policy == "absolute_only" and bool(gate.thresholds)
+        checks.append(_check("first_run", None, None, None, ok, detail))
     else:
         checks += _champion_checks(gate, primary_metric, candidate, champion, bootstrap)
         if slices:

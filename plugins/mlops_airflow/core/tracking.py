@@ -62,7 +62,10 @@ def find_run(client: MlflowClient, exp_id: str, tags: dict[str, str]) -> Any | N
 
 
 def get_or_create_run(
-    client: MlflowClient, exp_id: str, key_tags: dict[str, str], extra_tags: dict[str, str] | None = None,
+    client: MlflowClient,
+    exp_id: str,
+    key_tags: dict[str, str],
+    extra_tags: dict[str, str] | None = None,
     run_name: str | None = None,
 ) -> str:
     """Id of the run identified by ``key_tags``; created (with ``extra_tags``) if it does not exist."""

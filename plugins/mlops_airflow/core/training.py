@@ -12,7 +12,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from mlops_airflow.core.config import ModelSpec, candidate_grid, higher_is_better
+from mlops_airflow.core.config import ModelSpec, higher_is_better
 from mlops_airflow.core.data import split_xy
 from mlops_airflow.core.evaluation import compute_metrics, predict_scores
 

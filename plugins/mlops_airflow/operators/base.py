@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class MlflowRunLink(BaseOperatorLink):
-    """"MLflow" button on a task instance: opens the MLflow run (or model version) the task wrote to."""
+    """ "MLflow" button on a task instance: opens the MLflow run (or model version) the task wrote to."""
 
     name = "MLflow"
 

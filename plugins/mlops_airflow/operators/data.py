@@ -79,7 +79,11 @@ class SnapshotOperator(MlopsBaseOperator):
         run_id = tracking.get_or_create_run(
             self.client,
             self.experiment_id,
-            {tracking.TAG_DAG_ID: self.dag_id, tracking.TAG_RUN_ID: context["run_id"], tracking.TAG_KIND: "ct"},
+            {
+                tracking.TAG_DAG_ID: self.dag_id,
+                tracking.TAG_RUN_ID: context["run_id"],
+                tracking.TAG_KIND: "ct",
+            },
             {
                 "airflow.try_number": str(context["ti"].try_number),
                 "mlops.git_commit": settings.git_commit(),

@@ -105,7 +105,9 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
             ).to_dict()
             if spec.slices:
                 columns = {c: evaluation[c].to_numpy() for c in spec.slices}
-                result["slices"] = slice_metrics(spec.primary, y.to_numpy(), candidate_score, champion_score, columns)
+                result["slices"] = slice_metrics(
+                    spec.primary, y.to_numpy(), candidate_score, champion_score, columns
+                )
             tracking.log_metrics(self.client, parent, result["champion"], prefix="champion_")
             self.client.set_tag(parent, "mlops.champion_version", version)
             if spec.task == "classification":
@@ -273,14 +275,24 @@ class SmokeTestOperator(MlopsBaseOperator):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if not lines:
-            raise RuntimeError(f"smoke test process gave no result (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"smoke test process gave no result (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
         result = json.loads(lines[-1])
         tracking.log_json(self.client, parent, result, "smoke_test/result.json")
-        self.client.set_model_version_tag(spec.name, str(challenger.version), "mlops.smoke_test", str(result["passed"]).lower())
+        self.client.set_model_version_tag(
+            spec.name, str(challenger.version), "mlops.smoke_test", str(result["passed"]).lower()
+        )
         self.log.info("smoke test: %s", result)
         if not result["passed"]:
-            raise AirflowFailException(f"{spec.name} v{challenger.version} failed its smoke test: {result['problems']}")
-        return {"passed": True, "latency_ms_per_row": result["latency_ms_per_row"], "version": str(challenger.version)}
+            raise AirflowFailException(
+                f"{spec.name} v{challenger.version} failed its smoke test: {result['problems']}"
+            )
+        return {
+            "passed": True,
+            "latency_ms_per_row": result["latency_ms_per_row"],
+            "version": str(challenger.version),
+        }
 
 
 class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
@@ -301,7 +313,9 @@ class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
 
         parent = self.parent_run_id(context)
         version = str(self.registered["version"])
-        move = self.registry.promote(version, reason=f"blessed by the gate in {self.dag_id} run {context['run_id']}")
+        move = self.registry.promote(
+            version, reason=f"blessed by the gate in {self.dag_id} run {context['run_id']}"
+        )
         self.log.info("champion of %s: %s", self.model_name, move)
         self.client.set_tag(parent, "mlops.promoted_version", version)
         self.client.set_terminated(parent, "FINISHED")

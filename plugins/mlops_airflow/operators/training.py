@@ -161,7 +161,7 @@ class SelectCandidateOperator(MlopsBaseOperator):
         output = pipeline.predict_proba(example) if classification else pipeline.predict(example)
         with mlflow.start_run(run_id=parent):
             for part, frame in (("train", train), ("eval", evaluation)):
-                dataset = mlflow.data.from_pandas(
+                dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
                     frame,
                     source=f"{snapshot.uri}/{part}",
                     targets=spec.label.name,

@@ -1,0 +1,238 @@
+"""``predict_<model>`` (batch scoring with the champion) and ``monitor_<model>`` (drift, live metric,
+retrain request)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from mlops_airflow.operators.base import MlopsBaseOperator
+from mlops_airflow.operators.data import storage_path
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+LAST_REQUEST_TAG = "mlops.last_retrain_request_at"
+
+
+def _champion(client: Any, name: str) -> Any:
+    from mlops_airflow.core.registry import ModelRegistry
+
+    champion = ModelRegistry(client, name).champion()
+    if champion is None:
+        raise AirflowFailException(f"{name}: no version holds alias 'champion' yet; run ct_{name} first")
+    return champion
+
+
+def _batches(uri: str, fmt: str) -> list[Any]:
+    from mlops_airflow.core.data import list_batches
+
+    return list_batches(storage_path(uri), fmt)
+
+
+class PredictOperator(MlopsBaseOperator):
+    """Score every not-yet-scored batch with ``models:/<model>@champion``.
+
+    Each input batch gives one Parquet file of predictions (input columns, ``prediction``,
+    ``model_version``, ``predicted_at``); a batch that already has one is skipped, so reruns score nothing
+    twice. The predictions asset is emitted when anything new was written.
+
+    :param data_uri: a batch file or a directory of them (templated; empty = the spec's scoring zone).
+    """
+
+    template_fields: Sequence[str] = ("model_name", "data_uri")
+    ui_color = "#d1f2eb"
+
+    def __init__(self, *, data_uri: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_uri = data_uri
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import datetime as dt
+
+        import mlflow
+
+        from mlops_airflow.core import settings, tracking
+        from mlops_airflow.core.data import read_batch, split_xy
+        from mlops_airflow.core.evaluation import predict_scores
+
+        spec = self.spec
+        uri = (self.data_uri or "").strip() or settings.resolve_source_uri(spec.scoring_uri)
+        champion = _champion(self.client, spec.name)
+        version = str(champion.version)
+        self.mlflow_url = tracking.model_url(spec.name, version)
+        out_dir = self.storage_root() / spec.name / "predictions"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model = None
+        written, skipped = [], []
+        for batch in _batches(uri, spec.scoring.format):
+            target = out_dir / f"{batch.name.rsplit('.', 1)[0]}.parquet"
+            if target.exists():
+                skipped.append(batch.name)
+                continue
+            frame = read_batch(batch, spec.scoring.format)
+            missing = [c for c in spec.feature_names if c not in frame.columns]
+            if missing:
+                raise AirflowFailException(f"{batch}: scoring batch lacks feature column(s) {missing}")
+            if model is None:
+                model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}")
+            x = split_xy(spec, frame.assign(**{spec.label.name: 0}))[0]
+            out = frame.assign(
+                prediction=predict_scores(model, x, spec.task),
+                model_version=version,
+                predicted_at=dt.datetime.now(dt.UTC),
+            )
+            tmp = out_dir / f".{target.name}.tmp"
+            with tmp.open("wb") as fh:
+                out.to_parquet(fh, index=False)
+            tmp.rename(target)  # readers never see a half-written prediction file
+            written.append(str(target))
+        self.log.info("scored %d batch(es) with %s v%s; %d already scored", len(written), spec.name, version,
+                      len(skipped))  # fmt: skip
+        if written:
+            events = context["outlet_events"]
+            for outlet in self.outlets:
+                events[outlet].extra = {"model_version": version, "files": [w.rsplit("/", 1)[-1] for w in written]}
+        return {"model_version": version, "written": len(written), "skipped": len(skipped), "files": written[:20]}
+
+
+class MonitorOperator(MlopsBaseOperator):
+    """Drift of recent production data against the champion's training snapshot, and its live metric.
+
+    Logs a drift report (JSON, Markdown, one plot per drifted feature) as an MLflow run and returns the
+    retrain decision; ``request_retrain`` acts on it.
+
+    :param data_uri: landing zone to read recent batches from (templated; empty = the spec's source).
+    """
+
+    template_fields: Sequence[str] = ("model_name", "data_uri")
+    ui_color = "#fdebd0"
+
+    def __init__(self, *, data_uri: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data_uri = data_uri
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import datetime as dt
+
+        import mlflow
+        import pandas as pd
+
+        from mlops_airflow.core import settings, tracking
+        from mlops_airflow.core.data import load_part, read_batch, read_manifest, split_xy
+        from mlops_airflow.core.drift import compute_drift, performance_drop, plot_feature_drift, retrain_decision
+        from mlops_airflow.core.evaluation import metric_value, predict_scores
+
+        spec = self.spec
+        champion = _champion(self.client, spec.name)
+        tags = champion.tags or {}
+        snapshot_uri = tags.get("mlops.snapshot_uri")
+        reference_snapshot = read_manifest(storage_path(snapshot_uri)) if snapshot_uri else None
+        if reference_snapshot is None:
+            raise AirflowFailException(
+                f"{spec.name} v{champion.version}: its training snapshot {snapshot_uri!r} is gone; no reference"
+            )
+        reference = load_part(reference_snapshot, "train")
+        uri = (self.data_uri or "").strip() or settings.resolve_source_uri(spec.source.uri)
+        recent = _batches(uri, spec.source.format)[-spec.drift.window_batches :]
+        current = pd.concat([read_batch(b, spec.source.format) for b in recent], ignore_index=True)
+
+        report = compute_drift(reference, current, spec.numeric_features, spec.categorical_features, spec.drift)
+
+        perf_dropped, delta, live = None, None, None
+        labelled = current[current[spec.label.name].notna()] if spec.label.name in current else current.iloc[0:0]
+        champion_run = self.client.get_run(champion.run_id) if champion.run_id else None
+        reference_metric = None
+        if champion_run is not None:
+            reference_metric = champion_run.data.metrics.get(f"candidate_{spec.primary}")
+        if len(labelled) and reference_metric is not None:
+            x, y = split_xy(spec, labelled)
+            model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{champion.version}")
+            live = metric_value(spec.primary, y.to_numpy(), predict_scores(model, x, spec.task))
+            perf_dropped, delta = performance_drop(reference_metric, live, spec.primary, spec.drift)
+
+        registered = self.client.get_registered_model(spec.name)
+        last = (registered.tags or {}).get(LAST_REQUEST_TAG)
+        now = dt.datetime.now(dt.UTC)
+        decision = retrain_decision(
+            report,
+            perf_dropped,
+            dt.datetime.fromisoformat(last) if last else None,
+            now,
+            spec.drift,
+            perf_delta=delta,
+        )
+
+        run_id = tracking.get_or_create_run(
+            self.client,
+            self.experiment_id,
+            {tracking.TAG_DAG_ID: self.dag_id, tracking.TAG_RUN_ID: context["run_id"], tracking.TAG_KIND: "monitor"},
+            {"mlops.champion_version": str(champion.version)},
+            run_name=f"monitor-{now:%Y-%m-%dT%H%M}",
+        )
+        self.link_run(run_id)
+        tracking.log_json(self.client, run_id, report.to_dict(), "drift/report.json")
+        tracking.log_text(self.client, run_id, report.to_markdown(), "drift/report.md")
+        kinds = {f.name: f.kind for f in report.features}
+        figures = {
+            f"{name}.png": plot_feature_drift(reference, current, name, kinds[name]) for name in report.drifted_features
+        }
+        tracking.log_figures(self.client, run_id, figures, "drift/plots")
+        metrics = {"drift_share": report.drift_share, "drifted_features": float(len(report.drifted_features))}
+        if live is not None:
+            metrics[f"live_{spec.primary}"] = live
+        tracking.log_metrics(self.client, run_id, metrics)
+        self.client.set_tag(run_id, "mlops.retrain_requested", str(decision.request).lower())
+        self.client.set_tag(run_id, "mlops.retrain_reason", decision.reason[:5000])
+        self.client.set_terminated(run_id, "FINISHED")
+        self.log.info("drift of %s: share %.2f, drifted %s; decision: %s", spec.name, report.drift_share,
+                      report.drifted_features, decision)  # fmt: skip
+        return {
+            "request": decision.request,
+            "reason": decision.reason,
+            "in_cooldown": decision.in_cooldown,
+            "drift_share": report.drift_share,
+            "drifted_features": report.drifted_features,
+            "live_metric": live,
+            "champion_version": str(champion.version),
+            "batches": [b.name for b in recent],
+            "mlflow_run_id": run_id,
+        }
+
+
+class RequestRetrainOperator(MlopsBaseOperator):
+    """Emit ``mlops://<model>/retrain-request`` (its outlet) when the monitor asked for it; else skip.
+
+    A skipped task emits no asset event, so ``ct_<model>`` only runs for a real request. The request time
+    is kept on the registered model, which is what the cooldown reads.
+
+    :param decision: the ``monitor`` task's XCom.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "decision")
+    ui_color = "#f9e79f"
+
+    def __init__(self, *, decision: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.decision = decision
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        import datetime as dt
+
+        if not self.decision.get("request"):
+            raise AirflowSkipException(f"no retrain requested: {self.decision.get('reason')}")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        extra = {
+            "trigger": "drift",
+            "reason": self.decision["reason"],
+            "drift_report_run_id": self.decision.get("mlflow_run_id"),
+            "requested_at": now,
+            "champion_version": self.decision.get("champion_version"),
+        }
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = extra
+        self.client.set_registered_model_tag(self.model_name, LAST_REQUEST_TAG, now)
+        self.log.info("retrain of %s requested: %s", self.model_name, extra["reason"])
+        return extra

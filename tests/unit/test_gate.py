@@ -1,0 +1,374 @@
+"""The promotion rule (core/gate.py): bootstrap, checks, decision, serialisation. No Airflow, no MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mlops_airflow.core.config import GateSpec, MetricBound
+from mlops_airflow.core.evaluation import metric_value
+from mlops_airflow.core.gate import (
+    MISSING,
+    BootstrapResult,
+    GateDecision,
+    _weighted_metric,
+    decide,
+    paired_bootstrap,
+    slice_metrics,
+)
+
+GATE = GateSpec(
+    thresholds={"roc_auc": MetricBound(min=0.7), "brier": MetricBound(max=0.2)},
+    max_regression=0.01,
+    min_slice_size=50,
+    slice_max_regression=0.05,
+)
+GOOD = {"roc_auc": 0.82, "brier": 0.15}
+
+
+def _bootstrap(lower: float, estimate: float = 0.01, metric: str = "roc_auc") -> BootstrapResult:
+    return BootstrapResult(metric, estimate, lower, estimate + 0.02, 0.95, 1000)
+
+
+def _classification(n: int, seed: int, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and a probability score whose quality falls with ``noise``."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    logit = 2.0 * (y - 0.5) + rng.normal(0, noise, n)
+    return y, 1 / (1 + np.exp(-logit))
+
+
+def _verdicts(decision: GateDecision) -> dict[str, str]:
+    return {c.name: c.verdict for c in decision.checks}
+
+
+# ------------------------------------------------------------------------------------------- bootstrap
+
+
+@pytest.mark.parametrize(
+    ("metric", "classification"),
+    [
+        ("roc_auc", True),
+        ("log_loss", True),
+        ("brier", True),
+        ("f1", True),
+        ("accuracy", True),
+        ("rmse", False),
+        ("mae", False),
+        ("r2", False),
+    ],
+)
+def test_weighted_metric_equals_evaluation_metric_on_resamples(metric: str, classification: bool) -> None:
+    rng = np.random.default_rng(7)
+    n = 400
+    if classification:
+        y, s = _classification(n, seed=3)
+        s = np.round(s, 2)  # ties: the rank AUC must count them as half, like sklearn
+    else:
+        y = rng.normal(size=n)
+        s = y + rng.normal(0, 0.6, n)
+    y = y.astype("float64")
+    idx = rng.integers(0, n, size=(5, n))
+    weights = np.stack([np.bincount(row, minlength=n) for row in idx]).astype("float64")
+    fast = _weighted_metric(metric, y, s, np.vstack([np.ones(n), weights]))
+    slow = [metric_value(metric, y, s)] + [metric_value(metric, y[row], s[row]) for row in idx]
+    np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+def test_fast_auc_is_nan_with_a_single_class() -> None:
+    y = np.array([1.0, 1.0, 0.0])
+    weights = np.array([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    auc = _weighted_metric("roc_auc", y, np.array([0.9, 0.2, 0.4]), weights)
+    assert math.isnan(auc[0])
+    assert auc[1] == pytest.approx(metric_value("roc_auc", y, [0.9, 0.2, 0.4]))
+
+
+def test_identical_models_interval_contains_zero() -> None:
+    y, s = _classification(500, seed=1)
+    result = paired_bootstrap(y, s, s.copy(), "roc_auc", n_resamples=300)
+    assert result.estimate == 0.0
+    assert result.lower <= 0.0 <= result.upper
+
+
+def test_clearly_better_candidate_has_positive_lower_bound() -> None:
+    y, good = _classification(1000, seed=2, noise=0.5)
+    rng = np.random.default_rng(9)
+    bad = np.clip(good + rng.normal(0, 0.35, len(y)), 0, 1)
+    result = paired_bootstrap(y, good, bad, "roc_auc", n_resamples=500)
+    assert result.lower > 0.0
+    assert result.lower <= result.estimate <= result.upper
+    assert result.n_resamples == 500
+
+
+@pytest.mark.parametrize(("metric", "classification"), [("log_loss", True), ("brier", True), ("rmse", False)])
+def test_lower_is_better_metrics_are_oriented(metric: str, classification: bool) -> None:
+    rng = np.random.default_rng(4)
+    if classification:
+        y, good = _classification(800, seed=4, noise=0.5)
+        bad = np.clip(0.5 + 0.3 * (good - 0.5) + rng.normal(0, 0.1, len(y)), 0.01, 0.99)
+    else:
+        y = rng.normal(size=800)
+        good, bad = y + rng.normal(0, 0.3, 800), y + rng.normal(0, 1.0, 800)
+    better = paired_bootstrap(y, good, bad, metric, n_resamples=300)
+    worse = paired_bootstrap(y, bad, good, metric, n_resamples=300)
+    assert metric_value(metric, y, good) < metric_value(metric, y, bad)  # the metric itself falls...
+    assert better.estimate > 0 and better.lower > 0  # ...so the oriented difference is positive
+    assert worse.estimate < 0 and worse.upper < 0
+
+
+def test_bootstrap_is_reproducible_and_seed_dependent() -> None:
+    y, s = _classification(300, seed=5)
+    other = np.clip(s + np.random.default_rng(0).normal(0, 0.1, 300), 0, 1)
+    a = paired_bootstrap(y, s, other, "roc_auc", n_resamples=200, seed=1)
+    assert a == paired_bootstrap(y, s, other, "roc_auc", n_resamples=200, seed=1)
+    assert a != paired_bootstrap(y, s, other, "roc_auc", n_resamples=200, seed=2)
+
+
+def test_bootstrap_skips_resamples_without_both_classes() -> None:
+    y = np.array([1, 0, 0, 0, 0, 0])
+    s = np.array([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])
+    result = paired_bootstrap(y, s, s[::-1].copy(), "roc_auc", n_resamples=400)
+    assert 0 < result.n_resamples < 400  # about a third of the resamples miss the single positive
+    assert math.isfinite(result.lower) and math.isfinite(result.upper)
+
+
+def test_bootstrap_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="length mismatch"):
+        paired_bootstrap([0, 1, 1], [0.1, 0.9], [0.2, 0.8, 0.7], "roc_auc")
+
+
+def test_better_point_estimate_but_uncertain_interval_is_not_blessed() -> None:
+    """THE key case: on few noisy rows a better-looking candidate has not proven it is no worse."""
+    y, champion = _classification(80, seed=11, noise=2.0)
+    rng = np.random.default_rng(12)
+    candidate = np.clip(champion + 0.15 * (y - 0.5) + rng.normal(0, 0.25, len(y)), 0, 1)
+    gate = GateSpec(max_regression=0.005)
+    boot = paired_bootstrap(y, candidate, champion, "roc_auc", n_resamples=1000)
+    assert boot.estimate > 0  # the candidate looks better...
+    assert boot.lower <= -gate.max_regression  # ...but the interval does not clear the margin
+    metrics = {"roc_auc": metric_value("roc_auc", y, candidate)}
+    decision = decide(
+        gate,
+        primary_metric="roc_auc",
+        candidate=metrics,
+        champion={"roc_auc": metric_value("roc_auc", y, champion)},
+        bootstrap=boot,
+        champion_version="3",
+    )
+    assert not decision.blessed
+    assert _verdicts(decision) == {"non_inferiority": "fail"}
+    assert "non_inferiority" in decision.reason
+
+
+# -------------------------------------------------------------------------------------------- decision
+
+
+@pytest.mark.parametrize(
+    ("candidate", "failed"),
+    [
+        ({"roc_auc": 0.82, "brier": 0.15}, set()),
+        ({"roc_auc": 0.65, "brier": 0.15}, {"roc_auc >= 0.7"}),
+        ({"roc_auc": 0.82, "brier": 0.25}, {"brier <= 0.2"}),
+        ({"roc_auc": 0.82}, {"brier <= 0.2"}),
+        ({"roc_auc": float("nan"), "brier": 0.1}, {"roc_auc >= 0.7"}),
+    ],
+)
+def test_absolute_thresholds(candidate: dict[str, float], failed: set[str]) -> None:
+    decision = decide(GATE, primary_metric="roc_auc", candidate=candidate, champion=None, bootstrap=None)
+    assert {c.name for c in decision.failed} == failed
+    assert decision.blessed is (not failed)
+
+
+def test_missing_metric_fails_with_reason() -> None:
+    decision = decide(GATE, primary_metric="roc_auc", candidate={"roc_auc": 0.9}, champion=None, bootstrap=None)
+    assert not decision.blessed
+    assert "brier is missing or NaN" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("policy", "thresholds", "blessed", "first_run_verdict"),
+    [
+        ("absolute_only", GATE.thresholds, True, "pass"),
+        ("reject", GATE.thresholds, False, "fail"),
+        ("absolute_only", {}, False, "fail"),  # nothing proves the model
+    ],
+)
+def test_first_run_policy(policy: str, thresholds: dict, blessed: bool, first_run_verdict: str) -> None:
+    gate = GateSpec(thresholds=thresholds, first_run_policy=policy)
+    decision = decide(gate, primary_metric="roc_auc", candidate=GOOD, champion=None, bootstrap=None)
+    assert decision.blessed is blessed
+    assert decision.first_run
+    assert _verdicts(decision)["first_run"] == first_run_verdict
+    assert "non_inferiority" not in _verdicts(decision)
+
+
+def test_first_run_with_failing_threshold_is_not_blessed() -> None:
+    decision = decide(
+        GATE,
+        primary_metric="roc_auc",
+        candidate={"roc_auc": 0.6, "brier": 0.1},
+        champion=None,
+        bootstrap=None,
+    )
+    assert not decision.blessed
+    assert decision.first_run
+
+
+@pytest.mark.parametrize(
+    ("bootstrap", "verdict"),
+    [
+        (_bootstrap(lower=0.001), "pass"),
+        (_bootstrap(lower=-0.009), "pass"),
+        (_bootstrap(lower=-0.01), "fail"),  # strict: the bound must exceed -max_regression
+        (_bootstrap(lower=-0.03), "fail"),
+        (_bootstrap(lower=float("nan")), "fail"),
+        (_bootstrap(lower=0.01, metric="brier"), "fail"),  # interval on the wrong metric
+        (None, "fail"),
+    ],
+)
+def test_non_inferiority(bootstrap: BootstrapResult | None, verdict: str) -> None:
+    decision = decide(
+        GATE,
+        primary_metric="roc_auc",
+        candidate=GOOD,
+        champion=GOOD,
+        bootstrap=bootstrap,
+        champion_version="7",
+    )
+    assert _verdicts(decision)["non_inferiority"] == verdict
+    assert decision.blessed is (verdict == "pass")
+    assert not decision.first_run
+    assert "first_run" not in _verdicts(decision)
+
+
+def test_champion_without_thresholds_is_judged_on_the_comparison() -> None:
+    decision = decide(
+        GateSpec(),
+        primary_metric="rmse",
+        candidate={"rmse": 1.0},
+        champion={"rmse": 1.1},
+        bootstrap=_bootstrap(0.02, metric="rmse"),
+    )
+    assert decision.blessed
+    assert [c.name for c in decision.checks] == ["non_inferiority"]
+
+
+@pytest.mark.parametrize(("estimate", "verdict"), [(0.03, "pass"), (0.02, "pass"), (0.01, "fail")])
+def test_min_improvement(estimate: float, verdict: str) -> None:
+    gate = GateSpec(thresholds=GATE.thresholds, min_improvement=0.02)
+    decision = decide(
+        gate, primary_metric="roc_auc", candidate=GOOD, champion=GOOD, bootstrap=_bootstrap(0.0, estimate)
+    )
+    assert _verdicts(decision)["min_improvement"] == verdict
+    assert decision.blessed is (verdict == "pass")
+
+
+@pytest.mark.parametrize(
+    ("entry", "verdict"),
+    [
+        ({"n": 200, "candidate": 0.80, "champion": 0.82}, "pass"),
+        ({"n": 200, "candidate": 0.70, "champion": 0.80}, "fail"),
+        ({"n": 10, "candidate": 0.40, "champion": 0.90}, "skip"),  # too small to gate
+        ({"n": 200, "candidate": float("nan"), "champion": 0.8}, "skip"),  # one class: undefined
+    ],
+)
+def test_slice_non_regression(entry: dict, verdict: str) -> None:
+    decision = decide(
+        GATE,
+        primary_metric="roc_auc",
+        candidate=GOOD,
+        champion=GOOD,
+        bootstrap=_bootstrap(0.0),
+        slices={"region=south": entry},
+    )
+    assert _verdicts(decision)["slice region=south"] == verdict
+    assert decision.blessed is (verdict != "fail")
+
+
+def test_slice_regression_is_oriented_for_lower_is_better() -> None:
+    slices = {"region=north": {"n": 500, "candidate": 1.30, "champion": 1.20}}  # rmse rose by 0.1
+    decision = decide(
+        GateSpec(slice_max_regression=0.05),
+        primary_metric="rmse",
+        candidate={"rmse": 1.0},
+        champion={"rmse": 1.0},
+        bootstrap=_bootstrap(0.0, metric="rmse"),
+        slices=slices,
+    )
+    check = next(c for c in decision.checks if c.name == "slice region=north")
+    assert check.verdict == "fail"
+    assert check.value == pytest.approx(-0.1)
+
+
+def test_slice_metrics_structure_and_missing_category() -> None:
+    y, cand = _classification(300, seed=8)
+    champ = np.clip(cand + 0.05, 0, 1)
+    region = np.array(["north", "south", None] * 100, dtype=object)
+    result = slice_metrics("roc_auc", y, cand, champ, {"region": region})
+    assert set(result) == {"region=north", "region=south", f"region={MISSING}"}
+    assert sum(entry["n"] for entry in result.values()) == 300
+    mask = region == "south"
+    assert result["region=south"]["candidate"] == pytest.approx(metric_value("roc_auc", y[mask], cand[mask]))
+    assert result["region=south"]["champion"] == pytest.approx(metric_value("roc_auc", y[mask], champ[mask]))
+    no_champion = slice_metrics("roc_auc", y, cand, None, {"region": region})
+    assert all(entry["champion"] is None for entry in no_champion.values())
+    json.dumps(no_champion, allow_nan=False)  # XCom- and MLflow-safe
+
+
+# ------------------------------------------------------------------------------------------ serialising
+
+
+def _full_decision() -> GateDecision:
+    return decide(
+        GATE,
+        primary_metric="roc_auc",
+        candidate={"roc_auc": 0.81, "brier": float("nan")},
+        champion={"roc_auc": 0.8},
+        bootstrap=_bootstrap(-0.02),
+        slices={
+            "region=north": {"n": 300, "candidate": 0.7, "champion": 0.8},
+            "region=west": {"n": 5, "candidate": 0.9, "champion": 0.8},
+        },
+        champion_version="12",
+    )
+
+
+def test_decision_round_trips_through_json() -> None:
+    decision = _full_decision()
+    payload = json.dumps(decision.to_dict(), allow_nan=False)  # NaN would raise here
+    assert len(payload) < 4000
+    restored = GateDecision.from_dict(json.loads(payload))
+    assert restored == decision
+    assert not restored.blessed
+    assert restored.champion_version == "12"
+    assert {c.name for c in restored.failed} == {"brier <= 0.2", "non_inferiority", "slice region=north"}
+
+
+def test_bootstrap_to_dict_is_json_safe() -> None:
+    data = BootstrapResult("roc_auc", 0.01, float("nan"), 0.02, 0.95, 0).to_dict()
+    assert data["lower"] is None
+    json.dumps(data, allow_nan=False)
+
+
+def test_decide_accepts_bootstrap_rebuilt_from_its_dict() -> None:
+    data = BootstrapResult("roc_auc", 0.01, -0.004, float("nan"), 0.95, 1000).to_dict()
+    decision = decide(GATE, primary_metric="roc_auc", candidate=GOOD, champion=GOOD, bootstrap=BootstrapResult(**data))
+    assert decision.blessed
+    detail = decision.checks[-1].detail
+    assert "estimate +0.01" in detail and "undefined]" in detail  # upper was NaN -> None -> "undefined"
+    nan_lower = BootstrapResult(**BootstrapResult("roc_auc", float("nan"), float("nan"), 0.0, 0.95, 0).to_dict())
+    assert not decide(GATE, primary_metric="roc_auc", candidate=GOOD, champion=GOOD, bootstrap=nan_lower).blessed
+
+
+def test_markdown_mentions_verdict_champion_and_every_check() -> None:
+    decision = _full_decision()
+    text = decision.to_markdown()
+    assert "NOT BLESSED" in text
+    assert "champion version 12" in text
+    for check in decision.checks:
+        assert f"| {check.name} |" in text
+    first = decide(GATE, primary_metric="roc_auc", candidate=GOOD, champion=None, bootstrap=None)
+    assert "BLESSED" in first.to_markdown() and "first run" in first.to_markdown()
