@@ -1,0 +1,102 @@
+"""Run time of each ``ct_credit_default`` task on the demo data (embedded default, ``dag.test()``).
+
+``uv run python benchmarks/ct_task_timings.py`` runs the DAG twice in a private Airflow home and MLflow
+store: run 1 has no champion (first-run policy), run 2 one day later is judged against run 1's champion.
+Task durations come from the task instances' start and end dates. Results go to
+benchmarks/results/ct_task_timings.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DEPLOY_TASKS = ("evaluate_vs_champion", "gate", "register_challenger", "smoke_test", "promote")
+
+
+def setup_env() -> Path:
+    home = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home / "airflow"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "MLOPS_HOME": str(home / "mlops"),
+            "GX_ANALYTICS_ENABLED": "false",
+        }
+    )
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    return home
+
+
+def durations(dag_run) -> dict[str, float]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    out: dict[str, float] = {}
+    with create_session() as session:
+        for ti in session.query(TaskInstance).filter(
+            TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
+        ):
+            if ti.start_date and ti.end_date:
+                key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
+                out[key] = (ti.end_date - ti.start_date).total_seconds()
+    return out
+
+
+def main() -> dict:
+    home = setup_env()
+    from mlops_airflow.core import demo_data
+    from mlops_airflow.dag_factory import build_dags
+
+    landing = home / "mlops" / "data" / "landing" / "credit_default"
+    demo_data.write_batches(landing, range(15))
+    runs = {}
+    for label, new_day in (("run1_first", None), ("run2_vs_champion", 15)):
+        if new_day is not None:
+            demo_data.write_batch(landing, new_day)
+        started = time.perf_counter()
+        dag_run = build_dags()["ct_credit_default"].test()
+        wall = time.perf_counter() - started
+        tasks = durations(dag_run)
+        task_sum = sum(tasks.values())
+        deploy = sum(v for k, v in tasks.items() if k in DEPLOY_TASKS)
+        runs[label] = {
+            "state": str(dag_run.state),
+            "wall_s": round(wall, 2),
+            "tasks_s": {k: round(v, 2) for k, v in sorted(tasks.items())},
+            "task_time_sum_s": round(task_sum, 2),
+            "deploy_share": round(deploy / task_sum, 3) if task_sum else None,
+            "deploy_tasks_share": {k: round(tasks.get(k, 0) / task_sum, 3) for k in DEPLOY_TASKS},
+        }
+    result = {"model": "credit_default", "rows_per_day": 1000, "train_days": 14, "runs": runs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ct_task_timings.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["| task | run 1 (no champion) s | run 2 (vs champion) s |", "|---|---|---|"]
+    names = sorted(set(runs["run1_first"]["tasks_s"]) | set(runs["run2_vs_champion"]["tasks_s"]))
+    for name in names:
+        a = runs["run1_first"]["tasks_s"].get(name, "-")
+        b = runs["run2_vs_champion"]["tasks_s"].get(name, "-")
+        lines.append(f"| {name} | {a} | {b} |")
+    for key, title in (("task_time_sum_s", "sum of task times"), ("wall_s", "dag.test() wall time")):
+        lines.append(f"| **{title}** | {runs['run1_first'][key]} | {runs['run2_vs_champion'][key]} |")
+    lines.append(
+        f"| **share in evaluate+gate+register+smoke+promote** | {runs['run1_first']['deploy_share']:.1%} "
+        f"| {runs['run2_vs_champion']['deploy_share']:.1%} |"
+    )
+    (RESULTS / "ct_task_timings.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
+if __name__ == "__main__":
+    main()
