@@ -48,9 +48,12 @@ def smoke_test(model_uri: str, rows: pd.DataFrame, task: str, max_latency_ms: fl
         problems += [f"input example: {p}" for p in check_output(model.predict(example), len(example), task)]
 
     model.predict(rows.head(5))  # warm-up: first call pays one-time costs
-    started = time.perf_counter()
-    output = model.predict(rows)
-    latency_ms = (time.perf_counter() - started) * 1000 / max(len(rows), 1)
+    timings = []
+    for _ in range(5):  # the median of a few calls: one call on a busy host says little
+        started = time.perf_counter()
+        output = model.predict(rows)
+        timings.append(time.perf_counter() - started)
+    latency_ms = sorted(timings)[len(timings) // 2] * 1000 / max(len(rows), 1)
     problems += [f"evaluation rows: {p}" for p in check_output(output, len(rows), task)]
     if latency_ms > max_latency_ms:
         problems.append(f"latency {latency_ms:.3f} ms/row exceeds the budget of {max_latency_ms} ms/row")
