@@ -86,3 +86,27 @@ def test_plugin_scanner_skips_the_package():
                for p in find_path_from_directory(str(REPO / "plugins"), ".airflowignore")
                if p.endswith(".py")]  # fmt: skip
     assert scanned == ["mlops_plugin.py"]
+
+
+def test_require_approval_puts_a_person_between_smoke_test_and_promote(tmp_path):
+    import yaml
+
+    from mlops_airflow.core.config import load_model_spec
+    from mlops_airflow.dag_factory import build_ct_dag
+
+    data = yaml.safe_load((models_dir() / "credit_default.yaml").read_text())
+    data["gate"]["require_approval"] = True
+    path = tmp_path / "credit_default.yaml"
+    path.write_text(yaml.safe_dump(data))
+    dag = build_ct_dag(load_model_spec(path))
+    approve = dag.get_task("approve")
+    assert type(approve).__name__ == "ApprovalOperator"
+    assert approve.upstream_task_ids == {"smoke_test"} and approve.downstream_task_ids == {"promote"}
+    assert "approve" in dag.get_task("promote").upstream_task_ids
+
+
+def test_ct_runs_on_its_cron_or_on_a_retrain_request(dagbag):
+    timetable = dagbag.dags["ct_credit_default"].timetable
+    assert type(timetable).__name__ == "AssetOrTimeSchedule"
+    assert timetable.asset_condition.uri == "mlops://credit_default/retrain-request"
+    assert timetable.timetable.expression == "0 2 * * *"  # the YAML's cron
