@@ -12,6 +12,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__EXECUTOR ?= LocalExecutor
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS ?= admin:admin
+export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE ?= $(LOCAL)/airflow/passwords.json
 export MLOPS_HOME ?= $(LOCAL)
 export MLOPS_MLFLOW_UI_URL ?= http://127.0.0.1:5000
 export GX_ANALYTICS_ENABLED ?= false
@@ -40,7 +41,11 @@ demo: data airflow-db ## run ct_credit_default once end to end on the embedded d
 	$(RUN) python -m mlops_airflow.demo
 
 up: data airflow-db ## start Airflow (api-server, scheduler, dag-processor, triggerer) and the MLflow UI
-	@echo "Airflow UI: http://127.0.0.1:8080  login: admin / admin     MLflow UI: $(MLOPS_MLFLOW_UI_URL)"
+	@test -s $(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE) || python3 -c 'import json, secrets, sys; \
+	  json.dump({"admin": secrets.token_urlsafe(12)}, open(sys.argv[1], "w"))' $(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE)
+	@echo "Airflow UI: http://127.0.0.1:8080  login: admin / $$(python3 -c 'import json, sys; \
+	  print(json.load(open(sys.argv[1]))["admin"])' $(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE))"
+	@echo "MLflow UI:  $(MLOPS_MLFLOW_UI_URL)"
 	@trap 'kill 0' INT TERM EXIT; \
 	  $(RUN) mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port 5000 & \
 	  $(RUN) airflow standalone

@@ -46,7 +46,7 @@ def main() -> int:
         print(f"  champion        models:/credit_default@champion = version {champion.version}")
     print(f"  MLflow store    {settings.default_tracking_uri()}")
     print(
-        "\nOpen the UIs:  make up   (Airflow http://127.0.0.1:8080, login admin/admin; "
+        "\nOpen the UIs:  make up   (Airflow http://127.0.0.1:8080, login printed by make up; "
         f"MLflow {settings.mlflow_ui_url()})"
     )
     print(
