@@ -1,0 +1,28 @@
+"""What started a CT run is recorded in its MLflow run: schedule, manual, or a drift request with its reason."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from mlops_airflow.operators.data import describe_trigger
+
+
+def context(run_type: str, events: dict | None = None) -> dict:
+    return {"dag_run": SimpleNamespace(run_type=run_type), "triggering_asset_events": events or {}}
+
+
+def test_scheduled_and_manual_runs():
+    assert describe_trigger(context("scheduled")) == {"mlops.trigger": "scheduled"}
+    assert describe_trigger(context("DagRunType.MANUAL")) == {"mlops.trigger": "manual"}
+
+
+def test_a_drift_request_carries_its_reason_and_report():
+    event = SimpleNamespace(
+        extra={"trigger": "drift", "reason": "4/9 features drifted: income, utilization", "drift_report_run_id": "abc"}
+    )
+    tags = describe_trigger(context("asset_triggered", {"mlops://credit_default/retrain-request": [event]}))
+    assert tags == {
+        "mlops.trigger": "drift",
+        "mlops.trigger.reason": "4/9 features drifted: income, utilization",
+        "mlops.trigger.drift_run_id": "abc",
+    }
