@@ -16,6 +16,11 @@ def test_scheduled_and_manual_runs():
     assert describe_trigger(context("DagRunType.MANUAL")) == {"mlops.trigger": "manual"}
 
 
+def test_a_manual_reason_is_kept():
+    ctx = {**context("manual"), "params": {"reason": "new feature pipeline deployed"}}
+    assert describe_trigger(ctx)["mlops.trigger.reason"] == "new feature pipeline deployed"
+
+
 def test_a_drift_request_carries_its_reason_and_report():
     event = SimpleNamespace(
         extra={"trigger": "drift", "reason": "4/9 features drifted: income, utilization", "drift_report_run_id": "abc"}

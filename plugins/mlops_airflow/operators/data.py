@@ -44,6 +44,9 @@ def describe_trigger(context: Context) -> dict[str, str]:
                 info["mlops.trigger"] = str(extra["trigger"])
             if extra.get("drift_report_run_id"):
                 info["mlops.trigger.drift_run_id"] = str(extra["drift_report_run_id"])
+    manual_reason = str((context.get("params") or {}).get("reason") or "").strip()
+    if manual_reason:
+        reasons.append(manual_reason)
     if reasons:
         info["mlops.trigger.reason"] = "; ".join(reasons)[:4000]
     return info
