@@ -22,8 +22,9 @@ def logged_model(mlflow_client):
     frame = demo_data.generate_batch(0, n_rows=400)
     pipeline = fit_final(spec, {"max_iter": 20}, frame)
     x, _ = split_xy(spec, frame)
-    mlflow.set_experiment("smoke")
-    with mlflow.start_run():
+    from mlops_airflow.core.tracking import experiment_id
+
+    with mlflow.start_run(experiment_id=experiment_id(mlflow_client, "smoke")):
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
