@@ -40,9 +40,7 @@ def ct_schedule(spec: ModelSpec) -> Any:
             raise ValueError(f"{spec.name}: schedule {spec.schedule!r} is not a supported preset")
     else:
         cron = spec.schedule
-    return AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=retrain_asset(spec)
-    )
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=retrain_asset(spec))
 
 
 def ct_doc(spec: ModelSpec) -> str:
@@ -111,9 +109,7 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
             decision=gate.output,
             **common,
         )
-        smoke = SmokeTestOperator(
-            task_id="smoke_test", snapshot=snapshot.output, registered=register.output, **common
-        )
+        smoke = SmokeTestOperator(task_id="smoke_test", snapshot=snapshot.output, registered=register.output, **common)
         promote = PromoteOperator(task_id="promote", registered=register.output, pool=REGISTRY_POOL, **common)
         snapshot >> validate >> train >> select >> evaluate >> gate >> register >> smoke
         if spec.gate.require_approval:
@@ -153,12 +149,8 @@ have been blessed by the gate. The reason is kept as tags on both versions. Runs
         default_args=default_args(spec),
         tags=["mlops", "rollback", spec.name, *spec.tags],
         params={
-            "version": Param(
-                None, type=["null", "string"], description="Version to serve; empty = previous_champion"
-            ),
-            "reason": Param(
-                "", type="string", minLength=1, description="Why (kept as audit on the versions)"
-            ),
+            "version": Param(None, type=["null", "string"], description="Version to serve; empty = previous_champion"),
+            "reason": Param("", type="string", minLength=1, description="Why (kept as audit on the versions)"),
         },
     ) as dag:
         RollbackOperator(

@@ -38,9 +38,7 @@ def main() -> int:
         auc = run.data.metrics.get("candidate_roc_auc")
         if auc is not None:
             print(f"  candidate       ROC AUC {auc:.4f} on the newest day")
-        print(
-            f"  gate            blessed={tags.get('mlops.gate.blessed')}  {tags.get('mlops.gate.reason', '')[:90]}"
-        )
+        print(f"  gate            blessed={tags.get('mlops.gate.blessed')}  {tags.get('mlops.gate.reason', '')[:90]}")
         print(f"  MLflow run      {run_url(experiment.experiment_id, run_id)}")
     if champion is not None:
         print(f"  champion        models:/credit_default@champion = version {champion.version}")

@@ -61,9 +61,7 @@ def run_dag(airflow_db: Path, mlops_home: Path) -> Callable[..., DagRunResult]:
     """``run_dag("ct_credit_default", conf={...})`` parses the DAG folder and runs one DAG run."""
     counter = iter(range(1_000_000))
 
-    def _run(
-        dag_id: str, conf: dict[str, Any] | None = None, *, same_as: DagRunResult | None = None
-    ) -> DagRunResult:
+    def _run(dag_id: str, conf: dict[str, Any] | None = None, *, same_as: DagRunResult | None = None) -> DagRunResult:
         """``same_as``: run that DAG run again under the same run id, as clearing it in the UI would."""
         from mlops_airflow.dag_factory import build_dags
 

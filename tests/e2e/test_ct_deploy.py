@@ -31,9 +31,7 @@ def shuffle_training_labels(landing, days) -> None:
         frame.to_csv(path, index=False)
 
 
-def test_first_run_promotes_then_a_good_day_promotes_again_and_rollback_returns(
-    run_dag, demo_batches, mlflow_client
-):
+def test_first_run_promotes_then_a_good_day_promotes_again_and_rollback_returns(run_dag, demo_batches, mlflow_client):
     demo_batches(range(15))
     first = run_dag(CT)
     assert first.state == "success", first.tasks
@@ -69,9 +67,7 @@ def test_first_run_promotes_then_a_good_day_promotes_again_and_rollback_returns(
     back = run_dag(ROLLBACK, conf={"reason": "v2 misprices self-employed applicants"})
     assert back.state == "success", back.tasks
     assert aliases(mlflow_client)["champion"] == "1"
-    assert (
-        mlflow_client.get_model_version(MODEL, "1").tags["mlops.rollback_reason"].startswith("v2 misprices")
-    )
+    assert mlflow_client.get_model_version(MODEL, "1").tags["mlops.rollback_reason"].startswith("v2 misprices")
 
     missing = run_dag(ROLLBACK, conf={"version": "42", "reason": "try a version that does not exist"})
     assert missing.state == "failed"

@@ -77,9 +77,7 @@ def test_ct_run_trains_candidates_and_logs_model(run_dag, demo_batches, mlflow_c
         ("not_tabular", "not a CSV file"),
     ],
 )
-def test_bad_batch_fails_validation_and_trains_nothing(
-    corruption, expected_rule, run_dag, demo_batches, mlflow_client
-):
+def test_bad_batch_fails_validation_and_trains_nothing(corruption, expected_rule, run_dag, demo_batches, mlflow_client):
     demo_batches(range(14))
     demo_batches(range(14, 15), corrupt=corruption)
     result = run_dag(DAG_ID)

@@ -12,7 +12,7 @@ import hashlib
 import io
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -65,9 +65,17 @@ class Snapshot:
     eval_rows: int
     batches: list[BatchFile]
     source_uri: str
+    #: The path object the snapshot was written to or read from: it carries the storage connection
+    #: (``s3://conn_id@bucket/...`` in ``uri`` is not readable without it). Not serialized.
+    root: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(replace(self, root=None))
+        del data["root"]
+        return data
+
+    def path(self) -> Any:
+        return self.root if self.root is not None else as_path(self.uri)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Snapshot:
@@ -175,6 +183,7 @@ def write_snapshot(spec: ModelSpec, source_uri: str, dest_uri: Any) -> Snapshot:
             eval_rows=sum(b.rows for b in batches if b.part == "eval"),
             batches=batches,
             source_uri=str(source_uri),
+            root=dest,
         )
         (dest / MANIFEST).write_text(json.dumps(snapshot.to_dict(), indent=2))
     except BaseException:
@@ -187,7 +196,7 @@ def read_manifest(dest_uri: Any) -> Snapshot | None:
     manifest = as_path(dest_uri) / MANIFEST
     if not manifest.exists():
         return None
-    return Snapshot.from_dict(json.loads(manifest.read_text()))
+    return replace(Snapshot.from_dict(json.loads(manifest.read_text())), root=as_path(dest_uri))
 
 
 def remove_tree(path: Any) -> None:
@@ -205,7 +214,7 @@ def remove_tree(path: Any) -> None:
 
 def load_part(snapshot: Snapshot, part: str) -> pd.DataFrame:
     """The training (``train``) or evaluation (``eval``) set of a snapshot as one frame."""
-    root = as_path(snapshot.uri)
+    root = snapshot.path()
     frames = []
     for batch in snapshot.batches:
         if batch.part != part:
@@ -220,7 +229,7 @@ def load_part(snapshot: Snapshot, part: str) -> pd.DataFrame:
 
 
 def load_batch(snapshot: Snapshot, batch: BatchFile) -> pd.DataFrame:
-    with (as_path(snapshot.uri) / str(batch.snapshot_file)).open("rb") as fh:
+    with (snapshot.path() / str(batch.snapshot_file)).open("rb") as fh:
         return pd.read_parquet(fh)
 
 

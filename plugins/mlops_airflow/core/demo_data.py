@@ -195,9 +195,7 @@ if __name__ == "__main__":
     main()
 
 
-def write_diabetes_batches(
-    directory: Path | str, days: int = 15, start: dt.date = DEFAULT_START
-) -> list[Path]:
+def write_diabetes_batches(directory: Path | str, days: int = 15, start: dt.date = DEFAULT_START) -> list[Path]:
     """scikit-learn's bundled diabetes data (442 patients, no download) as ``days`` daily CSV batches.
 
     The regression example: ``progression`` (disease progression after one year) from ten baseline

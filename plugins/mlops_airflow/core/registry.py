@@ -94,9 +94,7 @@ class ModelRegistry:
 
     def version_of_run(self, dag_id: str, run_id: str) -> Any | None:
         """The version a DAG run registered (so that a retry or a cleared run registers no second one)."""
-        query = (
-            f"name = '{self.name}' and tags.`{TAG_DAG_ID}` = '{dag_id}' and tags.`{TAG_RUN_ID}` = '{run_id}'"
-        )
+        query = f"name = '{self.name}' and tags.`{TAG_DAG_ID}` = '{dag_id}' and tags.`{TAG_RUN_ID}` = '{run_id}'"
         try:
             found = self.client.search_model_versions(query)
         except MlflowException as err:
@@ -106,9 +104,16 @@ class ModelRegistry:
     def register(self, model_uri: str, run_id: str, tags: dict[str, str], description: str = "") -> Any:
         """A new version of the model from ``model_uri`` (a logged model), tagged with its provenance."""
         self.ensure_model()
+        # A tracking server accepts a logged model's ``models:/<model_id>`` source only with its model_id.
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         try:
             return self.client.create_model_version(
-                self.name, source=model_uri, run_id=run_id, tags=tags, description=description or None
+                self.name,
+                source=model_uri,
+                run_id=run_id,
+                model_id=model_id,
+                tags=tags,
+                description=description or None,
             )
         except MlflowException as err:
             raise self._fail("registration", err) from err
@@ -142,9 +147,7 @@ class ModelRegistry:
             self.tag(str(current.version), {"mlops.demoted_at": at, "mlops.demoted_by_version": version})
         self.set_alias(CHAMPION, version)
         self.tag(version, {"mlops.promoted_at": at, "mlops.promotion_reason": reason})
-        return AliasMove(
-            self.name, CHAMPION, version, None if current is None else str(current.version), True, at
-        )
+        return AliasMove(self.name, CHAMPION, version, None if current is None else str(current.version), True, at)
 
     def rollback(self, reason: str, version: str | None = None) -> AliasMove:
         """Move ``champion`` to ``version`` (default: the ``previous_champion``), which must be blessed."""

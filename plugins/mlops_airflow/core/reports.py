@@ -29,9 +29,7 @@ def confusion_matrix_figure(y_true: Any, score: np.ndarray, threshold: float = 0
 
     fig = Figure(figsize=(4.5, 4))
     ax = fig.subplots()
-    ConfusionMatrixDisplay.from_predictions(
-        np.asarray(y_true), (score >= threshold).astype(int), ax=ax, colorbar=False
-    )
+    ConfusionMatrixDisplay.from_predictions(np.asarray(y_true), (score >= threshold).astype(int), ax=ax, colorbar=False)
     ax.set_title(f"Confusion matrix (threshold {threshold})")
     fig.tight_layout()
     return fig

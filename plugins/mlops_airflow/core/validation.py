@@ -97,9 +97,7 @@ def build_suite(spec: ModelSpec, gx: Any) -> Any:
     suite.add_expectation(e.ExpectColumnToExist(column=spec.label.name))
     suite.add_expectation(e.ExpectColumnValuesToNotBeNull(column=spec.label.name))
     if spec.label.values is not None:
-        suite.add_expectation(
-            e.ExpectColumnValuesToBeInSet(column=spec.label.name, value_set=list(spec.label.values))
-        )
+        suite.add_expectation(e.ExpectColumnValuesToBeInSet(column=spec.label.name, value_set=list(spec.label.values)))
     return suite
 
 

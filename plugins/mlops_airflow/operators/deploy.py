@@ -105,18 +105,14 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
             ).to_dict()
             if spec.slices:
                 columns = {c: evaluation[c].to_numpy() for c in spec.slices}
-                result["slices"] = slice_metrics(
-                    spec.primary, y.to_numpy(), candidate_score, champion_score, columns
-                )
+                result["slices"] = slice_metrics(spec.primary, y.to_numpy(), candidate_score, champion_score, columns)
             tracking.log_metrics(self.client, parent, result["champion"], prefix="champion_")
             self.client.set_tag(parent, "mlops.champion_version", version)
             if spec.task == "classification":
                 figures["roc_candidate_vs_champion.png"] = roc_curve_figure(
                     y, {"candidate": candidate_score, f"champion v{version}": champion_score}
                 )
-        figures["metrics_candidate_vs_champion.png"] = metric_comparison_figure(
-            result["candidate"], result["champion"]
-        )
+        figures["metrics_candidate_vs_champion.png"] = metric_comparison_figure(result["candidate"], result["champion"])
         tracking.log_figures(self.client, parent, figures, "evaluation")
         tracking.log_json(self.client, parent, result, "evaluation/comparison.json")
         return result
@@ -277,9 +273,7 @@ class SmokeTestOperator(MlopsBaseOperator):
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if not lines:
-            raise RuntimeError(
-                f"smoke test process gave no result (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-            )
+            raise RuntimeError(f"smoke test process gave no result (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         result = json.loads(lines[-1])
         tracking.log_json(self.client, parent, result, "smoke_test/result.json")
         self.client.set_model_version_tag(
@@ -287,9 +281,7 @@ class SmokeTestOperator(MlopsBaseOperator):
         )
         self.log.info("smoke test: %s", result)
         if not result["passed"]:
-            raise AirflowFailException(
-                f"{spec.name} v{challenger.version} failed its smoke test: {result['problems']}"
-            )
+            raise AirflowFailException(f"{spec.name} v{challenger.version} failed its smoke test: {result['problems']}")
         return {
             "passed": True,
             "latency_ms_per_row": result["latency_ms_per_row"],
@@ -315,9 +307,7 @@ class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
 
         parent = self.parent_run_id(context)
         version = str(self.registered["version"])
-        move = self.registry.promote(
-            version, reason=f"blessed by the gate in {self.dag_id} run {context['run_id']}"
-        )
+        move = self.registry.promote(version, reason=f"blessed by the gate in {self.dag_id} run {context['run_id']}")
         self.log.info("champion of %s: %s", self.model_name, move)
         self.client.set_tag(parent, "mlops.promoted_version", version)
         self.client.set_terminated(parent, "FINISHED")

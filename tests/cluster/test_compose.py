@@ -1,0 +1,150 @@
+"""docker-compose.yml, .env.example, Dockerfile and requirements.txt, checked without a Docker engine.
+
+The native cluster (harness.py) stands in for the Compose stack in CI; these checks keep the two the
+same: same services, same Airflow settings per role, and secrets only from ``.env``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tomllib
+from typing import Any
+
+import pytest
+import yaml
+from harness import AIRFLOW_ENV_FILE, LOCAL_ONLY_KEYS, REPO, ROLE_KEYS, NativeCluster, read_env_file
+
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+AIRFLOW_SERVICES = {
+    "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+    "airflow-worker", "flower",
+}  # fmt: skip
+SERVICES = AIRFLOW_SERVICES | {"postgres", "redis", "minio", "minio-init", "mlflow"}
+ONE_SHOT = {"airflow-init", "minio-init"}
+# Keys the official image's entrypoint reads (they are not Airflow settings).
+IMAGE_ONLY_KEYS = {"CONNECTION_CHECK_MAX_COUNT", "DUMB_INIT_SETSID"}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|_KEY\b|_KEY_ID|TOKEN", re.IGNORECASE)
+REQUIRED_REF = re.compile(r"^\$\{[A-Z0-9_]+:\?[^}]+\}$")
+# ${VAR...} interpolated by Compose ($${VAR} is escaped: the container's shell expands it)
+VAR_REF = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?][^}]*)?\}")
+URL_PASSWORD = re.compile(r"://[^:/@\s]*:([^@\s]+)@")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Any]:
+    return compose["services"]
+
+
+def compose_text() -> str:
+    """docker-compose.yml without its comments."""
+    return "\n".join(line for line in COMPOSE_FILE.read_text().splitlines() if not line.lstrip().startswith("#"))
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_every_service_of_the_topology_exists(services: dict[str, Any]) -> None:
+    assert set(services) >= SERVICES, sorted(SERVICES - set(services))
+    assert services["flower"].get("profiles") == ["flower"]
+    assert "deploy" not in services["airflow-worker"], "workers scale with --scale, not a fixed replica count"
+    assert "container_name" not in services["airflow-worker"], "a fixed container name prevents --scale"
+
+
+def test_long_running_services_have_healthchecks_and_wait_on_conditions(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        if name not in ONE_SHOT:
+            assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+        depends = service.get("depends_on", {})
+        assert isinstance(depends, dict), f"{name}: depends_on without conditions"
+        for dep, spec in depends.items():
+            expected = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
+            assert spec.get("condition") == expected, f"{name} -> {dep}: {spec}"
+    for name in AIRFLOW_SERVICES - {"airflow-init", "flower"}:
+        assert "airflow-init" in services[name]["depends_on"], f"{name} starts before airflow-init"
+
+
+def test_no_literal_secret_anywhere(services: dict[str, Any]) -> None:
+    text = compose_text()
+    for name, service in services.items():
+        for key, value in environment(service).items():
+            if SECRET_NAME.search(key) and not key.endswith("_FILE"):  # a path to a secret is no secret
+                assert REQUIRED_REF.match(value), f"{name}.{key} must be only ${{VAR:?...}}, is {value!r}"
+            for password in URL_PASSWORD.findall(value):
+                assert REQUIRED_REF.match(password), f"{name}.{key}: password in URL is not from .env"
+    for var, modifier in VAR_REF.findall(text):
+        if SECRET_NAME.search(var):
+            assert modifier.startswith(":?"), f"${{{var}}} must use :? (no default, no silent empty value)"
+    # the shared settings file is not a place for secrets either
+    for key in read_env_file():
+        assert not SECRET_NAME.search(key) or key == "AIRFLOW__CORE__AUTH_MANAGER", key
+
+
+def test_every_variable_is_documented_in_env_example() -> None:
+    documented = dict(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), flags=re.MULTILINE))
+    used = {var for var, _ in VAR_REF.findall(compose_text())}
+    assert used <= set(documented), f"not in .env.example: {sorted(used - set(documented))}"
+    for var in used:
+        if SECRET_NAME.search(var):
+            assert documented[var] == "", f".env.example must not suggest a value for {var}"
+
+
+def test_airflow_settings_of_compose_equal_those_of_the_native_harness(services: dict[str, Any]) -> None:
+    shared = read_env_file()
+    cluster = NativeCluster()
+    try:
+        for role, keys in ROLE_KEYS.items():
+            service = services[role]
+            assert service.get("env_file") == [str(AIRFLOW_ENV_FILE.relative_to(REPO))], role
+            compose_keys = set(environment(service)) - IMAGE_ONLY_KEYS
+            assert not compose_keys & set(shared), f"{role}: set in compose AND deploy/airflow.env"
+            assert compose_keys == set(keys), (
+                f"{role}: compose-only {sorted(compose_keys - set(keys))}, "
+                f"harness-only {sorted(set(keys) - compose_keys)}"
+            )
+            settings = cluster.role_settings(role)
+            assert {k: settings[k] for k in shared} == shared, role
+            process = cluster.process_env(role, f"check-{role}")
+            airflowish = {k for k in process if k.startswith(("AIRFLOW", "MLOPS_", "MLFLOW_", "GX_"))}
+            extra = airflowish - set(settings)
+            assert extra <= set(LOCAL_ONLY_KEYS), f"{role}: undeclared harness settings {sorted(extra)}"
+    finally:
+        shutil.rmtree(cluster.base, ignore_errors=True)
+    worker = environment(services["airflow-worker"])
+    assert "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in worker and "AIRFLOW__CORE__FERNET_KEY" not in worker
+
+
+def test_mlflow_serves_artifacts_from_s3_with_a_postgres_store(services: dict[str, Any]) -> None:
+    mlflow = services["mlflow"]
+    command = " ".join(mlflow["command"]) if isinstance(mlflow["command"], list) else mlflow["command"]
+    assert "--serve-artifacts" in command and '--artifacts-destination "s3://' in command
+    assert environment(mlflow)["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql")
+    assert "MLFLOW_S3_ENDPOINT_URL" in environment(mlflow)
+    init = environment(services["airflow-init"])
+    assert init["MLFLOW_TRACKING_URL"] == "http://mlflow:5000"
+
+
+def test_image_installs_the_locked_requirements() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^FROM apache/airflow:3\.3\.2-python3\.11$", dockerfile, flags=re.MULTILINE)
+    assert "requirements.txt" in dockerfile
+    locked: dict[str, set[str]] = {}
+    for pkg in tomllib.loads((REPO / "uv.lock").read_text())["package"]:
+        locked.setdefault(pkg["name"], set()).add(pkg.get("version", ""))
+    pins = re.findall(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)", (REPO / "requirements.txt").read_text(), re.MULTILINE)
+    assert pins, "requirements.txt pins nothing"
+    normalise = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    stale = {name: (version, locked.get(normalise(name))) for name, version in pins
+             if version not in locked.get(normalise(name), set())}  # fmt: skip
+    assert not stale, f"requirements.txt is not the export of uv.lock (re-export it): {stale}"
+    assert dict(pins)["apache-airflow"] == "3.3.2"
