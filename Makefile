@@ -19,7 +19,7 @@ export GX_ANALYTICS_ENABLED ?= false
 MLFLOW_STORE := sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
 DEMO_DATA := $(MLOPS_HOME)/data/landing/credit_default
 
-.PHONY: help setup data airflow-db demo up test lint typecheck pytest bench clean
+.PHONY: help setup data airflow-db demo up test lint typecheck pytest test-cluster bench bench-cluster requirements clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,8 +62,17 @@ pytest: setup ## the test suite (unit, DAG integrity, end to end, cluster)
 
 test: lint typecheck pytest ## lint, types and tests: what CI runs
 
+test-cluster: setup ## only the native cluster tests (CeleryExecutor, MLflow server, S3 on loopback)
+	$(RUN) pytest -q tests/cluster
+
 bench: setup ## benchmarks: parse time, CT task timings, closed-loop simulation
 	$(RUN) python benchmarks/run_all.py
+
+bench-cluster: setup ## train-step wall time with two Celery workers against one (about 8 minutes)
+	$(RUN) python benchmarks/cluster_parallelism.py
+
+requirements: setup ## export the pinned requirements.txt for platforms that take one (e.g. the image)
+	$(UV) export --frozen --no-hashes --no-dev --extra cluster --no-emit-project -o requirements.txt
 
 clean: ## remove local state (.local: Airflow DB, MLflow store, demo data)
 	rm -rf $(LOCAL)
