@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from mlops_airflow.core.config import GateSpec, MetricBound
-from mlops_airflow.core.evaluation import metric_value
 from mlops_airflow.core.gate import (
     MISSING,
     BootstrapResult,
     GateDecision,
     _weighted_metric,
     decide,
+    metric_value,
     paired_bootstrap,
     slice_metrics,
 )
@@ -76,6 +76,29 @@ def test_weighted_metric_equals_evaluation_metric_on_resamples(metric: str, clas
     fast = _weighted_metric(metric, y, s, np.vstack([np.ones(n), weights]))
     slow = [metric_value(metric, y, s)] + [metric_value(metric, y[row], s[row]) for row in idx]
     np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("metric", "y", "score", "expected"),
+    [
+        ("roc_auc", [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], 0.75),
+        ("accuracy", [0, 0, 1, 1], [0.1, 0.6, 0.5, 0.8], 0.75),  # 0.5 counts as class 1
+        ("f1", [0, 0, 1, 1], [0.1, 0.6, 0.4, 0.8], 0.5),  # tp=1, fp=1, fn=1
+        ("brier", [0, 1], [0.2, 0.6], (0.04 + 0.16) / 2),
+        ("log_loss", [0, 1], [0.5, 0.5], math.log(2)),
+        ("rmse", [1.0, 2.0, 3.0], [1.0, 2.0, 5.0], math.sqrt(4 / 3)),
+        ("mae", [1.0, 2.0, 3.0], [2.0, 2.0, 1.0], 1.0),
+        ("r2", [1.0, 2.0, 3.0], [1.0, 2.0, 3.0], 1.0),
+    ],
+)
+def test_metric_value_known_values(metric: str, y: list, score: list, expected: float) -> None:
+    assert metric_value(metric, y, score) == pytest.approx(expected)
+
+
+def test_metric_value_undefined_and_unknown() -> None:
+    assert math.isnan(metric_value("roc_auc", [1, 1, 1], [0.2, 0.5, 0.9]))  # one class: no ranking
+    with pytest.raises(ValueError, match="unknown metric"):
+        metric_value("precision_at_k", [0, 1], [0.1, 0.9])
 
 
 def test_fast_auc_is_nan_with_a_single_class() -> None:
@@ -264,6 +287,18 @@ def test_min_improvement(estimate: float, verdict: str) -> None:
     )
     assert _verdicts(decision)["min_improvement"] == verdict
     assert decision.blessed is (verdict == "pass")
+
+
+def test_min_improvement_without_paired_estimate_fails() -> None:
+    gate = GateSpec(thresholds=GATE.thresholds, min_improvement=0.0)
+    decision = decide(gate, primary_metric="roc_auc", candidate=GOOD, champion=GOOD, bootstrap=None)
+    assert _verdicts(decision) == {
+        "roc_auc >= 0.7": "pass",
+        "brier <= 0.2": "pass",
+        "non_inferiority": "fail",
+        "min_improvement": "fail",
+    }
+    assert not decision.blessed
 
 
 @pytest.mark.parametrize(

@@ -237,16 +237,18 @@ def compute_drift(
     )
 
 
-def performance_drop(reference_metric: float, live_metric: float, metric: str, spec: DriftSpec) -> tuple[bool, float]:
+def performance_drop(
+    champion_eval_metric: float, live_metric: float, metric: str, spec: DriftSpec
+) -> tuple[bool, float]:
     """Whether the live metric fell more than ``spec.max_metric_drop`` below the reference.
 
-    :param reference_metric: the champion's metric on its evaluation set.
+    :param champion_eval_metric: the champion's metric on its evaluation set (when it was promoted).
     :param live_metric: the same metric on recently labelled production rows.
     :return: ``(dropped, drop)``; ``drop`` is oriented so that positive = worse (a fall of ROC AUC, a rise
         of RMSE). A NaN on either side is no evidence: ``(False, nan)``.
     """
-    drop = reference_metric - live_metric if higher_is_better(metric) else live_metric - reference_metric
-    drop = float(drop)
+    drop = float(champion_eval_metric - live_metric)
+    drop = drop if higher_is_better(metric) else -drop
     if not math.isfinite(drop):
         return False, float("nan")
     return drop > spec.max_metric_drop, drop
@@ -259,7 +261,7 @@ def _utc(moment: dt.datetime) -> dt.datetime:
 
 def retrain_decision(
     report: DriftReport | None,
-    perf_dropped: bool | None,
+    perf_drop: bool | None,
     last_request_at: dt.datetime | None,
     now: dt.datetime,
     spec: DriftSpec,
@@ -268,7 +270,7 @@ def retrain_decision(
     """Whether to request a retrain now.
 
     :param report: the drift report, or ``None`` when drift was not computed.
-    :param perf_dropped: the first element of :func:`performance_drop`, or ``None`` without labels.
+    :param perf_drop: the first element of :func:`performance_drop`, or ``None`` without labels.
     :param last_request_at: when the last retrain request was emitted, or ``None``.
     :param now: the current time (the run's logical date in Airflow).
     :param perf_delta: the oriented drop, for the reason.
@@ -279,7 +281,7 @@ def retrain_decision(
             f"feature drift in {len(report.drifted_features)}/{len(report.features)} features "
             f"({report.drift_share:.0%} >= {spec.drift_share:.0%}): {', '.join(report.drifted_features)}"
         )
-    if perf_dropped:
+    if perf_drop:
         amount = "" if perf_delta is None else f" by {perf_delta:.4g}"
         causes.append(f"live metric dropped{amount} (> max_metric_drop {spec.max_metric_drop:g})")
     if not causes:
@@ -289,7 +291,7 @@ def retrain_decision(
                 f"drift share {report.drift_share:.0%} < {spec.drift_share:.0%}"
                 + (f" (drifted: {', '.join(report.drifted_features)})" if report.drifted_features else "")
             )
-        if perf_dropped is False:
+        if perf_drop is False:
             parts.append("live metric within max_metric_drop")
         return RetrainDecision(False, "no retrain: " + ("; ".join(parts) or "nothing to compare"), False)
 

@@ -51,6 +51,18 @@ def _orient(metric: str, candidate: Any, champion: Any) -> Any:
     return diff if higher_is_better(metric) else -diff
 
 
+def metric_value(metric: str, y_true: Any, score: Any) -> float:
+    """One metric by name: :func:`mlops_airflow.core.evaluation.metric_value` (sklearn.metrics), imported lazily.
+
+    ``score`` is the positive-class probability (F1 and accuracy threshold it at 0.5) or the prediction.
+    Undefined values (ROC AUC on one class) are NaN. The definition lives in ``evaluation`` so that training,
+    evaluation and the gate can never disagree on what a metric means.
+    """
+    from mlops_airflow.core import evaluation
+
+    return evaluation.metric_value(metric, y_true, score)
+
+
 @dataclass(frozen=True)
 class BootstrapResult:
     """Percentile interval of the oriented difference (candidate better = positive) on one metric.
@@ -141,14 +153,12 @@ def paired_bootstrap(
     :param y_true: labels (0/1 for classification) or targets of the evaluation rows.
     :param score_candidate: candidate's positive-class probability or prediction, one per row.
     :param score_champion: champion's scores on the same rows.
-    :param metric: a name known to :func:`~mlops_airflow.core.evaluation.metric_value`.
+    :param metric: a name known to :func:`metric_value`.
     :param n_resamples: number of bootstrap resamples.
     :param confidence: two-sided coverage of the percentile interval.
     :param seed: seed of the resampling; the same inputs and seed give the same interval.
     """
     import numpy as np
-
-    from mlops_airflow.core.evaluation import metric_value
 
     y = np.asarray(y_true, dtype="float64").ravel()
     cand = np.asarray(score_candidate, dtype="float64").ravel()
@@ -199,8 +209,6 @@ def slice_metrics(
     import numpy as np
     import pandas as pd
 
-    from mlops_airflow.core.evaluation import metric_value
-
     y = np.asarray(y_true)
     cand = np.asarray(score_candidate, dtype="float64")
     champ = None if score_champion is None else np.asarray(score_champion, dtype="float64")
@@ -213,13 +221,10 @@ def slice_metrics(
         for value in sorted(set(labels)):
             mask = labels == value
             # None, not NaN, for an undefined metric: this dict goes to XCom and MLflow as JSON.
+            candidate = metric_value(primary_metric, y[mask], cand[mask])
             champion = None if champ is None else metric_value(primary_metric, y[mask], champ[mask])
-            candidate = _finite_or_none(metric_value(primary_metric, y[mask], cand[mask]))
-            out[f"{column}={value}"] = {
-                "n": int(mask.sum()),
-                "candidate": candidate,
-                "champion": _finite_or_none(champion),
-            }
+            n, cand_value, champ_value = int(mask.sum()), _finite_or_none(candidate), _finite_or_none(champion)
+            out[f"{column}={value}"] = {"n": n, "candidate": cand_value, "champion": champ_value}
     return out
 
 
@@ -241,14 +246,8 @@ class GateCheck:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GateCheck:
-        return cls(
-            name=data["name"],
-            metric=data.get("metric"),
-            value=_finite_or_none(data.get("value")),
-            bound=_finite_or_none(data.get("bound")),
-            verdict=data["verdict"],
-            detail=data.get("detail", ""),
-        )
+        value, bound = _finite_or_none(data.get("value")), _finite_or_none(data.get("bound"))
+        return cls(data["name"], data.get("metric"), value, bound, data["verdict"], data.get("detail", ""))
 
 
 @dataclass(frozen=True)
@@ -275,7 +274,7 @@ class GateDecision:
         return cls(
             blessed=bool(data["blessed"]),
             checks=[GateCheck.from_dict(c) for c in data.get("checks", [])],
-            champion_version=None if version is None else str(version),
+            champion_version=None if version is None else str(version),  # registry versions are strings
             first_run=bool(data.get("first_run", False)),
             primary_metric=data.get("primary_metric", ""),
             reason=data.get("reason", ""),
@@ -333,13 +332,7 @@ def _threshold_checks(gate: GateSpec, candidate: dict[str, float]) -> list[GateC
     return checks
 
 
-def _champion_checks(
-    gate: GateSpec,
-    metric: str,
-    candidate: dict[str, float],
-    champion: dict[str, float],
-    bootstrap: BootstrapResult | None,
-) -> list[GateCheck]:
+def _champion_checks(gate: GateSpec, metric: str, bootstrap: BootstrapResult | None) -> list[GateCheck]:
     margin = -gate.max_regression
     usable = bootstrap is not None and bootstrap.metric == metric
     lower = _finite_or_none(bootstrap.lower) if bootstrap is not None and usable else None
@@ -351,24 +344,18 @@ def _champion_checks(
         detail = "bootstrap interval undefined (metric undefined on every resample)"
     else:
         detail = (
-            f"{bootstrap.confidence:.0%} lower bound of candidate - champion = {lower:+.4g} "
-            f"({'>' if lower > margin else '<='} -{gate.max_regression:g}); estimate "
-            f"{_signed(bootstrap.estimate)}, interval [{lower:+.4g}, "
-            f"{_signed(bootstrap.upper)}], "
-            f"{bootstrap.n_resamples} resamples"
+            f"{bootstrap.confidence:.0%} interval of candidate - champion [{lower:+.4g}, {_signed(bootstrap.upper)}]"
+            f" (estimate {_signed(bootstrap.estimate)}, {bootstrap.n_resamples} resamples): lower bound "
+            f"{'>' if lower > margin else '<='} -{gate.max_regression:g}"
         )
     checks = [_check("non_inferiority", metric, lower, margin, lower is not None and lower > margin, detail)]
 
     if gate.min_improvement is not None:
-        # The paired estimate is on the same rows; the metric dicts are the fallback.
-        if bootstrap is not None and usable:
-            estimate = _finite_or_none(bootstrap.estimate)
-        else:
-            c, h = _finite_or_none(candidate.get(metric)), _finite_or_none(champion.get(metric))
-            estimate = None if c is None or h is None else _orient(metric, c, h)
+        # The paired point estimate: both models on the same rows, already oriented.
+        estimate = _finite_or_none(bootstrap.estimate) if bootstrap is not None and usable else None
         ok = estimate is not None and estimate >= gate.min_improvement
         detail = (
-            "no estimate of the improvement"
+            "no paired estimate of the improvement"
             if estimate is None
             else f"improvement {estimate:+.4g} {'>=' if ok else '<'} required {gate.min_improvement:g}"
         )
@@ -383,12 +370,13 @@ def _slice_checks(gate: GateSpec, metric: str, slices: dict[str, dict[str, Any]]
         entry = slices[key]
         n = int(entry.get("n", 0))
         cand, champ = _finite_or_none(entry.get("candidate")), _finite_or_none(entry.get("champion"))
-        if n < gate.min_slice_size:
-            detail = f"{n} rows < min_slice_size {gate.min_slice_size}: reported, not gated"
-            checks.append(_check(f"slice {key}", metric, None, bound, None, detail))
-        elif cand is None or champ is None:
-            # Typically one class in the slice: AUC undefined. Not evidence either way.
-            detail = f"{n} rows: {metric} undefined (candidate={cand}, champion={champ})"
+        if n < gate.min_slice_size or cand is None or champ is None:
+            # Too few rows, or one class in the slice (AUC undefined): reported, but evidence neither way.
+            detail = (
+                f"{n} rows < min_slice_size {gate.min_slice_size}: reported, not gated"
+                if n < gate.min_slice_size
+                else f"{n} rows: {metric} undefined (candidate={cand}, champion={champ}): not gated"
+            )
             checks.append(_check(f"slice {key}", metric, None, bound, None, detail))
         else:
             delta = _orient(metric, cand, champ)
@@ -415,7 +403,8 @@ def decide(
     :param gate: the model's gate spec.
     :param primary_metric: the metric of the non-inferiority, improvement and slice checks.
     :param candidate: candidate metrics on the evaluation rows.
-    :param champion: champion metrics on the SAME rows, or ``None`` when there is no champion yet.
+    :param champion: champion metrics on the SAME rows, or ``None`` when there is no champion yet (first
+        run). With a champion, the comparison itself rests on the paired ``bootstrap``, not on these values.
     :param bootstrap: :func:`paired_bootstrap` result on ``primary_metric`` (``None`` fails the
         non-inferiority check when there is a champion).
     :param slices: :func:`slice_metrics` output; slices are gated only with a champion.
@@ -434,12 +423,11 @@ def decide(
         ok = gate.first_run_policy == "absolute_only" and bool(gate.thresholds)
         checks.append(_check("first_run", None, None, None, ok, detail))
     else:
-        checks += _champion_checks(gate, primary_metric, candidate, champion, bootstrap)
+        checks += _champion_checks(gate, primary_metric, bootstrap)
         if slices:
             checks += _slice_checks(gate, primary_metric, slices)
 
     failed = [c for c in checks if c.verdict == "fail"]
-    blessed = not failed
     if failed:
         reason = "not blessed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
     elif first_run:
@@ -450,11 +438,4 @@ def decide(
         reason = f"blessed: no worse than champion version {champion_version} on {gated} checks" + (
             f" ({skipped} skipped)" if skipped else ""
         )
-    return GateDecision(
-        blessed=blessed,
-        checks=checks,
-        champion_version=champion_version,
-        first_run=first_run,
-        primary_metric=primary_metric,
-        reason=reason,
-    )
+    return GateDecision(not failed, checks, champion_version, first_run, primary_metric, reason)
