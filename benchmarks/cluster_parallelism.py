@@ -95,6 +95,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['workers']} | {r['state']} | {r['train_wall_s']} | {r['trigger_to_first_task_running_s']} "
             f"| {r['trigger_to_end_s']} | {r['startup_s']} | {', '.join(r['train_hostnames'])} |"
         )
+    loads = [x for r in report["runs"] for x in r["load_avg_1m_before_after"]]
+    lines += ["", f"1-minute load average around the runs (the machine may be shared): {min(loads)}-{max(loads)}."]
     if report.get("train_speedup"):
         lines += ["", f"Train step speed-up, {report['train_speedup']['label']}: {report['train_speedup']['x']}x."]
     if report.get("cluster_test"):

@@ -51,7 +51,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@pytest.fixture(scope="session")
+# Module scope: only test_ct_cluster.py uses it, and the cluster's processes must not idle through the rest
+# of the suite (the end-to-end tests that follow would compete with them for the CPUs).
+@pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[NativeCluster]:
     """A running cluster with two Celery workers (``worker1``, ``worker2``, one task slot each)."""
     reason = services_available()

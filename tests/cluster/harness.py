@@ -10,8 +10,8 @@ docker-compose.yml against this machine's PostgreSQL and Redis:
   (Redis broker on a fresh Redis db number, metadata DB and Celery result backend in fresh databases).
 
 Settings: every process gets ``deploy/airflow.env`` (the file Compose hands to its containers) plus the
-same per-role keys as its Compose service (``role_settings``; tests/cluster/test_compose.py checks both
-sides), plus ``LOCAL_ONLY_KEYS`` that only exist because all processes share one machine (ports, paths,
+same per-role keys as its Compose service (``role_settings``; tests/cluster/test_compose_file.py checks
+both sides), plus ``LOCAL_ONLY_KEYS`` that only exist because all processes share one machine (ports, paths,
 per-worker host names). The init step runs deploy/airflow_init.py, like the ``airflow-init`` service.
 
 ``stop()`` kills every process group and drops the databases and the Redis db; it runs even when
@@ -47,8 +47,10 @@ BIN = Path(sys.executable).parent
 PG_DSN = os.environ.get("MLOPS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("MLOPS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 S3_KEY = "testing"  # moto accepts any credentials
+DB_PREFIX = "mlops_cluster_"
+REDIS_OWNER_KEY = "mlops-cluster-test-owner"
 
-# Keys a role gets besides deploy/airflow.env, exactly as the Compose services (test_compose.py checks).
+# Keys a role gets besides deploy/airflow.env, exactly as the Compose services (test_compose_file.py checks).
 DB_ROLE_KEYS = (
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
     "AIRFLOW__CELERY__BROKER_URL",
@@ -165,8 +167,9 @@ class NativeCluster:
     bucket: str = field(default_factory=lambda: read_env_file()["MLOPS_BUCKET"])
 
     def __post_init__(self) -> None:
-        tag = secrets.token_hex(4)
-        self.db_names = {role: f"mlops_cluster_{tag}_{role}" for role in ("airflow", "celery", "mlflow")}
+        # the owner's pid in the names: a later cluster reclaims what a killed one left behind
+        tag = f"{os.getpid()}_{secrets.token_hex(4)}"
+        self.db_names = {role: f"{DB_PREFIX}{tag}_{role}" for role in ("airflow", "celery", "mlflow")}
         self.admin_password = secrets.token_urlsafe(16)
         self.secrets = {
             "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
@@ -303,7 +306,13 @@ class NativeCluster:
         log = self.base / "logs" / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
-                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.base, start_new_session=True
+                cmd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.base,
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
         service = Service(name, process, log)
         self.services.append(service)
@@ -324,6 +333,11 @@ class NativeCluster:
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
+                cur.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (DB_PREFIX + "%",))
+                for (stale,) in cur.fetchall():
+                    parts = stale.removeprefix(DB_PREFIX).split("_")  # <pid>_<hex>_<role>
+                    if len(parts) == 3 and not _pid_alive(parts[0]):
+                        cur.execute(f'DROP DATABASE IF EXISTS "{stale}" WITH (FORCE)')
                 for name in self.db_names.values():
                     cur.execute(f'CREATE DATABASE "{name}"')
                     self._created_dbs.append(name)
@@ -348,11 +362,14 @@ class NativeCluster:
     def _claim_redis_db(self) -> None:
         import redis
 
-        marker = f"mlops-cluster-test:{self.base.name}"
+        marker = f"{os.getpid()}:{self.base.name}"
         for db in range(15, 0, -1):
             client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
             try:
-                if client.dbsize() == 0 and client.set("mlops-cluster-test-owner", marker, nx=True):
+                owner = client.get(REDIS_OWNER_KEY)
+                if owner and not _pid_alive(owner.decode().split(":", 1)[0]):
+                    client.flushdb()  # left behind by a killed cluster
+                if client.dbsize() == 0 and client.set(REDIS_OWNER_KEY, marker, nx=True):
                     self.redis_db = db
                     return
             finally:
@@ -469,6 +486,41 @@ class NativeCluster:
         from api_client import AirflowApi
 
         return AirflowApi(self.api_url, "admin", self.admin_password)
+
+
+def _pid_alive(pid: str) -> bool:
+    """Whether the process ``pid`` (a cluster's owner, from a database name or Redis marker) still runs.
+
+    Only judged when PostgreSQL and Redis are on loopback, where every owner is a process of this machine.
+    """
+    if not pid.isdigit() or not all(_on_loopback(url) for url in (PG_DSN, REDIS_URL)):
+        return True  # not ours to judge: leave it alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _on_loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname in {"127.0.0.1", "localhost", "::1"}
+
+
+def _terminate_with_parent() -> None:
+    """Linux: SIGTERM the process when the test process dies, even by SIGKILL (then ``stop()`` never runs).
+
+    Each process leads its own group, so a killed pytest would otherwise leave the whole cluster running;
+    Airflow's and MLflow's processes stop their children on SIGTERM.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _fernet_key() -> str:
