@@ -47,7 +47,7 @@ up: data airflow-db ## start Airflow (api-server, scheduler, dag-processor, trig
 	  print(json.load(open(sys.argv[1]))["admin"])' $(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE))"
 	@echo "MLflow UI:  $(MLOPS_MLFLOW_UI_URL)"
 	@trap 'kill 0' INT TERM EXIT; \
-	  $(RUN) mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port 5000 & \
+	  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(RUN) mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port 5000 & \
 	  $(RUN) airflow standalone
 
 lint: setup ## ruff lint and format check

@@ -25,6 +25,19 @@ def default_args(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
+def model_dag(spec: ModelSpec, dag_id: str, kind: str, **kwargs: Any) -> DAG:
+    """A DAG of the model: settings every one shares (no backfill, one run at a time, retries, tags)."""
+    return DAG(
+        dag_id=dag_id,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(spec),
+        tags=["mlops", kind, spec.name, *spec.tags],
+        **kwargs,
+    )
+
+
 def retrain_asset(spec: ModelSpec) -> Asset:
     return Asset(uri=spec.retrain_asset_uri, name=f"{spec.name}_retrain_request")
 
@@ -69,16 +82,13 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
     )
     from mlops_airflow.operators.training import SelectCandidateOperator, TrainCandidateOperator
 
-    with DAG(
-        dag_id=f"ct_{spec.name}",
+    with model_dag(
+        spec,
+        f"ct_{spec.name}",
+        "continuous-training",
         description=f"Continuous training of {spec.name}",
         doc_md=ct_doc(spec),
         schedule=ct_schedule(spec),
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(spec),
-        tags=["mlops", "continuous-training", spec.name, *spec.tags],
         params={
             "data_uri": Param(
                 None,
@@ -133,8 +143,10 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
 def build_rollback_dag(spec: ModelSpec) -> DAG:
     from mlops_airflow.operators.deploy import RollbackOperator
 
-    with DAG(
-        dag_id=f"rollback_{spec.name}",
+    with model_dag(
+        spec,
+        f"rollback_{spec.name}",
+        "rollback",
         description=f"Move the champion of {spec.name} back (manual only)",
         doc_md=f"""### Rollback of `{spec.name}`
 
@@ -143,11 +155,6 @@ have been blessed by the gate. The reason is kept as tags on both versions. Runs
 `{REGISTRY_POOL}`, so it never races a promotion.
 """,
         schedule=None,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(spec),
-        tags=["mlops", "rollback", spec.name, *spec.tags],
         params={
             "version": Param(None, type=["null", "string"], description="Version to serve; empty = previous_champion"),
             "reason": Param("", type="string", minLength=1, description="Why (kept as audit on the versions)"),
@@ -167,8 +174,10 @@ have been blessed by the gate. The reason is kept as tags on both versions. Runs
 def build_predict_dag(spec: ModelSpec) -> DAG:
     from mlops_airflow.operators.monitoring import PredictOperator
 
-    with DAG(
-        dag_id=f"predict_{spec.name}",
+    with model_dag(
+        spec,
+        f"predict_{spec.name}",
+        "batch-scoring",
         description=f"Batch scoring with models:/{spec.name}@champion",
         doc_md=f"""### Batch scoring of `{spec.name}`
 
@@ -178,11 +187,6 @@ input columns and gets `prediction`, `model_version` and `predicted_at`. Runs wh
 `{spec.scoring_asset_uri}` is updated (a landing job emits it) or by hand; emits `{spec.predictions_asset_uri}`.
 """,
         schedule=Asset(uri=spec.scoring_asset_uri, name=f"{spec.name}_scoring_data"),
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(spec),
-        tags=["mlops", "batch-scoring", spec.name, *spec.tags],
         params={
             "data_uri": Param(None, type=["null", "string"], description="Batch file or directory to score"),
         },
@@ -200,8 +204,10 @@ def build_monitor_dag(spec: ModelSpec) -> DAG:
     from mlops_airflow.operators.monitoring import MonitorOperator, RequestRetrainOperator
 
     d = spec.drift
-    with DAG(
-        dag_id=f"monitor_{spec.name}",
+    with model_dag(
+        spec,
+        f"monitor_{spec.name}",
+        "monitoring",
         description=f"Drift and live performance of the {spec.name} champion",
         doc_md=f"""### Monitoring of `{spec.name}`
 
@@ -213,11 +219,6 @@ report and plots go to MLflow. `request_retrain` emits `{spec.retrain_asset_uri}
 at most once per {d.cooldown_hours:g} h; otherwise it is skipped.
 """,
         schedule="0 6 * * *",
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(spec),
-        tags=["mlops", "monitoring", spec.name, *spec.tags],
         params={"data_uri": Param(None, type=["null", "string"], description="Landing zone to monitor")},
     ) as dag:
         monitor = MonitorOperator(task_id="monitor", model_name=spec.name, data_uri="{{ params.data_uri or '' }}")

@@ -399,6 +399,7 @@ class NativeCluster:
             "AWS_ACCESS_KEY_ID": S3_KEY,
             "AWS_SECRET_ACCESS_KEY": S3_KEY,
             "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as the compose service
         }
         # The same flags as the `mlflow` service of docker-compose.yml (host and port aside).
         cmd = [

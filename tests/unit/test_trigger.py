@@ -31,3 +31,15 @@ def test_a_drift_request_carries_its_reason_and_report():
         "mlops.trigger.reason": "4/9 features drifted: income, utilization",
         "mlops.trigger.drift_run_id": "abc",
     }
+
+
+def test_a_producer_names_its_trigger_in_the_event_extra():
+    event = SimpleNamespace(extra={"trigger": "new_data", "reason": "batch 2026-11-22 landed"})
+    tags = describe_trigger(context("asset_triggered", {"mlops://credit_default/retrain-request": [event]}))
+    assert tags == {"mlops.trigger": "new_data", "mlops.trigger.reason": "batch 2026-11-22 landed"}
+
+
+def test_an_asset_event_without_extra_is_recorded_as_asset_triggered():
+    event = SimpleNamespace(extra=None)
+    tags = describe_trigger(context("asset_triggered", {"mlops://credit_default/retrain-request": [event]}))
+    assert tags == {"mlops.trigger": "asset_triggered"}

@@ -7,6 +7,7 @@ This module is imported at DAG-parse time, so it uses only pydantic and PyYAML. 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -255,6 +256,14 @@ def candidate_grid(spec: ModelSpec) -> list[dict[str, Any]]:
 
 def higher_is_better(metric: str) -> bool:
     return metric not in LOWER_IS_BETTER
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``None`` for missing/NaN/inf, so that JSON (XCom, MLflow) never sees a NaN."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _format_error(path: Path, err: ValidationError) -> str:

@@ -21,7 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlops_airflow.core.config import DriftSpec, higher_is_better
+from mlops_airflow.core.config import DriftSpec, finite_or_none, higher_is_better
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,13 +35,6 @@ MISSING = "<missing>"
 PSI_BINS = 10
 #: Share given to a bin that is empty on one side, so that the PSI stays finite.
 PSI_EPSILON = 1e-4
-
-
-def _finite_or_none(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 @dataclass(frozen=True)
@@ -63,7 +56,7 @@ class FeatureDrift:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for key in ("statistic", "p_value", "distance", "psi"):
-            data[key] = _finite_or_none(data[key])
+            data[key] = finite_or_none(data[key])
         return data
 
 

@@ -15,11 +15,10 @@ imported inside the functions that need them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlops_airflow.core.config import GateSpec, higher_is_better
+from mlops_airflow.core.config import GateSpec, finite_or_none, higher_is_better
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,17 +30,9 @@ MISSING = "<missing>"
 _CHUNK_CELLS = 4_000_000
 
 
-def _finite_or_none(value: Any) -> float | None:
-    """``None`` for missing/NaN/inf, so that JSON (XCom, MLflow) never sees a NaN."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _signed(value: float | None) -> str:
     """``+0.0123`` style; a bootstrap rebuilt from JSON may hold ``None`` where it had NaN."""
-    value = _finite_or_none(value)
+    value = finite_or_none(value)
     return "undefined" if value is None else f"{value:+.4g}"
 
 
@@ -80,7 +71,7 @@ class BootstrapResult:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        return data | {k: _finite_or_none(data[k]) for k in ("estimate", "lower", "upper")}
+        return data | {k: finite_or_none(data[k]) for k in ("estimate", "lower", "upper")}
 
 
 def _weighted_metric(metric: str, y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -223,7 +214,7 @@ def slice_metrics(
             # None, not NaN, for an undefined metric: this dict goes to XCom and MLflow as JSON.
             candidate = metric_value(primary_metric, y[mask], cand[mask])
             champion = None if champ is None else metric_value(primary_metric, y[mask], champ[mask])
-            n, cand_value, champ_value = int(mask.sum()), _finite_or_none(candidate), _finite_or_none(champion)
+            n, cand_value, champ_value = int(mask.sum()), finite_or_none(candidate), finite_or_none(champion)
             out[f"{column}={value}"] = {"n": n, "candidate": cand_value, "champion": champ_value}
     return out
 
@@ -241,12 +232,12 @@ class GateCheck:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["value"], data["bound"] = _finite_or_none(self.value), _finite_or_none(self.bound)
+        data["value"], data["bound"] = finite_or_none(self.value), finite_or_none(self.bound)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GateCheck:
-        value, bound = _finite_or_none(data.get("value")), _finite_or_none(data.get("bound"))
+        value, bound = finite_or_none(data.get("value")), finite_or_none(data.get("bound"))
         return cls(data["name"], data.get("metric"), value, bound, data["verdict"], data.get("detail", ""))
 
 
@@ -317,7 +308,7 @@ def _check(
 def _threshold_checks(gate: GateSpec, candidate: dict[str, float]) -> list[GateCheck]:
     checks = []
     for metric, bound in gate.thresholds.items():
-        value = _finite_or_none(candidate.get(metric))
+        value = finite_or_none(candidate.get(metric))
         for kind, limit in (("min", bound.min), ("max", bound.max)):
             if limit is None:
                 continue
@@ -335,7 +326,7 @@ def _threshold_checks(gate: GateSpec, candidate: dict[str, float]) -> list[GateC
 def _champion_checks(gate: GateSpec, metric: str, bootstrap: BootstrapResult | None) -> list[GateCheck]:
     margin = -gate.max_regression
     usable = bootstrap is not None and bootstrap.metric == metric
-    lower = _finite_or_none(bootstrap.lower) if bootstrap is not None and usable else None
+    lower = finite_or_none(bootstrap.lower) if bootstrap is not None and usable else None
     if bootstrap is None:
         detail = "no bootstrap interval"
     elif not usable:
@@ -352,7 +343,7 @@ def _champion_checks(gate: GateSpec, metric: str, bootstrap: BootstrapResult | N
 
     if gate.min_improvement is not None:
         # The paired point estimate: both models on the same rows, already oriented.
-        estimate = _finite_or_none(bootstrap.estimate) if bootstrap is not None and usable else None
+        estimate = finite_or_none(bootstrap.estimate) if bootstrap is not None and usable else None
         ok = estimate is not None and estimate >= gate.min_improvement
         detail = (
             "no paired estimate of the improvement"
@@ -369,7 +360,7 @@ def _slice_checks(gate: GateSpec, metric: str, slices: dict[str, dict[str, Any]]
     for key in sorted(slices):
         entry = slices[key]
         n = int(entry.get("n", 0))
-        cand, champ = _finite_or_none(entry.get("candidate")), _finite_or_none(entry.get("champion"))
+        cand, champ = finite_or_none(entry.get("candidate")), finite_or_none(entry.get("champion"))
         if n < gate.min_slice_size or cand is None or champ is None:
             # Too few rows, or one class in the slice (AUC undefined): reported, but evidence neither way.
             detail = (
