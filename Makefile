@@ -19,7 +19,7 @@ export GX_ANALYTICS_ENABLED ?= false
 MLFLOW_STORE := sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
 DEMO_DATA := $(MLOPS_HOME)/data/landing/credit_default
 
-.PHONY: help setup data airflow-db demo up test lint typecheck pytest test-cluster bench bench-cluster requirements clean
+.PHONY: help setup data demo-day airflow-db demo up test lint typecheck pytest test-cluster bench bench-cluster requirements clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ setup: $(UV) ## install the locked environment (uv is installed first if missing
 
 data: setup ## generate 15 days of demo batches for credit_default (offline, deterministic)
 	@test -n "$$(ls -A $(DEMO_DATA) 2>/dev/null)" || $(RUN) python -m mlops_airflow.core.demo_data $(DEMO_DATA) --days 15
+
+demo-day: data ## land the next day's batch for credit_default (DEMO_DAY_ARGS="--feature-shift 1" drifts it)
+	$(RUN) python -m mlops_airflow.core.demo_data $(DEMO_DATA) --next --days 1 $(DEMO_DAY_ARGS)
 
 airflow-db: setup ## migrate the SQLite metadata DB and create the mlflow_registry pool
 	$(RUN) airflow db migrate > $(LOCAL)/airflow-db.log 2>&1 || (cat $(LOCAL)/airflow-db.log; exit 1)

@@ -47,10 +47,8 @@ def main() -> int:
         "\nOpen the UIs:  make up   (Airflow http://127.0.0.1:8080, login printed by make up; "
         f"MLflow {settings.mlflow_ui_url()})"
     )
-    print(
-        "Run again on a new day:  uv run python -m mlops_airflow.core.demo_data "
-        f"{settings.data_root()}/landing/credit_default --first-day 15 --days 1 && make demo"
-    )
+    print("Run again on a new day:  make demo-day demo")
+    print('A drifted day:           make demo-day DEMO_DAY_ARGS="--feature-shift 1" demo')
     print(line)
     return 0 if str(dag_run.state) == "success" else 1
 

@@ -70,3 +70,13 @@ def test_too_few_batches_is_a_clear_error(spec, tmp_path):
         write_snapshot(spec, str(tmp_path / "one"), str(tmp_path / "snap"))
     with pytest.raises(DataError, match="does not exist"):
         write_snapshot(spec, str(tmp_path / "nowhere"), str(tmp_path / "snap"))
+
+
+def test_demo_day_lands_the_day_after_the_newest_batch(tmp_path):
+    assert demo_data.next_day(tmp_path) == 0
+    demo_data.main([str(tmp_path), "--days", "3", "--rows", "50"])
+    demo_data.main([str(tmp_path), "--next", "--days", "1", "--rows", "50"])
+    demo_data.main([str(tmp_path), "--next", "--days", "1", "--rows", "50"])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [demo_data.batch_file_name(day) for day in range(5)]
+    assert demo_data.next_day(tmp_path) == 5

@@ -165,6 +165,17 @@ def write_batches(directory: Path | str, days: range | list[int], **kwargs: Any)
     return [write_batch(directory, day, **kwargs) for day in days]
 
 
+def next_day(directory: Path | str, start: dt.date = DEFAULT_START) -> int:
+    """The day after the newest batch in ``directory`` (0 when it holds none)."""
+    dates = []
+    for path in Path(directory).glob("batch_*.*"):
+        try:
+            dates.append(dt.date.fromisoformat(path.name.removeprefix("batch_").split(".", 1)[0]))
+        except ValueError:
+            continue
+    return (max(dates) - start).days + 1 if dates else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m mlops_airflow.core.demo_data DIR --days 15``: write demo batches."""
     import argparse
@@ -173,15 +184,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("directory")
     parser.add_argument("--days", type=int, default=15)
     parser.add_argument("--first-day", type=int, default=0)
+    parser.add_argument("--next", action="store_true", help="start the day after the newest batch in DIR")
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv")
     parser.add_argument("--feature-shift", type=float, default=0.0)
     parser.add_argument("--concept-shift", type=float, default=0.0)
     parser.add_argument("--corrupt", choices=CORRUPTIONS, default=None)
     args = parser.parse_args(argv)
+    first = next_day(args.directory) if args.next else args.first_day
     paths = write_batches(
         args.directory,
-        range(args.first_day, args.first_day + args.days),
+        range(first, first + args.days),
         n_rows=args.rows,
         fmt=args.format,
         feature_shift=args.feature_shift,
