@@ -22,7 +22,7 @@ AIRFLOW_SERVICES = {
     "airflow-worker", "flower",
 }  # fmt: skip
 SERVICES = AIRFLOW_SERVICES | {"postgres", "redis", "minio", "minio-init", "mlflow"}
-ONE_SHOT = {"airflow-init", "minio-init"}
+ONE_SHOT = {"airflow-init", "minio-init", "demo-data"}
 # Keys the official image's entrypoint reads (they are not Airflow settings).
 IMAGE_ONLY_KEYS = {"CONNECTION_CHECK_MAX_COUNT", "DUMB_INIT_SETSID"}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|_KEY\b|_KEY_ID|TOKEN", re.IGNORECASE)
@@ -132,6 +132,19 @@ def test_mlflow_serves_artifacts_from_s3_with_a_postgres_store(services: dict[st
     assert "MLFLOW_S3_ENDPOINT_URL" in environment(mlflow)
     init = environment(services["airflow-init"])
     assert init["MLFLOW_TRACKING_URL"] == "http://mlflow:5000"
+
+
+def test_demo_data_job_lands_batches_where_the_demo_model_reads(services: dict[str, Any]) -> None:
+    from mlops_airflow.core.config import get_spec
+
+    job = services["demo-data"]
+    assert job.get("profiles") == ["demo"], "demo data never lands in a production stack by default"
+    command = " ".join(job["command"])
+    source = get_spec("credit_default", REPO / "include" / "models").source.uri
+    assert f'python -m mlops_airflow.core.demo_data "$$MLOPS_DATA_ROOT/{source}"' in command
+    assert read_env_file()["MLOPS_DATA_ROOT"] == f"s3://{read_env_file()['MLOPS_BUCKET']}"
+    assert environment(job)["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert job["depends_on"] == {"minio-init": {"condition": "service_completed_successfully"}}
 
 
 def test_image_installs_the_locked_requirements() -> None:

@@ -135,30 +135,54 @@ def batch_file_name(day: int, fmt: str = "csv", start: dt.date = DEFAULT_START) 
     return f"batch_{(start + dt.timedelta(days=day)).isoformat()}.{fmt}"
 
 
-def write_batch(
-    directory: Path | str,
-    day: int,
-    *,
-    fmt: str = "csv",
-    corrupt: str | None = None,
-    start: dt.date = DEFAULT_START,
-    **kwargs: Any,
-) -> Path:
-    """Generate day ``day`` and write it to ``directory`` (created if needed); returns the file."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+def encode_batch(
+    day: int, *, fmt: str = "csv", corrupt: str | None = None, start: dt.date = DEFAULT_START, **kwargs: Any
+) -> bytes:
+    """Day ``day`` as the bytes of its batch file (CSV or Parquet), corrupted if asked."""
+    import io
+
     frame = generate_batch(day, start=start, **kwargs)
     payload: Any = frame if corrupt is None else corrupt_batch(frame, corrupt, seed=day)
+    if isinstance(payload, bytes):
+        return payload
+    buffer = io.BytesIO()
+    if fmt == "csv":
+        payload.to_csv(buffer, index=False)
+    else:
+        payload.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def write_batch(
+    directory: Path | str, day: int, *, fmt: str = "csv", start: dt.date = DEFAULT_START, **kwargs: Any
+) -> Path:
+    """Generate day ``day`` and write it to the local ``directory`` (created if needed); returns the file."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / batch_file_name(day, fmt, start)
     tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(payload, bytes):
-        tmp.write_bytes(payload)
-    elif fmt == "csv":
-        payload.to_csv(tmp, index=False)
-    else:
-        payload.to_parquet(tmp, index=False)
+    tmp.write_bytes(encode_batch(day, fmt=fmt, start=start, **kwargs))
     tmp.replace(path)  # a reader never sees a half-written batch
     return path
+
+
+def upload_batch(url: str, day: int, *, fmt: str = "csv", start: dt.date = DEFAULT_START, **kwargs: Any) -> str:
+    """Generate day ``day`` and put it under ``url`` (``s3://bucket/landing/credit_default``; credentials and
+    endpoint from the environment, e.g. ``AWS_ENDPOINT_URL`` for MinIO). A put is atomic: no half batch."""
+    fs, root = _filesystem(url)
+    name = batch_file_name(day, fmt, start)
+    fs.pipe_file(f"{root.rstrip('/')}/{name}", encode_batch(day, fmt=fmt, start=start, **kwargs))
+    return f"{url.rstrip('/')}/{name}"
+
+
+def _is_url(directory: Path | str) -> bool:
+    return isinstance(directory, str) and "://" in directory and not directory.startswith("file://")
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
 
 
 def write_batches(directory: Path | str, days: range | list[int], **kwargs: Any) -> list[Path]:
@@ -166,18 +190,23 @@ def write_batches(directory: Path | str, days: range | list[int], **kwargs: Any)
 
 
 def next_day(directory: Path | str, start: dt.date = DEFAULT_START) -> int:
-    """The day after the newest batch in ``directory`` (0 when it holds none)."""
+    """The day after the newest batch in ``directory`` (a path or URL; 0 when it holds none)."""
+    if _is_url(directory):
+        fs, root = _filesystem(str(directory))
+        names = [name.rsplit("/", 1)[-1] for name in fs.glob(f"{root.rstrip('/')}/batch_*.*")]
+    else:
+        names = [path.name for path in Path(directory).glob("batch_*.*")]
     dates = []
-    for path in Path(directory).glob("batch_*.*"):
+    for name in names:
         try:
-            dates.append(dt.date.fromisoformat(path.name.removeprefix("batch_").split(".", 1)[0]))
+            dates.append(dt.date.fromisoformat(name.removeprefix("batch_").split(".", 1)[0]))
         except ValueError:
             continue
     return (max(dates) - start).days + 1 if dates else 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m mlops_airflow.core.demo_data DIR --days 15``: write demo batches."""
+    """``python -m mlops_airflow.core.demo_data DIR --days 15``: write demo batches (DIR: a path or s3:// URL)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -192,15 +221,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corrupt", choices=CORRUPTIONS, default=None)
     args = parser.parse_args(argv)
     first = next_day(args.directory) if args.next else args.first_day
-    paths = write_batches(
-        args.directory,
-        range(first, first + args.days),
-        n_rows=args.rows,
-        fmt=args.format,
-        feature_shift=args.feature_shift,
-        concept_shift=args.concept_shift,
-        corrupt=args.corrupt,
-    )
+    write: Any = upload_batch if _is_url(args.directory) else write_batch
+    options = {
+        "n_rows": args.rows,
+        "fmt": args.format,
+        "feature_shift": args.feature_shift,
+        "concept_shift": args.concept_shift,
+        "corrupt": args.corrupt,
+    }
+    paths = [write(args.directory, day, **options) for day in range(first, first + args.days)]
     print(f"wrote {len(paths)} batches to {args.directory}")
 
 
