@@ -144,8 +144,11 @@ def trigger_and_wait(cluster: NativeCluster, dag_id: str, conf: dict[str, Any] |
 
 
 def upload_demo_batches(cluster: NativeCluster, model: str = "credit_default", days: int = 15) -> list[str]:
-    """The model's demo batches, written locally, uploaded to its ``source.uri`` under ``MLOPS_DATA_ROOT``."""
-    from mlops_airflow.core import demo_data
+    """Land the model's demo batches in the bucket as the Compose ``demo-data`` job does: the generator's CLI
+    writes ``$MLOPS_DATA_ROOT/<source.uri>`` through s3fs, endpoint and keys from the environment."""
+    import subprocess
+    import sys
+
     from mlops_airflow.core.config import get_spec
 
     data_root = read_env_file()["MLOPS_DATA_ROOT"]
@@ -153,10 +156,11 @@ def upload_demo_batches(cluster: NativeCluster, model: str = "credit_default", d
     if not data_root.startswith(bucket_root):
         raise ValueError(f"MLOPS_DATA_ROOT={data_root} is not in the cluster's bucket {bucket_root}")
     source = get_spec(model, cluster.models_dir).source.uri
+    env = {**cluster.client_env(), "PYTHONPATH": str(cluster.plugins_folder)}
+    cmd = [sys.executable, "-m", "mlops_airflow.core.demo_data", f"{data_root}/{source}", "--days", str(days)]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=300)
     prefix = f"{data_root.removeprefix(bucket_root).strip('/')}/{source}".strip("/")
-    local = cluster.base / "demo-data" / model
-    demo_data.write_batches(local, range(days))
-    return cluster.upload_dir(local, prefix)
+    return cluster.list_keys(prefix + "/")
 
 
 def _parse_time(value: str) -> float:

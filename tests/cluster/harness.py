@@ -394,11 +394,8 @@ class NativeCluster:
 
     def _start_mlflow(self) -> None:
         env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW", "MLOPS_", "MLFLOW_"))},
+            **self.client_env(),
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
-            "AWS_ACCESS_KEY_ID": S3_KEY,
-            "AWS_SECRET_ACCESS_KEY": S3_KEY,
-            "AWS_DEFAULT_REGION": "us-east-1",
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as the compose service
         }
         # The same flags as the `mlflow` service of docker-compose.yml (host and port aside).
@@ -469,14 +466,15 @@ class NativeCluster:
             region_name="us-east-1",
         )
 
-    def upload_dir(self, local: Path, prefix: str) -> list[str]:
-        """Upload every file under ``local`` to ``s3://<bucket>/<prefix>/``; returns the keys."""
-        client, keys = self.s3_client(), []
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            key = f"{prefix.strip('/')}/{path.relative_to(local).as_posix()}"
-            client.upload_file(str(path), self.bucket, key)
-            keys.append(key)
-        return keys
+    def client_env(self) -> dict[str, str]:
+        """Environment of a process outside the cluster that talks to its S3 store (AWS_* read by boto3/s3fs)."""
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AIRFLOW", "MLOPS_", "MLFLOW_"))},
+            "AWS_ENDPOINT_URL": self.s3_url,
+            "AWS_ACCESS_KEY_ID": S3_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     def list_keys(self, prefix: str = "") -> list[str]:
         paginator = self.s3_client().get_paginator("list_objects_v2")
