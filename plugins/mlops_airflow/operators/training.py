@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlops_airflow.operators.base import MlopsBaseOperator
@@ -23,6 +25,19 @@ def load_snapshot(ref: dict[str, Any]) -> Any:
 
 def candidate_label(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "defaults"
+
+
+@contextlib.contextmanager
+def quiet_skops_scan() -> Iterator[None]:
+    """Drop the warnings skops causes while it serialises a pipeline.
+
+    To name a type's module, skops calls ``getattr`` on every module in ``sys.modules``; on Airflow's
+    deprecated shim modules (``airflow.utils.*``) each call warns, about 1,100 warnings (3,500 log lines) per
+    logged model, none of them about the model.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.")
+        yield
 
 
 def trusted_types(pipeline: Any) -> list[str]:
@@ -169,16 +184,17 @@ class SelectCandidateOperator(MlopsBaseOperator):
                     digest=snapshot.content_hash[:36],
                 )
                 mlflow.log_input(dataset, context="training" if part == "train" else "evaluation")
-            info = mlflow.sklearn.log_model(
-                pipeline,
-                name="model",
-                signature=infer_signature(example, output),
-                input_example=example,
-                pyfunc_predict_fn="predict_proba" if classification else "predict",
-                params={**spec.estimator.params, **best.params},
-                tags={"mlops.data_hash": snapshot.content_hash},
-                skops_trusted_types=trusted_types(pipeline),
-            )
+            with quiet_skops_scan():
+                info = mlflow.sklearn.log_model(
+                    pipeline,
+                    name="model",
+                    signature=infer_signature(example, output),
+                    input_example=example,
+                    pyfunc_predict_fn="predict_proba" if classification else "predict",
+                    params={**spec.estimator.params, **best.params},
+                    tags={"mlops.data_hash": snapshot.content_hash},
+                    skops_trusted_types=trusted_types(pipeline),
+                )
             mlflow.log_params({f"selected.{k}": v for k, v in best.params.items()})
         tracking.log_metrics(self.client, parent, eval_metrics, prefix="eval_")
         tracking.log_metrics(self.client, parent, best.metrics, prefix="val_")
