@@ -134,6 +134,8 @@ def _failed_from(file: str, result: Any) -> list[FailedExpectation]:
 def validate_snapshot(spec: ModelSpec, snapshot: Snapshot) -> ValidationSummary:
     """Validate every batch of a snapshot; unreadable files and a too-small training set fail too."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # GX logs ~200 INFO lines about its own API docs registry on import; the task log is for the data.
+    logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
