@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,13 @@ def test_ct_run_trains_candidates_and_logs_model(run_dag, demo_batches, mlflow_c
     model = mlflow.pyfunc.load_model(selected["model_uri"])
     assert model.metadata.signature is not None
     assert {i.name for i in model.metadata.get_input_schema().inputs} >= {"income", "region"}
+    # its environment is what serving needs, pinned to what trained it, not the Airflow deployment
+    from importlib.metadata import version
+
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(selected["model_uri"]))
+    pins = {line.split("==")[0]: line.split("==")[1] for line in requirements.read_text().split() if "==" in line}
+    assert pins["scikit-learn"] == version("scikit-learn") and pins["mlflow"] == version("mlflow")
+    assert "apache-airflow" not in pins and "great-expectations" not in pins
     inputs = {d.dataset.name for d in mlflow_client.get_run(run.info.run_id).inputs.dataset_inputs}
     assert inputs == {"credit_default-train", "credit_default-eval"}
 

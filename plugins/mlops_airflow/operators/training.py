@@ -40,6 +40,21 @@ def quiet_skops_scan() -> Iterator[None]:
         yield
 
 
+#: What loading and serving a logged pipeline needs (the spec only admits ``sklearn.*`` estimators).
+SERVING_PACKAGES = ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
+
+
+def serving_requirements() -> list[str]:
+    """The model's pinned requirements, the same wherever the task runs.
+
+    Left to itself, MLflow exports the whole ``uv.lock`` when the task's working directory holds one (Airflow
+    and all: a serving image would install the scheduler) and infers from imports elsewhere.
+    """
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
+
+
 def trusted_types(pipeline: Any) -> list[str]:
     """Types skops must trust to load a pipeline this task built itself: sklearn and numpy ones only."""
     import skops.io
@@ -194,6 +209,7 @@ class SelectCandidateOperator(MlopsBaseOperator):
                     params={**spec.estimator.params, **best.params},
                     tags={"mlops.data_hash": snapshot.content_hash},
                     skops_trusted_types=trusted_types(pipeline),
+                    pip_requirements=serving_requirements(),
                 )
             mlflow.log_params({f"selected.{k}": v for k, v in best.params.items()})
         tracking.log_metrics(self.client, parent, eval_metrics, prefix="eval_")
