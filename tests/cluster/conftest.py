@@ -1,4 +1,4 @@
-"""Fixtures of the cluster tests: one native CeleryExecutor cluster per session (tests/cluster/harness.py).
+"""Fixtures of the cluster tests: one native CeleryExecutor cluster per test module (tests/cluster/harness.py).
 
 The cluster needs this machine's PostgreSQL and Redis (``MLOPS_TEST_PG_DSN``, ``MLOPS_TEST_REDIS_URL``
 override where they are); without them the cluster tests are skipped, with the reason. Teardown kills
