@@ -80,3 +80,10 @@ def test_demo_day_lands_the_day_after_the_newest_batch(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [demo_data.batch_file_name(day) for day in range(5)]
     assert demo_data.next_day(tmp_path) == 5
+
+
+def test_demo_batches_go_to_a_file_url_like_to_an_object_store(tmp_path):
+    url = (tmp_path / "landing").as_uri()
+    demo_data.main([url, "--days", "2", "--rows", "50"])
+    demo_data.main([url, "--next", "--days", "1", "--rows", "50"])
+    assert sorted(p.name for p in (tmp_path / "landing").iterdir()) == [demo_data.batch_file_name(d) for d in range(3)]

@@ -170,13 +170,14 @@ def upload_batch(url: str, day: int, *, fmt: str = "csv", start: dt.date = DEFAU
     """Generate day ``day`` and put it under ``url`` (``s3://bucket/landing/credit_default``; credentials and
     endpoint from the environment, e.g. ``AWS_ENDPOINT_URL`` for MinIO). A put is atomic: no half batch."""
     fs, root = _filesystem(url)
+    fs.makedirs(root, exist_ok=True)  # a folder for file://, nothing for an object store
     name = batch_file_name(day, fmt, start)
     fs.pipe_file(f"{root.rstrip('/')}/{name}", encode_batch(day, fmt=fmt, start=start, **kwargs))
     return f"{url.rstrip('/')}/{name}"
 
 
 def _is_url(directory: Path | str) -> bool:
-    return isinstance(directory, str) and "://" in directory and not directory.startswith("file://")
+    return isinstance(directory, str) and "://" in directory
 
 
 def _filesystem(url: str) -> tuple[Any, str]:
