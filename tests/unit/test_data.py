@@ -87,3 +87,82 @@ def test_demo_batches_go_to_a_file_url_like_to_an_object_store(tmp_path):
     demo_data.main([url, "--days", "2", "--rows", "50"])
     demo_data.main([url, "--next", "--days", "1", "--rows", "50"])
     assert sorted(p.name for p in (tmp_path / "landing").iterdir()) == [demo_data.batch_file_name(d) for d in range(3)]
+
+
+# Snapshot keys: one key per run id, and a task deletes nothing outside its own run's prefix.
+
+
+def test_run_ids_that_shared_a_folder_get_distinct_snapshot_keys():
+    from mlops_airflow.core.data import safe_name, snapshot_key
+
+    pairs = [
+        ("manual__2026-01-01T00:00:00+00:00", "manual__2026-01-01T00_00_00_00_00"),
+        ("a:b", "a+b"),
+        ("run 1", "run/1"),
+        ("x", "x_"),
+        ("+.+", "."),
+    ]
+    for first, second in pairs:
+        assert safe_name(first) == safe_name(second)  # the old key: one folder for both runs
+        assert snapshot_key(first) != snapshot_key(second)
+    key = snapshot_key("manual__2026-01-01T00:00:00+00:00")
+    assert key.startswith("manual__2026-01-01T00_00_00_00_00-") and len(key.rsplit("-", 1)[1]) == 12
+    for run_id in ("+.+", ".", "..", "", "/", "../../x", "a/../..", "\x00"):
+        assert snapshot_key(run_id) not in {"", ".", ".."} and "/" not in snapshot_key(run_id)
+        assert set(snapshot_key(run_id)) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def test_a_later_run_never_reuses_another_runs_snapshot(spec, landing, tmp_path):
+    from mlops_airflow.core.data import snapshot_key
+
+    snapshots = tmp_path / "storage" / "credit_default" / "snapshots"
+    first, second = "manual__2026-01-01T00:00:00+00:00", "manual__2026-01-01T00_00_00_00_00"
+    a = write_snapshot(spec, str(landing), str(snapshots / snapshot_key(first)), within=str(snapshots), run_id=first)
+    newest = sorted(landing.iterdir())[-1]
+    newest.write_text(newest.read_text().replace(",north,", ",south,", 1))
+    b = write_snapshot(spec, str(landing), str(snapshots / snapshot_key(second)), within=str(snapshots), run_id=second)
+    assert a.uri != b.uri and a.content_hash != b.content_hash
+    assert (a.run_id, b.run_id) == (first, second)
+    # even a key shared by force is not reused: the manifest names the run it belongs to
+    with pytest.raises(DataError, match="belongs to run"):
+        write_snapshot(spec, str(landing), a.uri, within=str(snapshots), run_id=second)
+    assert write_snapshot(spec, str(landing), a.uri, within=str(snapshots), run_id=first) == a  # a retry reuses
+
+
+@pytest.mark.parametrize("run_id", ["+.+", "..", ".", "../..", "+/+"])
+def test_a_run_id_cannot_delete_other_runs_snapshots(spec, landing, tmp_path, run_id):
+    from airflow.sdk import ObjectStoragePath
+
+    from mlops_airflow.core.data import snapshot_key
+
+    # the operator's own path objects: ObjectStoragePath keeps '.' and '..' segments as given
+    snapshots = ObjectStoragePath((tmp_path / "storage").as_uri()) / "credit_default" / "snapshots"
+    sibling = tmp_path / "storage" / "credit_default" / "snapshots" / "scheduled__2026-01-01-0123456789ab"
+    sibling.mkdir(parents=True)
+    (sibling / "manifest.json").write_text("{}")
+    snap = write_snapshot(spec, str(landing), snapshots / snapshot_key(run_id), within=snapshots, run_id=run_id)
+    assert snap.train_rows == 2800
+    assert (sibling / "manifest.json").read_text() == "{}"  # the other run's snapshot is untouched
+    assert sorted(p.name for p in sibling.parent.iterdir()) == sorted([sibling.name, snapshot_key(run_id)])
+
+
+def test_remove_tree_refuses_anything_not_strictly_below_its_root(tmp_path):
+    from airflow.sdk import ObjectStoragePath
+
+    from mlops_airflow.core.data import remove_tree
+
+    base = tmp_path / "storage" / "m" / "snapshots"
+    (base / "run-1").mkdir(parents=True)
+    (base / "run-1" / "part.parquet").write_bytes(b"x")
+    (tmp_path / "storage" / "m" / "keep.txt").write_text("keep")
+    root = ObjectStoragePath(base.as_uri())
+    for target in (root / ".", root / "..", root / "run-1" / ".." / "..", root, root.parent, root / "run-1/../.."):
+        with pytest.raises(DataError, match=r"snapshot path|not strictly below"):
+            remove_tree(target, within=root)
+    with pytest.raises(DataError, match="not strictly below"):
+        remove_tree(str(tmp_path / "storage" / "m"), within=str(base))
+    with pytest.raises(DataError, match="not strictly below"):
+        remove_tree(str(tmp_path / "storage" / "m" / "snapshots2" / "x"), within=str(base))
+    assert (base / "run-1" / "part.parquet").exists() and (tmp_path / "storage" / "m" / "keep.txt").exists()
+    remove_tree(root / "run-1", within=root)
+    assert not (base / "run-1").exists() and base.exists()

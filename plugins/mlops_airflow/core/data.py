@@ -37,8 +37,19 @@ def as_path(uri: Any) -> Any:
 
 
 def safe_name(text: str) -> str:
-    """A run id as a path segment (run ids hold ``:`` and ``+``)."""
+    """A run id made readable as a name (run ids hold ``:`` and ``+``); not unique, never a storage key."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def snapshot_key(run_id: str) -> str:
+    """The path segment of one run's snapshot: a readable prefix and a hash of the exact run id.
+
+    Distinct run ids give distinct keys (``a:b`` and ``a+b`` read alike, their hashes differ), and a key is
+    never ``.``, ``..`` or empty: the prefix keeps only letters, digits, ``_`` and ``-``.
+    """
+    prefix = re.sub(r"[^A-Za-z0-9_-]+", "_", run_id).strip("_-")[:64] or "run"
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{prefix}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,8 @@ class Snapshot:
     eval_rows: int
     batches: list[BatchFile]
     source_uri: str
+    #: The Airflow run id the snapshot was written for (``None`` in snapshots written without one).
+    run_id: str | None = None
     #: The path object the snapshot was written to or read from: it carries the storage connection
     #: (``s3://conn_id@bucket/...`` in ``uri`` is not readable without it). Not serialized.
     root: Any = field(default=None, compare=False, repr=False)
@@ -131,18 +144,32 @@ def frame_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def write_snapshot(spec: ModelSpec, source_uri: str, dest_uri: Any) -> Snapshot:
+def write_snapshot(
+    spec: ModelSpec, source_uri: Any, dest_uri: Any, *, within: Any = None, run_id: str | None = None
+) -> Snapshot:
     """Copy the training window and evaluation set of ``source_uri`` to ``dest_uri`` as Parquet.
 
     The newest ``window.eval_batches`` files are the evaluation set, the ``window.train_batches`` before
-    them the training window. Idempotent: an existing complete snapshot at ``dest_uri`` is returned as is.
+    them the training window. Idempotent: an existing complete snapshot at ``dest_uri`` is returned as is,
+    if it was written for the same ``run_id``.
+
+    :param within: the folder ``dest_uri`` must lie strictly below (the model's ``snapshots/``; default: the
+        parent of ``dest_uri``); nothing outside it is ever deleted.
+    :param run_id: the Airflow run the snapshot belongs to, recorded in its manifest.
     """
     dest = as_path(dest_uri)
+    within = as_path(within) if within is not None else dest.parent
+    check_below(dest, within)
     existing = read_manifest(dest)
     if existing is not None:
+        if existing.run_id != run_id:
+            raise DataError(
+                f"{dest_uri}: snapshot belongs to run {existing.run_id!r}, not {run_id!r}; "
+                "a snapshot key is never shared between runs"
+            )
         return existing
     if dest.exists():  # an earlier attempt died half-way: start clean
-        remove_tree(dest)
+        remove_tree(dest, within=within)
 
     files = list_batches(source_uri, spec.source.format)
     need = spec.window.eval_batches + 1
@@ -183,11 +210,12 @@ def write_snapshot(spec: ModelSpec, source_uri: str, dest_uri: Any) -> Snapshot:
             eval_rows=sum(b.rows for b in batches if b.part == "eval"),
             batches=batches,
             source_uri=str(source_uri),
+            run_id=run_id,
             root=dest,
         )
         (dest / MANIFEST).write_text(json.dumps(snapshot.to_dict(), indent=2))
     except BaseException:
-        remove_tree(dest)  # never leave a partial snapshot behind
+        remove_tree(dest, within=within)  # never leave a partial snapshot behind
         raise
     return snapshot
 
@@ -199,8 +227,33 @@ def read_manifest(dest_uri: Any) -> Snapshot | None:
     return replace(Snapshot.from_dict(json.loads(manifest.read_text())), root=as_path(dest_uri))
 
 
-def remove_tree(path: Any) -> None:
+def _location(path: Any) -> tuple[str, list[str]]:
+    """Protocol and path segments of a path object, as the filesystem will see them (no normalisation)."""
+    protocol = getattr(path, "protocol", "") or "file"
+    text = getattr(path, "path", None) or str(path)
+    return ("file" if protocol in {"file", "local"} else str(protocol)), str(text).split("/")
+
+
+def check_below(path: Any, root: Any) -> None:
+    """Raise :class:`DataError` unless ``path`` lies strictly below ``root`` with no ``.``/``..`` segment."""
+    protocol, segments = _location(as_path(path))
+    root_protocol, root_segments = _location(as_path(root))
+    if {".", ".."} & set(segments + root_segments):
+        raise DataError(f"{path}: a '.' or '..' segment in a snapshot path (below {root}) is not allowed")
+    segments = [s for s in segments if s]
+    root_segments = [s for s in root_segments if s]
+    if (
+        protocol != root_protocol
+        or len(segments) <= len(root_segments)
+        or segments[: len(root_segments)] != root_segments
+    ):
+        raise DataError(f"{path}: not strictly below {root}; refusing to write or delete there")
+
+
+def remove_tree(path: Any, *, within: Any) -> None:
+    """Delete ``path`` and everything below it, only if it lies strictly below ``within``."""
     path = as_path(path)
+    check_below(path, within)
     if not path.exists():
         return
     fs = getattr(path, "fs", None)

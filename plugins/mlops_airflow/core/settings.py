@@ -1,19 +1,27 @@
 """Deployment settings, read from the environment (one place for every default).
 
-=========================  ==============================================================
-``MLOPS_HOME``             local state of the embedded default (default ``<repo>/.local``)
-``MLOPS_DATA_ROOT``        landing-zone root; relative ``source.uri`` values resolve under it
-``MLOPS_STORAGE_BASE``     base URI of snapshots and predictions (``file://`` or ``s3://``)
-``MLOPS_STORAGE_CONN_ID``  Airflow connection for the object store (cluster only)
-``MLOPS_MLFLOW_UI_URL``    where people open MLflow (links from Airflow task instances)
-``MLFLOW_TRACKING_URI``    tracking store when no ``mlflow_default`` connection is set
-=========================  ==============================================================
+============================  ==============================================================
+``MLOPS_HOME``                local state of the embedded default (default ``<repo>/.local``)
+``MLOPS_DATA_ROOT``           landing-zone root; relative ``source.uri`` values resolve under it
+``MLOPS_ALLOWED_DATA_ROOTS``  more landing roots a trigger's ``data_uri`` may name (comma-separated
+                              paths or URIs, e.g. ``/srv/landing,s3://partner-bucket/landing``)
+``MLOPS_STORAGE_BASE``        base URI of snapshots and predictions (``file://`` or ``s3://``)
+``MLOPS_STORAGE_CONN_ID``     Airflow connection for the object store (cluster only)
+``MLOPS_MLFLOW_UI_URL``       where people open MLflow (links from Airflow task instances)
+``MLFLOW_TRACKING_URI``       tracking store when no ``mlflow_default`` connection is set
+============================  ==============================================================
+
+A trigger's ``data_uri`` is untrusted input (DESIGN.md 7): :func:`confine_data_uri` admits it only inside
+``MLOPS_DATA_ROOT`` or one of ``MLOPS_ALLOWED_DATA_ROOTS``, and never inside the package's own storage.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -51,6 +59,130 @@ def resolve_source_uri(uri: str) -> str:
     if "://" in uri or uri.startswith("/"):
         return uri
     return f"{data_root().rstrip('/')}/{uri}"
+
+
+ALLOWED_DATA_ROOTS_ENV = "MLOPS_ALLOWED_DATA_ROOTS"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+class DataRootError(ValueError):
+    """A data location outside the landing roots, or one that cannot be checked; the message says which rule."""
+
+
+@dataclass(frozen=True)
+class DataLocation:
+    """A normalised data location: ``scheme`` and ``netloc`` empty for a local path.
+
+    ``path`` is absolute, free of ``.``/``..``, empty segments and percent-escapes; for a local path all its
+    symlinks are resolved. ``str()`` is the form tasks read, so what was checked is what is read.
+    """
+
+    scheme: str
+    netloc: str
+    path: str
+
+    def __str__(self) -> str:
+        return self.path if not self.scheme else f"{self.scheme}://{self.netloc}{self.path}"
+
+    def is_within(self, root: DataLocation) -> bool:
+        """Same scheme, same bucket/host (and connection), and ``root``'s path a prefix on a segment boundary."""
+        if (self.scheme, self.netloc) != (root.scheme, root.netloc):
+            return False
+        base = root.path.rstrip("/")
+        return base == "" or self.path == base or self.path.startswith(base + "/")
+
+
+def parse_location(text: str, *, what: str, base: str | None = None) -> DataLocation:
+    """Normalise a path or URI: one round of percent-decoding, ``file://`` as a local path, lower-case scheme
+    and host, ``..`` and ``//`` collapsed, local symlinks resolved.
+
+    A relative path resolves under ``base`` (itself a path or URI) or, without one, the working directory.
+    What cannot be normalised without guessing (a host-less URI, a query, chained ``a::b`` URLs, text that is
+    still percent-encoded after one decoding, ``..`` above a bucket) raises :class:`DataRootError`
+    naming ``what``.
+    """
+    raw = text.strip()
+    if not raw:
+        raise DataRootError(f"{what} is empty")
+    try:
+        decoded = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise DataRootError(f"{what} {text!r}: percent-escapes that are not UTF-8") from None
+    if _ESCAPE.search(decoded):
+        raise DataRootError(f"{what} {text!r}: percent-encoded more than once")
+    if _FORBIDDEN.search(decoded):
+        raise DataRootError(f"{what} {text!r}: control characters or backslashes are not allowed")
+    match = _SCHEME.match(decoded)
+    if match is None:  # a plain path
+        if not decoded.startswith("/") and base is not None:
+            return parse_location(f"{base.rstrip('/')}/{decoded}", what=what)
+        return DataLocation("", "", os.path.realpath(decoded))
+    scheme = match.group(1).lower()
+    if "::" in decoded:
+        raise DataRootError(f"{what} {text!r}: chained URLs ('::') are not allowed")
+    parts = urlsplit(decoded)
+    if parts.query or parts.fragment or "?" in decoded or "#" in decoded:
+        raise DataRootError(f"{what} {text!r}: a query ('?') or fragment ('#') is not allowed")
+    if scheme == "file":
+        if parts.netloc.lower() not in {"", "localhost"}:
+            raise DataRootError(f"{what} {text!r}: a file:// URI must name this machine, not {parts.netloc!r}")
+        if not parts.path.startswith("/"):
+            raise DataRootError(f"{what} {text!r}: a file:// URI needs an absolute path")
+        return DataLocation("", "", os.path.realpath(parts.path))
+    if not match.group(2).startswith("//"):
+        raise DataRootError(f"{what} {text!r}: expected {scheme}://<bucket or host>/<path>")
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not host:
+        raise DataRootError(f"{what} {text!r}: no bucket or host after {scheme}://")
+    segments: list[str] = []
+    for segment in parts.path.split("/"):
+        if segment in {"", "."}:
+            continue
+        if segment == "..":
+            if not segments:
+                raise DataRootError(f"{what} {text!r}: '..' climbs above {scheme}://{host}")
+            segments.pop()
+        else:
+            segments.append(segment)
+    path = "/" + "/".join(segments) if segments else ""
+    # The bucket or host is case-insensitive; a connection id (``s3://conn_id@bucket``) is not.
+    return DataLocation(scheme, f"{userinfo}{at}{host.lower()}", path)
+
+
+def allowed_data_roots() -> list[DataLocation]:
+    """``MLOPS_DATA_ROOT`` and every entry of ``MLOPS_ALLOWED_DATA_ROOTS``, normalised."""
+    roots = [parse_location(data_root(), what="MLOPS_DATA_ROOT")]
+    for entry in os.environ.get(ALLOWED_DATA_ROOTS_ENV, "").split(","):
+        if entry.strip():
+            roots.append(parse_location(entry, what=ALLOWED_DATA_ROOTS_ENV))
+    return roots
+
+
+def confine_data_uri(uri: str, *, param: str = "data_uri") -> str:
+    """A trigger's data location, normalised, if it lies inside an allowed landing root; else :class:`DataRootError`.
+
+    Relative values resolve under ``MLOPS_DATA_ROOT`` (as a spec's ``source.uri`` does). The package's own
+    storage (snapshots and predictions under ``MLOPS_STORAGE_BASE``, MLflow's local artifacts) is refused
+    even where a landing root holds it. Pure: reads the environment and, for local paths, resolves symlinks;
+    never lists or opens the location.
+    """
+    roots = allowed_data_roots()
+    allowed = ", ".join(str(r) for r in roots)
+    rule = f"allowed landing roots: {allowed} (MLOPS_DATA_ROOT, {ALLOWED_DATA_ROOTS_ENV})"
+    try:
+        location = parse_location(uri, what=param, base=data_root())
+    except DataRootError as err:
+        raise DataRootError(f"{err}; {rule}") from None
+    if not any(location.is_within(root) for root in roots):
+        raise DataRootError(f"{param} {uri!r} resolves to {location}, outside the {rule}")
+    for name, value in (("MLOPS_STORAGE_BASE", storage_base()), ("MLOPS_ARTIFACT_ROOT", default_artifact_root())):
+        if location.is_within(parse_location(value, what=name)):
+            raise DataRootError(
+                f"{param} {uri!r} resolves to {location}, inside {name} ({value}), which is no landing zone; {rule}"
+            )
+    return str(location)
 
 
 def git_commit() -> str:

@@ -28,6 +28,23 @@ def storage_path(uri: str) -> Any:
     return ObjectStoragePath(uri, conn_id=settings.storage_conn_id())
 
 
+def trigger_data_uri(value: str | None, param: str = "data_uri") -> str | None:
+    """A trigger's ``data_uri`` confined to the landing roots (normalised), or ``None`` when it is empty.
+
+    Trigger params are untrusted input (DESIGN.md 7): a location outside ``MLOPS_DATA_ROOT`` and
+    ``MLOPS_ALLOWED_DATA_ROOTS`` fails the task before anything is listed or read, without retry.
+    """
+    from mlops_airflow.core import settings
+
+    text = (value or "").strip()
+    if text in {"", "None"}:
+        return None
+    try:
+        return settings.confine_data_uri(text, param=param)
+    except settings.DataRootError as err:
+        raise AirflowFailException(str(err)) from None
+
+
 def describe_trigger(context: Context) -> dict[str, str]:
     """What started this DAG run: schedule, manual, or an asset event (with its metadata)."""
     dag_run = context["dag_run"]
@@ -66,15 +83,15 @@ class SnapshotOperator(MlopsBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import settings, tracking
-        from mlops_airflow.core.data import DataError, safe_name, write_snapshot
+        from mlops_airflow.core.data import DataError, safe_name, snapshot_key, write_snapshot
 
         spec = self.spec
-        source = (self.data_uri or "").strip()
-        if source in {"", "None"}:
-            source = settings.resolve_source_uri(spec.source.uri)
-        dest = self.storage_root() / spec.name / "snapshots" / safe_name(context["run_id"])
+        # The spec's own source.uri is reviewed like code; only a trigger's data_uri is confined.
+        source = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.source.uri)
+        snapshots = self.storage_root() / spec.name / "snapshots"
+        dest = snapshots / snapshot_key(context["run_id"])
         try:
-            snapshot = write_snapshot(spec, storage_path(source), dest)
+            snapshot = write_snapshot(spec, storage_path(source), dest, within=snapshots, run_id=context["run_id"])
         except DataError as err:  # no data to train on is a data failure: fail closed, no retry
             raise AirflowFailException(str(err)) from None
         self.log.info("snapshot %s: %s", snapshot.uri, snapshot.summary())

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from mlops_airflow.operators.base import MlopsBaseOperator
-from mlops_airflow.operators.data import storage_path
+from mlops_airflow.operators.data import storage_path, trigger_data_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -59,7 +59,7 @@ class PredictOperator(MlopsBaseOperator):
         from mlops_airflow.core.evaluation import predict_scores
 
         spec = self.spec
-        uri = (self.data_uri or "").strip() or settings.resolve_source_uri(spec.scoring_uri)
+        uri = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.scoring_uri)
         champion = _champion(self.client, spec.name)
         version = str(champion.version)
         self.mlflow_url = tracking.model_url(spec.name, version)
@@ -126,6 +126,7 @@ class MonitorOperator(MlopsBaseOperator):
         from mlops_airflow.core.evaluation import metric_value, predict_scores
 
         spec = self.spec
+        uri = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.source.uri)
         champion = _champion(self.client, spec.name)
         tags = champion.tags or {}
         snapshot_uri = tags.get("mlops.snapshot_uri")
@@ -135,7 +136,6 @@ class MonitorOperator(MlopsBaseOperator):
                 f"{spec.name} v{champion.version}: its training snapshot {snapshot_uri!r} is gone; no reference"
             )
         reference = load_part(reference_snapshot, "train")
-        uri = (self.data_uri or "").strip() or settings.resolve_source_uri(spec.source.uri)
         recent = _batches(uri, spec.source.format)[-spec.drift.window_batches :]
         current = pd.concat([read_batch(b, spec.source.format) for b in recent], ignore_index=True)
 
