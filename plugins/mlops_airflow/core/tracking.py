@@ -24,8 +24,32 @@ TAG_CANDIDATE = "mlops.candidate_index"
 PARENT_TAG = "mlflow.parentRunId"
 
 
+# MLflow's HTTP client retries a dead server for about 4 minutes per request (7 retries, backoff factor 2,
+# 120 s timeout): a task try would hang that long before Airflow's own retries (with backoff) take over.
+# These bounds fail a try within a minute even against a server that accepts and never answers
+# (3 attempts x 15 s + backoff 0 + 2 s); a refused connection fails in about 3 s. A deployment may set
+# other values in the environment; these are only defaults.
+HTTP_CLIENT_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+
+
+def bound_http_retries() -> dict[str, str]:
+    """Set :data:`HTTP_CLIENT_DEFAULTS` where the environment has no value; the settings now in force."""
+    for key, value in HTTP_CLIENT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in HTTP_CLIENT_DEFAULTS}
+
+
 def client_for(tracking_uri: str) -> MlflowClient:
-    """A client bound to ``tracking_uri`` (also set as the process default for the fluent API)."""
+    """A client bound to ``tracking_uri`` (also set as the process default for the fluent API).
+
+    MLflow reads its HTTP retry and timeout settings from the environment on every request, so
+    :func:`bound_http_retries` sets them for this process (and the subprocesses it starts).
+    """
+    bound_http_retries()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     if tracking_uri.startswith("sqlite:///"):
