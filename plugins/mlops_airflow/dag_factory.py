@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import warnings
+from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, Param
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, BaseOperator, Param
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
-from mlops_airflow.core.config import ModelSpec, candidate_grid, load_all_specs
+from mlops_airflow.core.config import ModelSpec, ModelSpecError, candidate_grid, load_specs_tolerant
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 REGISTRY_POOL = "mlflow_registry"
@@ -151,13 +154,16 @@ def build_rollback_dag(spec: ModelSpec) -> DAG:
         doc_md=f"""### Rollback of `{spec.name}`
 
 Moves alias `champion` to `previous_champion` (default) or to the chosen `version`, which must exist and
-have been blessed by the gate. The reason is kept as tags on both versions. Runs in pool
+have been blessed by the gate (proven from its own CT run, not from a tag). The reason is kept as tags
+on both versions. The version rolled back to is pinned: no CT run moves `champion` until a person runs
+this DAG with `unpin: true` or a gate blesses a candidate judged against the pinned version. Runs in pool
 `{REGISTRY_POOL}`, so it never races a promotion.
 """,
         schedule=None,
         params={
             "version": Param(None, type=["null", "string"], description="Version to serve; empty = previous_champion"),
             "reason": Param("", type="string", minLength=1, description="Why (kept as audit on the versions)"),
+            "unpin": Param(False, type="boolean", description="Only remove a rollback's pin; move nothing"),
         },
     ) as dag:
         RollbackOperator(
@@ -165,6 +171,7 @@ have been blessed by the gate. The reason is kept as tags on both versions. Runs
             model_name=spec.name,
             version="{{ params.version or '' }}",
             reason="{{ params.reason }}",
+            unpin="{{ params.unpin }}",
             pool=REGISTRY_POOL,
             retries=0,
         )
@@ -231,11 +238,69 @@ at most once per {d.cooldown_hours:g} h; otherwise it is skipped.
     return dag
 
 
+class InvalidModelSpecWarning(UserWarning):
+    """A model YAML that cannot be used: its model gets no DAGs, the others are unaffected."""
+
+
+def invalid_spec_dag_id(path: Path) -> str:
+    """``ct_<file stem>`` (made a valid DAG id): where the model's CT DAG would be."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem)[:200] or "unnamed"
+    return f"ct_{stem}"
+
+
+def build_invalid_spec_dag(path: Path, error: ModelSpecError) -> DAG:
+    """A stand-in DAG for a bad YAML: listed in the UI (tag ``invalid-spec``) with the file, key and reason.
+
+    It never runs on a schedule and starts paused; triggered by hand, its one task fails with the error.
+    """
+    message = str(error)
+    with DAG(
+        dag_id=invalid_spec_dag_id(path),
+        start_date=START_DATE,
+        schedule=None,
+        catchup=False,
+        is_paused_upon_creation=True,
+        tags=["mlops", "invalid-spec"],
+        description=("INVALID MODEL SPEC: " + message.replace("\n", " "))[:1000],
+        doc_md=f"### Invalid model spec `{path.name}`\n\nThis model has no DAGs until its YAML is fixed:\n\n"
+        f"```\n{message}\n```\n",
+    ) as dag:
+        InvalidSpecOperator(task_id="invalid_spec", message=message, doc_md=message, retries=0)
+    return dag
+
+
+class InvalidSpecOperator(BaseOperator):
+    """Fails with the spec error: what a run of a model with a bad YAML does."""
+
+    ui_color = "#f5b7b1"
+
+    def __init__(self, *, message: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.message = message
+
+    def execute(self, context: Any) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(self.message)
+
+
 def build_dags(specs: list[ModelSpec] | None = None) -> dict[str, DAG]:
-    """Every DAG of every model spec, keyed by DAG id."""
+    """Every DAG of every model spec, keyed by DAG id.
+
+    A YAML that fails validation breaks only its own model: it gets a stand-in DAG that shows the error and a
+    warning in the parse log, while every good model keeps its DAGs.
+    """
     dags: dict[str, DAG] = {}
-    for spec in specs if specs is not None else load_all_specs():
+    errors: dict[Path, ModelSpecError] = {}
+    if specs is None:
+        specs, errors = load_specs_tolerant()
+    for spec in specs:
         for builder in (build_ct_dag, build_monitor_dag, build_predict_dag, build_rollback_dag):
             dag = builder(spec)
             dags[dag.dag_id] = dag
+    for path, error in errors.items():
+        warnings.warn(str(error), InvalidModelSpecWarning, stacklevel=2)
+        stand_in = build_invalid_spec_dag(path, error)
+        if stand_in.dag_id not in dags:
+            dags[stand_in.dag_id] = stand_in
     return dags

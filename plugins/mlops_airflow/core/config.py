@@ -2,12 +2,17 @@
 
 This module is imported at DAG-parse time, so it uses only pydantic and PyYAML. A wrong spec fails with
 :class:`ModelSpecError`, whose message names the file, the key and what is wrong with it.
+
+Config is data (DESIGN.md 7): ``estimator.class`` must be a scikit-learn classifier or regressor of the
+model's task (checked against :mod:`mlops_airflow.core.estimators`, without importing scikit-learn), its
+``params`` and ``search_space`` keys must be constructor parameters of that class, and the only code a spec
+can name is a transformer factory in a module under ``include/``, imported at task time.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
+import random
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -16,13 +21,38 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MODEL_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+from mlops_airflow.core.estimators import EstimatorNotAllowed, check_estimator, check_params
 
-#: Metrics each task type computes; the gate and selection may only name these.
+MODEL_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+#: ``package.module:function`` of a transformer factory under ``include/`` (no leading dots, no ``..``).
+FACTORY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+#: Metrics each kind of task computes; selection, the gate and the monitor may only name these.
+BINARY_METRICS = (
+    "roc_auc",
+    "pr_auc",
+    "log_loss",
+    "brier",
+    "f1",
+    "precision",
+    "recall",
+    "accuracy",
+    "balanced_accuracy",
+)
+MULTICLASS_METRICS = ("roc_auc_ovr", "log_loss", "f1_macro", "accuracy", "balanced_accuracy")
+REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
+METRICS_BY_KIND = {"binary": BINARY_METRICS, "multiclass": MULTICLASS_METRICS, "regression": REGRESSION_METRICS}
+#: Metrics of the binary scorer before per-kind metrics (kept for callers not yet on METRICS_BY_KIND).
 CLASSIFICATION_METRICS = ("roc_auc", "log_loss", "f1", "accuracy", "brier")
-REGRESSION_METRICS = ("rmse", "mae", "r2")
 #: Metrics where a smaller value is better.
-LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae"})
+LOWER_IS_BETTER = frozenset({"log_loss", "brier", "rmse", "mae", "mape"})
+#: Binary metrics that depend on the decision threshold (the others use probabilities).
+THRESHOLD_METRICS = frozenset({"f1", "precision", "recall", "accuracy", "balanced_accuracy"})
+DEFAULT_PRIMARY = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
+#: Hard cap on the number of candidates (one mapped task each).
+MAX_CANDIDATES = 64
+
+TaskKind = Literal["binary", "multiclass", "regression"]
 
 
 class ModelSpecError(ValueError):
@@ -49,9 +79,18 @@ class ScoringSpec(_Strict):
     format: Literal["csv", "parquet"] = "csv"
 
 
+FEATURE_TYPES = ("numeric", "categorical", "boolean", "datetime")
+DATETIME_PARTS = ("year", "month", "day", "dayofweek", "dayofyear", "hour", "minute", "is_weekend")
+
+
 class FeatureSpec(_Strict):
+    """One input column: its checks (validation) and its preprocessing (the model's pipeline).
+
+    Preprocessing options apply to one feature type each; naming one on another type is a spec error.
+    """
+
     name: str
-    type: Literal["numeric", "categorical"]
+    type: Literal["numeric", "categorical", "boolean", "datetime"]
     #: Whether nulls are allowed (imputed by the pipeline) or a validation failure.
     nullable: bool = True
     min: float | None = None
@@ -60,22 +99,78 @@ class FeatureSpec(_Strict):
     categories: list[str] | None = None
     #: Largest share of nulls tolerated when ``nullable`` is true.
     max_null_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    #: ``model``: preprocessed for the model; ``passthrough``: handed to the estimator as is (numeric or
+    #: boolean); ``drop``: validated but not a model input (e.g. a sensitive attribute kept for reports).
+    use: Literal["model", "passthrough", "drop"] = "model"
+    # numeric
+    impute: Literal["median", "mean", "most_frequent", "constant", "none"] | None = None
+    fill_value: float | str | None = None
+    scale: bool | None = None
+    log: bool | None = None
+    # categorical
+    encoding: Literal["onehot", "ordinal", "target"] | None = None
+    #: Categories rarer than this (a count >= 1, or a share < 1) are grouped into one "infrequent" category.
+    min_frequency: float | None = Field(default=None, gt=0)
+    max_categories: int | None = Field(default=None, ge=2)
+    # datetime
+    parts: list[Literal["year", "month", "day", "dayofweek", "dayofyear", "hour", "minute", "is_weekend"]] | None = None
+    #: ``module:function`` under ``include/`` returning an sklearn transformer for this column (task time).
+    transformer: str | None = None
 
     @model_validator(mode="after")
-    def _check_bounds(self) -> FeatureSpec:
-        if self.type == "categorical" and (self.min is not None or self.max is not None):
-            raise ValueError("min/max apply to numeric features only")
-        if self.type == "numeric" and self.categories is not None:
-            raise ValueError("categories apply to categorical features only")
+    def _check_options(self) -> FeatureSpec:
+        by_type = {
+            "numeric": {"impute", "fill_value", "scale", "log", "min", "max"},
+            "categorical": {"encoding", "min_frequency", "max_categories", "categories"},
+            "boolean": set(),
+            "datetime": {"parts"},
+        }
+        others = set().union(*by_type.values()) - by_type[self.type]
+        given = sorted(k for k in others if getattr(self, k) is not None)
+        if given:
+            raise ValueError(f"{', '.join(given)} do(es) not apply to a {self.type} feature")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.log and self.min is not None and self.min < 0:
+            raise ValueError("log needs non-negative values (min < 0); log1p is applied")
+        if self.encoding == "target" and (self.min_frequency is not None or self.max_categories is not None):
+            raise ValueError("min_frequency/max_categories apply to onehot or ordinal encoding, not target")
+        if self.use == "passthrough" and self.type not in {"numeric", "boolean"}:
+            raise ValueError("use: passthrough is for numeric or boolean features (the estimator needs numbers)")
+        if self.use != "model" and self.transformer is not None:
+            raise ValueError(f"transformer applies only when use is 'model', not {self.use!r}")
+        if self.transformer is not None and not FACTORY_RE.match(self.transformer):
+            raise ValueError(
+                f"transformer: {self.transformer!r} must be 'module:function' of a module under include/ "
+                "(e.g. transforms.credit:clip_income)"
+            )
         return self
 
 
+LabelValue = bool | int | str
+
+
 class LabelSpec(_Strict):
+    """The target. Classification: its allowed ``values`` (ints, strings or booleans, one type), in the order
+    the probability columns follow; binary models name the ``positive`` one (default: the second value)."""
+
     name: str
-    #: Allowed label values (classification); validation fails on any other value.
-    values: list[Any] | None = None
+    values: list[LabelValue] | None = None
+    positive: LabelValue | None = None
+
+    @field_validator("values")
+    @classmethod
+    def _one_type(cls, values: list[Any] | None) -> list[Any] | None:
+        if values is None:
+            return values
+        kinds = {type(v).__name__ for v in values}
+        if len(kinds) > 1:
+            raise ValueError(f"label values must all be of one type (ints, strings or booleans), got {sorted(kinds)}")
+        if len(set(values)) != len(values):
+            raise ValueError("label values are not unique")
+        if len(values) < 2:
+            raise ValueError("a classification label needs at least two values")
+        return values
 
 
 class WindowSpec(_Strict):
@@ -85,29 +180,94 @@ class WindowSpec(_Strict):
     eval_batches: int = Field(default=1, ge=1)
 
 
-class EstimatorSpec(_Strict):
-    """An sklearn estimator by import path, placed after a ColumnTransformer in a Pipeline."""
+class Distribution(_Strict):
+    """A random-search distribution of one estimator parameter."""
 
-    #: Import path, e.g. ``sklearn.linear_model.LogisticRegression``.
+    distribution: Literal["uniform", "loguniform", "randint", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Distribution:
+        if self.distribution == "choice":
+            if not self.values:
+                raise ValueError("choice needs a non-empty 'values' list")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"{self.distribution} needs numbers low < high")
+        if self.distribution == "loguniform" and self.low <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+    def sample(self, rng: random.Random) -> Any:
+        if self.distribution == "choice":
+            return rng.choice(list(self.values or []))
+        low, high = float(self.low or 0.0), float(self.high or 0.0)
+        if self.distribution == "uniform":
+            return rng.uniform(low, high)
+        if self.distribution == "loguniform":
+            return math.exp(rng.uniform(math.log(low), math.log(high)))
+        return rng.randint(math.ceil(low), math.floor(high))
+
+
+class SearchSpec(_Strict):
+    """How candidates are drawn from ``search_space``: every combination (grid) or ``n_candidates`` samples."""
+
+    kind: Literal["grid", "random"] = "grid"
+    n_candidates: int | None = Field(default=None, ge=1, le=MAX_CANDIDATES)
+    seed: int = 0
+
+
+#: A plain YAML value a constructor parameter may take (never anything callable).
+ParamValue = bool | int | float | str | None | list[Any] | dict[str, Any]
+
+
+class EstimatorSpec(_Strict):
+    """A scikit-learn estimator class, placed after the spec's preprocessing in a Pipeline."""
+
+    #: Import path, e.g. ``sklearn.linear_model.LogisticRegression``: a classifier or regressor of the task.
     cls: str = Field(alias="class")
-    params: dict[str, Any] = Field(default_factory=dict)
-    #: Candidate grid: every combination is one mapped training task (keys are estimator params).
-    search_space: dict[str, list[Any]] = Field(default_factory=dict)
-    max_candidates: int = Field(default=8, ge=1, le=64)
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    #: Parameter -> list of values (grid; or ``choice`` in random search) or a distribution (random search).
+    search_space: dict[str, list[ParamValue] | Distribution] = Field(default_factory=dict)
+    search: SearchSpec = SearchSpec()
+    #: Largest grid allowed: a grid over it is a spec error, never silently cut.
+    max_candidates: int = Field(default=8, ge=1, le=MAX_CANDIDATES)
+    #: ``balanced``: each training row weighted inversely to its class frequency (classification).
+    sample_weight: Literal["balanced"] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @field_validator("cls")
-    @classmethod
-    def _dotted(cls, value: str) -> str:
-        if not value.startswith("sklearn.") or value.count(".") < 2:
-            raise ValueError(f"must be an sklearn import path like sklearn.linear_model.Ridge, got {value!r}")
-        return value
+    @model_validator(mode="after")
+    def _search(self) -> EstimatorSpec:
+        for key, values in self.search_space.items():
+            if isinstance(values, list) and not values:
+                raise ValueError(f"search_space.{key}: empty list of values")
+            if isinstance(values, Distribution) and self.search.kind == "grid":
+                raise ValueError(f"search_space.{key}: a distribution needs search.kind: random")
+        if self.search.kind == "random" and self.search.n_candidates is None:
+            raise ValueError("search: random search needs n_candidates")
+        if self.search.kind == "grid" and self.search_space:
+            size = math.prod(len(v) for v in self.search_space.values() if isinstance(v, list))
+            if size > self.max_candidates:
+                raise ValueError(
+                    f"search_space: the grid has {size} combinations, more than max_candidates "
+                    f"({self.max_candidates}); shrink it, raise max_candidates (up to {MAX_CANDIDATES}) or use "
+                    "search: {kind: random, n_candidates: N}"
+                )
+        return self
 
 
 class MetricBound(_Strict):
     min: float | None = None
     max: float | None = None
+
+
+class ThresholdOptimize(_Strict):
+    """Choose the binary decision threshold on the validation split."""
+
+    optimize: Literal["f1", "youden"]
 
 
 class GateSpec(_Strict):
@@ -157,15 +317,19 @@ class ModelSpec(_Strict):
     name: str
     description: str = ""
     owner: str = "mlops"
-    task: Literal["classification", "regression"]
+    #: ``classification`` (binary or multiclass, from the number of ``label.values``), or the kind itself.
+    task: Literal["classification", "binary", "multiclass", "regression"]
     source: SourceSpec
     scoring: ScoringSpec = ScoringSpec()
     features: list[FeatureSpec] = Field(min_length=1)
     label: LabelSpec
     window: WindowSpec = WindowSpec()
     estimator: EstimatorSpec
-    #: The metric used to select among candidates and to gate; defaults per task.
+    #: The metric used to select among candidates and to gate; defaults per task kind.
     primary_metric: str | None = None
+    #: Binary only: the probability above which the positive label is predicted, or how to choose it
+    #: on the validation split (``{optimize: f1}`` or ``{optimize: youden}``).
+    threshold: float | ThresholdOptimize | None = None
     #: Columns (features) whose categories are evaluated and gated separately.
     slices: list[str] = Field(default_factory=list)
     #: Cron expression, a preset such as ``@daily``, or null for manual/asset-only.
@@ -192,40 +356,128 @@ class ModelSpec(_Strict):
             raise ValueError(f"features: duplicate names {dupes}")
         if self.label.name in names:
             raise ValueError(f"label: {self.label.name!r} is also listed as a feature")
+        if not self.model_features:
+            raise ValueError("features: every feature is dropped; the model needs at least one input")
+        self._check_label()
+        self._check_estimator()
         allowed = self.metric_names
         if self.primary_metric is not None and self.primary_metric not in allowed:
-            raise ValueError(f"primary_metric: {self.primary_metric!r} is not one of {list(allowed)}")
+            raise ValueError(
+                f"primary_metric: {self.primary_metric!r} does not fit a {self.kind} model; one of {list(allowed)}"
+            )
         for metric in self.gate.thresholds:
             if metric not in allowed:
-                raise ValueError(f"gate.thresholds: unknown metric {metric!r} for a {self.task} model")
-        categorical = {f.name for f in self.features if f.type == "categorical"}
+                raise ValueError(f"gate.thresholds: metric {metric!r} does not fit a {self.kind} model")
+        if self.threshold is not None:
+            if self.kind != "binary":
+                raise ValueError(f"threshold: applies to binary models only, this one is {self.kind}")
+            if isinstance(self.threshold, float) and not 0.0 < self.threshold < 1.0:
+                raise ValueError(f"threshold: {self.threshold} is not a probability in (0, 1)")
+        categorical = {f.name for f in self.features if f.type in {"categorical", "boolean"}}
         for column in self.slices:
             if column not in categorical:
-                raise ValueError(f"slices: {column!r} is not a categorical feature")
+                raise ValueError(f"slices: {column!r} is not a categorical or boolean feature")
+        for feature in self.features:
+            if feature.transformer is not None:
+                module_file(feature.transformer)  # raises when the module is not under include/
         return self
+
+    def _check_label(self) -> None:
+        values = self.label.values
+        if self.task == "regression":
+            if values is not None or self.label.positive is not None:
+                raise ValueError("label: values/positive apply to classification models only")
+            return
+        if values is None:
+            raise ValueError(f"label.values: a {self.task} model needs its list of label values")
+        if self.task == "binary" and len(values) != 2:
+            raise ValueError(f"label.values: a binary model needs exactly 2 values, got {len(values)}")
+        if self.task == "multiclass" and len(values) < 3:
+            raise ValueError(f"label.values: a multiclass model needs 3 or more values, got {len(values)}")
+        positive = self.label.positive
+        if positive is not None:
+            if len(values) != 2:
+                raise ValueError("label.positive: applies to binary models only")
+            if positive not in values or type(positive) is not type(values[0]):
+                raise ValueError(f"label.positive: {positive!r} is not one of the label values {values}")
+        if self.estimator.sample_weight is not None and self.task == "regression":
+            raise ValueError("estimator.sample_weight: 'balanced' applies to classification models only")
+
+    def _check_estimator(self) -> None:
+        est = self.estimator
+        try:
+            entry = check_estimator(est.cls, self.kind if self.kind == "regression" else "classification")
+        except EstimatorNotAllowed as err:
+            raise ValueError(f"estimator.class: {err}") from None
+        if self.kind != "regression" and not entry["predict_proba"] and est.params.get("probability") is not True:
+            raise ValueError(
+                f"estimator.class: {est.cls} has no predict_proba; the gate and the served model need class "
+                "probabilities (choose a probabilistic classifier, or set probability: true where it exists)"
+            )
+        if est.sample_weight is not None and not entry.get("sample_weight", False):
+            raise ValueError(f"estimator.sample_weight: {est.cls} does not take sample weights in fit")
+        for where, keys in (("params", list(est.params)), ("search_space", list(est.search_space))):
+            unknown = check_params(est.cls, keys)
+            if unknown:
+                raise ValueError(
+                    f"estimator.{where}: {unknown} are not parameters of {est.cls} "
+                    f"(it takes {check_params_allowed(est.cls)})"
+                )
+
+    @property
+    def kind(self) -> TaskKind:
+        """``binary``, ``multiclass`` or ``regression``."""
+        if self.task == "regression":
+            return "regression"
+        if self.task in {"binary", "multiclass"}:
+            return self.task  # type: ignore[return-value]
+        return "binary" if len(self.label.values or []) == 2 else "multiclass"
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.kind != "regression"
+
+    @property
+    def classes(self) -> list[Any]:
+        """Label values in spec order (the order of the probability columns); empty for regression."""
+        return list(self.label.values or [])
+
+    @property
+    def positive_label(self) -> Any:
+        """The positive class of a binary model (``label.positive``, default the second value)."""
+        if self.kind != "binary":
+            return None
+        return self.label.positive if self.label.positive is not None else self.classes[1]
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+        return METRICS_BY_KIND[self.kind]
 
     @property
     def primary(self) -> str:
         """The primary metric (selection and gate)."""
-        if self.primary_metric:
-            return self.primary_metric
-        return "roc_auc" if self.task == "classification" else "rmse"
+        return self.primary_metric or DEFAULT_PRIMARY[self.kind]
 
     @property
     def feature_names(self) -> list[str]:
+        """Every feature column the data must carry (validated), model input or not."""
         return [f.name for f in self.features]
 
     @property
+    def model_features(self) -> list[str]:
+        """The columns the model takes as input (features not dropped)."""
+        return [f.name for f in self.features if f.use != "drop"]
+
+    @property
     def numeric_features(self) -> list[str]:
-        return [f.name for f in self.features if f.type == "numeric"]
+        return [f.name for f in self.features if f.type == "numeric" and f.use != "drop"]
 
     @property
     def categorical_features(self) -> list[str]:
-        return [f.name for f in self.features if f.type == "categorical"]
+        return [f.name for f in self.features if f.type == "categorical" and f.use != "drop"]
+
+    def feature(self, name: str) -> FeatureSpec:
+        return next(f for f in self.features if f.name == name)
 
     @property
     def retrain_asset_uri(self) -> str:
@@ -244,14 +496,70 @@ class ModelSpec(_Strict):
         return self.scoring.uri or f"scoring/{self.name}"
 
 
+def check_params_allowed(path: str) -> list[str]:
+    from mlops_airflow.core._sklearn_catalogue import CATALOGUE
+
+    return list(CATALOGUE[path]["params"])
+
+
+def include_dir() -> Path:
+    """``include/`` of this deployment: the folder that holds ``models/`` (``MLOPS_INCLUDE_DIR`` overrides)."""
+    import os
+
+    override = os.environ.get("MLOPS_INCLUDE_DIR")
+    return Path(override) if override else models_dir().parent
+
+
+def module_file(factory: str) -> Path:
+    """The file under ``include/`` that holds a ``module:function`` transformer factory.
+
+    The dotted module is a path relative to ``include/``; the resolved file (symlinks followed) must lie
+    inside ``include/``, so a spec can only name code that is reviewed with the DAGs.
+    """
+    module, _, _ = factory.partition(":")
+    root = include_dir().resolve()
+    path = (root / Path(*module.split("."))).with_suffix(".py")
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root) or not resolved.is_file():
+        raise ValueError(f"transformer: {factory!r}: no module {module!r} under {root} (expected {path})")
+    return resolved
+
+
 def candidate_grid(spec: ModelSpec) -> list[dict[str, Any]]:
-    """Every combination of the search space (in a stable order), capped at ``max_candidates``."""
-    space = spec.estimator.search_space
+    """The candidates of the search: every grid combination in a stable order, or the random samples.
+
+    Neither materialises a product: a grid is checked against ``max_candidates`` when the spec is parsed
+    (its size is a product of lengths), and random search draws ``n_candidates`` points from a seeded
+    generator, skipping duplicates.
+    """
+    est = spec.estimator
+    space = est.search_space
     if not space:
         return [{}]
     keys = sorted(space)
-    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(space[k] for k in keys))]
-    return combos[: spec.estimator.max_candidates]
+    if est.search.kind == "grid":
+        lists = [space[k] for k in keys]
+        combos: list[dict[str, Any]] = [{}]
+        for key, values in zip(keys, lists, strict=True):
+            combos = [{**c, key: v} for c in combos for v in values]  # type: ignore[union-attr]
+        return combos
+    rng = random.Random(est.search.seed)
+    wanted = int(est.search.n_candidates or 1)
+    found: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for _ in range(wanted * 20):
+        point = {}
+        for key in keys:
+            dist = space[key]
+            value = rng.choice(dist) if isinstance(dist, list) else dist.sample(rng)
+            point[key] = round(value, 12) if isinstance(value, float) else value
+        marker = repr(sorted(point.items()))
+        if marker not in seen:
+            seen.add(marker)
+            found.append(point)
+        if len(found) == wanted:
+            break
+    return found
 
 
 def higher_is_better(metric: str) -> bool:
@@ -269,8 +577,14 @@ def finite_or_none(value: Any) -> float | None:
 def _format_error(path: Path, err: ValidationError) -> str:
     lines = []
     for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "<root>"
-        lines.append(f"  {key}: {item['msg']}")
+        key = ".".join(str(p) for p in item["loc"])
+        msg = str(item["msg"]).removeprefix("Value error, ")
+        # A model-level rule names its own key ("slices: ..."): show it as one dotted key.
+        inner = re.match(r"^([a-z_][a-z0-9_.]*): (.*)$", msg, flags=re.DOTALL)
+        if inner:
+            key = f"{key}.{inner.group(1)}" if key else inner.group(1)
+            msg = inner.group(2)
+        lines.append(f"  {key or '<root>'}: {msg}")
     return f"{path}: invalid model spec\n" + "\n".join(lines)
 
 
@@ -315,13 +629,31 @@ def _load_cached(path: str, mtime: float) -> ModelSpec:
     return load_model_spec(path)
 
 
-def load_all_specs(directory: Path | str | None = None) -> list[ModelSpec]:
-    """Every ``*.yaml`` model spec in ``directory``, sorted by name."""
+def spec_files(directory: Path | str | None = None) -> list[Path]:
     directory = Path(directory) if directory is not None else models_dir()
-    specs = []
-    for path in sorted(directory.glob("*.y*ml")):
-        specs.append(_load_cached(str(path), path.stat().st_mtime))
+    return sorted(directory.glob("*.y*ml"))
+
+
+def load_all_specs(directory: Path | str | None = None) -> list[ModelSpec]:
+    """Every ``*.yaml`` model spec in ``directory``, sorted by name; the first bad one raises."""
+    specs, errors = load_specs_tolerant(directory)
+    if errors:
+        raise next(iter(errors.values()))
     return specs
+
+
+def load_specs_tolerant(directory: Path | str | None = None) -> tuple[list[ModelSpec], dict[Path, ModelSpecError]]:
+    """The good specs, and for every bad file its error: one bad YAML must not hide the other models."""
+    specs: list[ModelSpec] = []
+    errors: dict[Path, ModelSpecError] = {}
+    for path in spec_files(directory):
+        try:
+            specs.append(_load_cached(str(path), path.stat().st_mtime))
+        except ModelSpecError as err:
+            errors[path] = err
+        except OSError as err:
+            errors[path] = ModelSpecError(f"{path}: cannot be read: {err}")
+    return specs, errors
 
 
 def get_spec(name: str, directory: Path | str | None = None) -> ModelSpec:
