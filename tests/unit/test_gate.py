@@ -8,14 +8,20 @@ import math
 import numpy as np
 import pytest
 
-from mlops_airflow.core.config import GateSpec, MetricBound
+from mlops_airflow.core.config import (
+    BINARY_METRICS,
+    MULTICLASS_METRICS,
+    REGRESSION_METRICS,
+    GateSpec,
+    MetricBound,
+    higher_is_better,
+)
+from mlops_airflow.core.evaluation import Target, metric_value, weighted_metric
 from mlops_airflow.core.gate import (
     MISSING,
     BootstrapResult,
     GateDecision,
-    _weighted_metric,
     decide,
-    metric_value,
     paired_bootstrap,
     slice_metrics,
 )
@@ -27,6 +33,9 @@ GATE = GateSpec(
     slice_max_regression=0.05,
 )
 GOOD = {"roc_auc": 0.82, "brier": 0.15}
+BINARY = Target("binary", (0, 1))
+REGRESSION = Target("regression", ())
+THREE = Target("multiclass", ("low", "mid", "high"))
 
 
 def _bootstrap(lower: float, estimate: float = 0.01, metric: str = "roc_auc") -> BootstrapResult:
@@ -34,11 +43,33 @@ def _bootstrap(lower: float, estimate: float = 0.01, metric: str = "roc_auc") ->
 
 
 def _classification(n: int, seed: int, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and a probability score whose quality falls with ``noise``."""
+    """Labels (encoded 0/1) and a probability score whose quality falls with ``noise``."""
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
+    y = rng.integers(0, 2, n).astype("float64")
     logit = 2.0 * (y - 0.5) + rng.normal(0, noise, n)
     return y, 1 / (1 + np.exp(-logit))
+
+
+def _multiclass(n: int, seed: int, signal: float = 1.0, k: int = 3, absent: int | None = None):
+    """Class indices (``absent`` never drawn) and an (n, k) probability matrix tracking them by ``signal``."""
+    rng = np.random.default_rng(seed)
+    present = np.array([c for c in range(k) if c != absent])
+    y = present[rng.integers(0, len(present), n)]
+    logits = rng.normal(0, 1.0, (n, k))
+    logits[np.arange(n), y] += signal
+    return y, np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
+def _data(kind: str, n: int, seed: int) -> tuple[Target, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if kind == "binary":
+        y, s = _classification(n, seed)
+        return BINARY, y, np.round(s, 2)  # ties: the rank metrics must count them like sklearn
+    if kind == "multiclass":
+        y, proba = _multiclass(n, seed, absent=1)  # a class absent from the rows
+        return THREE, y, proba
+    y = rng.normal(size=n)
+    return REGRESSION, y, y + rng.normal(0, 0.6, n)
 
 
 def _verdicts(decision: GateDecision) -> dict[str, str]:
@@ -47,35 +78,35 @@ def _verdicts(decision: GateDecision) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------- bootstrap
 
-
-@pytest.mark.parametrize(
-    ("metric", "classification"),
-    [
-        ("roc_auc", True),
-        ("log_loss", True),
-        ("brier", True),
-        ("f1", True),
-        ("accuracy", True),
-        ("rmse", False),
-        ("mae", False),
-        ("r2", False),
-    ],
+ALL_METRICS = (
+    [("binary", m) for m in BINARY_METRICS]
+    + [("multiclass", m) for m in MULTICLASS_METRICS]
+    + [("regression", m) for m in REGRESSION_METRICS]
 )
-def test_weighted_metric_equals_evaluation_metric_on_resamples(metric: str, classification: bool) -> None:
+
+
+@pytest.mark.parametrize(("kind", "metric"), ALL_METRICS)
+def test_weighted_metric_equals_metric_value_on_resampled_rows(kind: str, metric: str) -> None:
+    """A resample as integer weights gives the metric of the resampled rows (checked against sklearn in
+    test_metrics.py); unit weights give metric_value itself."""
+    target, y, s = _data(kind, 400, seed=3)
     rng = np.random.default_rng(7)
-    n = 400
-    if classification:
-        y, s = _classification(n, seed=3)
-        s = np.round(s, 2)  # ties: the rank AUC must count them as half, like sklearn
-    else:
-        y = rng.normal(size=n)
-        s = y + rng.normal(0, 0.6, n)
-    y = y.astype("float64")
+    n = len(y)
     idx = rng.integers(0, n, size=(5, n))
     weights = np.stack([np.bincount(row, minlength=n) for row in idx]).astype("float64")
-    fast = _weighted_metric(metric, y, s, np.vstack([np.ones(n), weights]))
-    slow = [metric_value(metric, y, s)] + [metric_value(metric, y[row], s[row]) for row in idx]
+    fast = weighted_metric(metric, y, s, target, np.vstack([np.ones(n), weights]), threshold=0.45)
+    slow = [metric_value(metric, y, s, target, 0.45)] + [metric_value(metric, y[r], s[r], target, 0.45) for r in idx]
     np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("kind", "metric"), ALL_METRICS)
+def test_bootstrap_estimate_is_the_metric_difference(kind: str, metric: str) -> None:
+    target, y, cand = _data(kind, 300, seed=4)
+    _, _, champ = _data(kind, 300, seed=5)
+    result = paired_bootstrap(y, cand, champ, metric, target=target, thresholds=(0.4, 0.6), n_resamples=100)
+    diff = metric_value(metric, y, cand, target, 0.4) - metric_value(metric, y, champ, target, 0.6)
+    assert result.estimate == pytest.approx(diff if higher_is_better(metric) else -diff)
+    assert result.n_resamples == 100
 
 
 @pytest.mark.parametrize(
@@ -92,26 +123,34 @@ def test_weighted_metric_equals_evaluation_metric_on_resamples(metric: str, clas
     ],
 )
 def test_metric_value_known_values(metric: str, y: list, score: list, expected: float) -> None:
-    assert metric_value(metric, y, score) == pytest.approx(expected)
+    target = BINARY if metric in BINARY_METRICS else REGRESSION
+    assert metric_value(metric, np.array(y), np.array(score), target) == pytest.approx(expected)
 
 
 def test_metric_value_undefined_and_unknown() -> None:
-    assert math.isnan(metric_value("roc_auc", [1, 1, 1], [0.2, 0.5, 0.9]))  # one class: no ranking
-    with pytest.raises(ValueError, match="unknown metric"):
-        metric_value("precision_at_k", [0, 1], [0.1, 0.9])
+    assert math.isnan(metric_value("roc_auc", np.ones(3), np.array([0.2, 0.5, 0.9]), BINARY))  # one class
+    with pytest.raises(ValueError, match="does not fit a binary target"):
+        metric_value("precision_at_k", np.array([0, 1]), np.array([0.1, 0.9]), BINARY)
 
 
 def test_fast_auc_is_nan_with_a_single_class() -> None:
     y = np.array([1.0, 1.0, 0.0])
-    weights = np.array([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
-    auc = _weighted_metric("roc_auc", y, np.array([0.9, 0.2, 0.4]), weights)
+    s = np.array([0.9, 0.2, 0.4])
+    auc = weighted_metric("roc_auc", y, s, BINARY, np.array([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]]))
     assert math.isnan(auc[0])
-    assert auc[1] == pytest.approx(metric_value("roc_auc", y, [0.9, 0.2, 0.4]))
+    assert auc[1] == pytest.approx(metric_value("roc_auc", y, s, BINARY))
+
+
+def test_fast_roc_auc_ovr_needs_two_classes_present() -> None:
+    y, proba = _multiclass(6, seed=0)
+    only_first = (y == y[0]).astype("float64")  # a resample holding only rows of one class
+    auc = weighted_metric("roc_auc_ovr", y, proba, THREE, np.vstack([only_first, np.ones(6)]))
+    assert math.isnan(auc[0]) and math.isfinite(auc[1])
 
 
 def test_identical_models_interval_contains_zero() -> None:
     y, s = _classification(500, seed=1)
-    result = paired_bootstrap(y, s, s.copy(), "roc_auc", n_resamples=300)
+    result = paired_bootstrap(y, s, s.copy(), "roc_auc", target=BINARY, n_resamples=300)
     assert result.estimate == 0.0
     assert result.lower <= 0.0 <= result.upper
 
@@ -120,7 +159,7 @@ def test_clearly_better_candidate_has_positive_lower_bound() -> None:
     y, good = _classification(1000, seed=2, noise=0.5)
     rng = np.random.default_rng(9)
     bad = np.clip(good + rng.normal(0, 0.35, len(y)), 0, 1)
-    result = paired_bootstrap(y, good, bad, "roc_auc", n_resamples=500)
+    result = paired_bootstrap(y, good, bad, "roc_auc", target=BINARY, n_resamples=500)
     assert result.lower > 0.0
     assert result.lower <= result.estimate <= result.upper
     assert result.n_resamples == 500
@@ -135,9 +174,10 @@ def test_lower_is_better_metrics_are_oriented(metric: str, classification: bool)
     else:
         y = rng.normal(size=800)
         good, bad = y + rng.normal(0, 0.3, 800), y + rng.normal(0, 1.0, 800)
-    better = paired_bootstrap(y, good, bad, metric, n_resamples=300)
-    worse = paired_bootstrap(y, bad, good, metric, n_resamples=300)
-    assert metric_value(metric, y, good) < metric_value(metric, y, bad)  # the metric itself falls...
+    target = BINARY if classification else REGRESSION
+    better = paired_bootstrap(y, good, bad, metric, target=target, n_resamples=300)
+    worse = paired_bootstrap(y, bad, good, metric, target=target, n_resamples=300)
+    assert metric_value(metric, y, good, target) < metric_value(metric, y, bad, target)  # the metric itself falls...
     assert better.estimate > 0 and better.lower > 0  # ...so the oriented difference is positive
     assert worse.estimate < 0 and worse.upper < 0
 
@@ -145,22 +185,53 @@ def test_lower_is_better_metrics_are_oriented(metric: str, classification: bool)
 def test_bootstrap_is_reproducible_and_seed_dependent() -> None:
     y, s = _classification(300, seed=5)
     other = np.clip(s + np.random.default_rng(0).normal(0, 0.1, 300), 0, 1)
-    a = paired_bootstrap(y, s, other, "roc_auc", n_resamples=200, seed=1)
-    assert a == paired_bootstrap(y, s, other, "roc_auc", n_resamples=200, seed=1)
-    assert a != paired_bootstrap(y, s, other, "roc_auc", n_resamples=200, seed=2)
+    a = paired_bootstrap(y, s, other, "roc_auc", target=BINARY, n_resamples=200, seed=1)
+    assert a == paired_bootstrap(y, s, other, "roc_auc", target=BINARY, n_resamples=200, seed=1)
+    assert a != paired_bootstrap(y, s, other, "roc_auc", target=BINARY, n_resamples=200, seed=2)
 
 
 def test_bootstrap_skips_resamples_without_both_classes() -> None:
     y = np.array([1, 0, 0, 0, 0, 0])
     s = np.array([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])
-    result = paired_bootstrap(y, s, s[::-1].copy(), "roc_auc", n_resamples=400)
+    result = paired_bootstrap(y, s, s[::-1].copy(), "roc_auc", target=BINARY, n_resamples=400)
     assert 0 < result.n_resamples < 400  # about a third of the resamples miss the single positive
     assert math.isfinite(result.lower) and math.isfinite(result.upper)
 
 
 def test_bootstrap_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="length mismatch"):
-        paired_bootstrap([0, 1, 1], [0.1, 0.9], [0.2, 0.8, 0.7], "roc_auc")
+        paired_bootstrap([0, 1, 1], [0.1, 0.9], [0.2, 0.8, 0.7], "roc_auc", target=BINARY)
+
+
+def test_bootstrap_rejects_a_metric_of_another_kind() -> None:
+    y, proba = _multiclass(50, seed=1)
+    with pytest.raises(ValueError, match="'roc_auc' does not fit a multiclass target"):
+        paired_bootstrap(y, proba, proba, "roc_auc", target=THREE, n_resamples=100)
+
+
+@pytest.mark.parametrize("metric", ["roc_auc_ovr", "log_loss", "f1_macro", "accuracy", "balanced_accuracy"])
+def test_multiclass_better_candidate_is_proven_and_worse_is_not(metric: str) -> None:
+    """Five classes, one of them absent from today's rows: the interval still orders the two models."""
+    five = Target("multiclass", ("a", "b", "c", "d", "e"))
+    y, good = _multiclass(1500, seed=6, signal=2.0, k=5, absent=3)
+    _, noise = _multiclass(1500, seed=7, signal=0.0, k=5)
+    bad = 0.5 * good + 0.5 * noise
+    better = paired_bootstrap(y, good, bad, metric, target=five, n_resamples=300)
+    worse = paired_bootstrap(y, bad, good, metric, target=five, n_resamples=300)
+    assert better.lower > 0 and worse.upper < 0
+    assert better.n_resamples == worse.n_resamples == 300
+
+
+def test_bootstrap_uses_each_models_own_threshold() -> None:
+    """Identical scores, but the champion thresholds them badly: on F1 the candidate is better."""
+    y, s = _classification(600, seed=8, noise=0.8)
+    same = paired_bootstrap(y, s, s.copy(), "f1", target=BINARY, n_resamples=200)
+    apart = paired_bootstrap(y, s, s.copy(), "f1", target=BINARY, thresholds=(0.5, 0.95), n_resamples=200)
+    assert same.estimate == 0.0
+    assert apart.estimate > 0 and apart.lower > 0
+    # threshold-free metrics ignore it
+    auc = paired_bootstrap(y, s, s.copy(), "roc_auc", target=BINARY, thresholds=(0.5, 0.95), n_resamples=50)
+    assert auc.estimate == 0.0
 
 
 def test_better_point_estimate_but_uncertain_interval_is_not_blessed() -> None:
@@ -169,15 +240,15 @@ def test_better_point_estimate_but_uncertain_interval_is_not_blessed() -> None:
     rng = np.random.default_rng(12)
     candidate = np.clip(champion + 0.15 * (y - 0.5) + rng.normal(0, 0.25, len(y)), 0, 1)
     gate = GateSpec(max_regression=0.005)
-    boot = paired_bootstrap(y, candidate, champion, "roc_auc", n_resamples=1000)
+    boot = paired_bootstrap(y, candidate, champion, "roc_auc", target=BINARY, n_resamples=1000)
     assert boot.estimate > 0  # the candidate looks better...
     assert boot.lower <= -gate.max_regression  # ...but the interval does not clear the margin
-    metrics = {"roc_auc": metric_value("roc_auc", y, candidate)}
+    metrics = {"roc_auc": metric_value("roc_auc", y, candidate, BINARY)}
     decision = decide(
         gate,
         primary_metric="roc_auc",
         candidate=metrics,
-        champion={"roc_auc": metric_value("roc_auc", y, champion)},
+        champion={"roc_auc": metric_value("roc_auc", y, champion, BINARY)},
         bootstrap=boot,
         champion_version="3",
     )
@@ -342,15 +413,37 @@ def test_slice_metrics_structure_and_missing_category() -> None:
     y, cand = _classification(300, seed=8)
     champ = np.clip(cand + 0.05, 0, 1)
     region = np.array(["north", "south", None] * 100, dtype=object)
-    result = slice_metrics("roc_auc", y, cand, champ, {"region": region})
+    result = slice_metrics("roc_auc", y, cand, champ, {"region": region}, target=BINARY)
     assert set(result) == {"region=north", "region=south", f"region={MISSING}"}
     assert sum(entry["n"] for entry in result.values()) == 300
     mask = region == "south"
-    assert result["region=south"]["candidate"] == pytest.approx(metric_value("roc_auc", y[mask], cand[mask]))
-    assert result["region=south"]["champion"] == pytest.approx(metric_value("roc_auc", y[mask], champ[mask]))
-    no_champion = slice_metrics("roc_auc", y, cand, None, {"region": region})
+    assert result["region=south"]["candidate"] == pytest.approx(metric_value("roc_auc", y[mask], cand[mask], BINARY))
+    assert result["region=south"]["champion"] == pytest.approx(metric_value("roc_auc", y[mask], champ[mask], BINARY))
+    no_champion = slice_metrics("roc_auc", y, cand, None, {"region": region}, target=BINARY)
     assert all(entry["champion"] is None for entry in no_champion.values())
     json.dumps(no_champion, allow_nan=False)  # XCom- and MLflow-safe
+
+
+def test_slice_metrics_use_each_models_threshold() -> None:
+    y, s = _classification(200, seed=9)
+    region = np.array(["north", "south"] * 100, dtype=object)
+    result = slice_metrics("f1", y, s, s.copy(), {"region": region}, target=BINARY, thresholds=(0.5, 0.9))
+    mask = region == "north"
+    assert result["region=north"]["candidate"] == pytest.approx(metric_value("f1", y[mask], s[mask], BINARY, 0.5))
+    assert result["region=north"]["champion"] == pytest.approx(metric_value("f1", y[mask], s[mask], BINARY, 0.9))
+
+
+def test_slice_metrics_multiclass_with_classes_missing_from_a_slice() -> None:
+    """A slice holding one class has no roc_auc_ovr (None, not gated), never a crash."""
+    y, proba = _multiclass(300, seed=10)
+    region = np.where(y == 0, "north", "south").astype(object)  # north holds class 0 only
+    result = slice_metrics("roc_auc_ovr", y, proba, proba[:, ::-1].copy(), {"region": region}, target=THREE)
+    assert result["region=north"] == {"n": int((y == 0).sum()), "candidate": None, "champion": None}
+    mask = region == "south"
+    assert result["region=south"]["candidate"] == pytest.approx(
+        metric_value("roc_auc_ovr", y[mask], proba[mask], THREE)
+    )
+    json.dumps(result, allow_nan=False)
 
 
 # ------------------------------------------------------------------------------------------ serialising

@@ -9,6 +9,9 @@ of the difference, :func:`slice_metrics` into per-slice values, and :func:`decid
 Every difference is *oriented*: positive always means "the candidate is better", whatever the metric's
 direction (``champion - candidate`` for lower-is-better metrics such as log loss or RMSE).
 
+Metrics come from :mod:`mlops_airflow.core.evaluation` (one definition shared with training and the monitor);
+scores are binary P(positive), multiclass ``(n, k)`` probabilities or regression predictions.
+
 This module is imported at DAG-parse time: numpy, pandas and :mod:`mlops_airflow.core.evaluation` are
 imported inside the functions that need them.
 """
@@ -22,6 +25,8 @@ from mlops_airflow.core.config import GateSpec, finite_or_none, higher_is_better
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from mlops_airflow.core.evaluation import Target
 
 Verdict = Literal["pass", "fail", "skip"]
 #: Category label of a slice for rows whose slice column is null.
@@ -40,18 +45,6 @@ def _orient(metric: str, candidate: Any, champion: Any) -> Any:
     """Candidate minus champion, sign-flipped for lower-is-better metrics (positive = candidate better)."""
     diff = candidate - champion
     return diff if higher_is_better(metric) else -diff
-
-
-def metric_value(metric: str, y_true: Any, score: Any) -> float:
-    """One metric by name: :func:`mlops_airflow.core.evaluation.metric_value` (sklearn.metrics), imported lazily.
-
-    ``score`` is the positive-class probability (F1 and accuracy threshold it at 0.5) or the prediction.
-    Undefined values (ROC AUC on one class) are NaN. The definition lives in ``evaluation`` so that training,
-    evaluation and the gate can never disagree on what a metric means.
-    """
-    from mlops_airflow.core import evaluation
-
-    return evaluation.metric_value(metric, y_true, score)
 
 
 @dataclass(frozen=True)
@@ -74,64 +67,14 @@ class BootstrapResult:
         return data | {k: finite_or_none(data[k]) for k in ("estimate", "lower", "upper")}
 
 
-def _weighted_metric(metric: str, y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The metric on every resample at once; row ``b`` of ``w`` holds how often each row was drawn.
-
-    A bootstrap resample is the original rows with integer weights, so every metric is a weighted
-    statistic of the original rows: one matrix product instead of 1000 sklearn calls. Undefined values
-    (ROC AUC with one class, R2 with constant labels) are NaN. Matches
-    :func:`~mlops_airflow.core.evaluation.metric_value` on unit weights (see the tests).
-    """
-    import numpy as np
-
-    n = w.sum(axis=1)
-    if metric in {"roc_auc", "log_loss", "brier", "f1", "accuracy"}:
-        pos = (y == 1).astype("float64")
-        if metric == "roc_auc":
-            # Mann-Whitney U with ties counted as half: group rows by distinct score (ascending); a
-            # positive beats every negative of a lower group and half of those in its own group.
-            order = np.argsort(s, kind="mergesort")
-            s_sorted = s[order]
-            starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-            w_sorted = w[:, order]
-            pos_g = np.add.reduceat(w_sorted * pos[order], starts, axis=1)
-            neg_g = np.add.reduceat(w_sorted * (1.0 - pos[order]), starts, axis=1)
-            below = np.cumsum(neg_g, axis=1) - neg_g
-            n_pos, n_neg = pos_g.sum(axis=1), neg_g.sum(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                auc = (pos_g * (below + 0.5 * neg_g)).sum(axis=1) / (n_pos * n_neg)
-            return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
-        if metric == "log_loss":
-            p = np.clip(s, 1e-15, 1 - 1e-15)
-            return (w @ -(pos * np.log(p) + (1.0 - pos) * np.log1p(-p))) / n
-        if metric == "brier":
-            return (w @ (s - pos) ** 2) / n
-        pred = (s >= 0.5).astype("float64")
-        if metric == "accuracy":
-            return (w @ (pred == pos).astype("float64")) / n
-        tp, fp, fn = w @ (pos * pred), w @ ((1.0 - pos) * pred), w @ (pos * (1.0 - pred))
-        denom = 2 * tp + fp + fn
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(denom > 0, 2 * tp / denom, 0.0)  # sklearn's zero_division=0
-    if metric == "rmse":
-        return np.sqrt((w @ (y - s) ** 2) / n)
-    if metric == "mae":
-        return (w @ np.abs(y - s)) / n
-    if metric == "r2":
-        yc = y - y.mean()  # centred first: less cancellation in sum(w y^2) - (sum w y)^2 / n
-        ss_tot = w @ yc**2 - (w @ yc) ** 2 / n
-        ss_res = w @ (y - s) ** 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(ss_tot > 1e-12, 1.0 - ss_res / ss_tot, np.nan)
-    raise ValueError(f"unknown metric {metric!r}")
-
-
 def paired_bootstrap(
     y_true: Any,
     score_candidate: Any,
     score_champion: Any,
     metric: str,
     *,
+    target: Target,
+    thresholds: tuple[float, float] = (0.5, 0.5),
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -140,30 +83,45 @@ def paired_bootstrap(
 
     Both models are scored on the SAME resampled rows in every resample, so the noise of the evaluation
     set cancels out of the difference: the interval is much tighter than two independent intervals.
+    Every resample is a row of integer weights, and all resamples of a chunk are evaluated at once by
+    :func:`~mlops_airflow.core.evaluation.weighted_metric` (no loop over resamples).
 
-    :param y_true: labels (0/1 for classification) or targets of the evaluation rows.
-    :param score_candidate: candidate's positive-class probability or prediction, one per row.
+    :param y_true: encoded labels (:meth:`~mlops_airflow.core.evaluation.Target.encode`) or targets.
+    :param score_candidate: candidate's scores: binary P(positive) ``(n,)``, multiclass ``(n, k)``
+        probabilities in class order, regression predictions ``(n,)``.
     :param score_champion: champion's scores on the same rows.
-    :param metric: a name known to :func:`metric_value`.
+    :param metric: a metric of the target's kind.
+    :param target: the model's target.
+    :param thresholds: binary decision thresholds of (candidate, champion), for threshold metrics.
     :param n_resamples: number of bootstrap resamples.
     :param confidence: two-sided coverage of the percentile interval.
     :param seed: seed of the resampling; the same inputs and seed give the same interval.
     """
     import numpy as np
 
-    y = np.asarray(y_true, dtype="float64").ravel()
-    cand = np.asarray(score_candidate, dtype="float64").ravel()
-    champ = np.asarray(score_champion, dtype="float64").ravel()
-    if not (len(y) == len(cand) == len(champ)):
-        raise ValueError(f"length mismatch: y={len(y)}, candidate={len(cand)}, champion={len(champ)}")
+    from mlops_airflow.core.evaluation import as_encoded, as_scores, weighted_metric
+
+    y = as_encoded(target, y_true)
+    n_cand, n_champ = len(np.asarray(score_candidate)), len(np.asarray(score_champion))
+    if not (len(y) == n_cand == n_champ):
+        raise ValueError(f"length mismatch: y={len(y)}, candidate={n_cand}, champion={n_champ}")
     if len(y) == 0:
         raise ValueError("paired_bootstrap needs at least one evaluation row")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    cand, champ = as_scores(target, score_candidate, len(y)), as_scores(target, score_champion, len(y))
+    t_cand, t_champ = thresholds
 
-    estimate = _orient(metric, metric_value(metric, y, cand), metric_value(metric, y, champ))
-    rng = np.random.default_rng(seed)
+    def diff(w: np.ndarray) -> np.ndarray:
+        return _orient(
+            metric,
+            weighted_metric(metric, y, cand, target, w, t_cand),
+            weighted_metric(metric, y, champ, target, w, t_champ),
+        )
+
     n = len(y)
+    estimate = diff(np.ones((1, n)))[0]
+    rng = np.random.default_rng(seed)
     chunk = max(1, min(n_resamples, _CHUNK_CELLS // n))
     diffs = []
     for start in range(0, n_resamples, chunk):
@@ -171,8 +129,7 @@ def paired_bootstrap(
         idx = rng.integers(0, n, size=(size, n))
         # Row b of `w` counts how often each evaluation row was drawn in resample b (shared by both models).
         w = np.bincount((idx + n * np.arange(size)[:, None]).ravel(), minlength=size * n)
-        w = w.reshape(size, n).astype("float64")
-        diffs.append(_orient(metric, _weighted_metric(metric, y, cand, w), _weighted_metric(metric, y, champ, w)))
+        diffs.append(diff(w.reshape(size, n).astype("float64")))
     all_diffs = np.concatenate(diffs)
     valid = all_diffs[np.isfinite(all_diffs)]  # undefined resamples (one class) carry no evidence
     alpha = (1.0 - confidence) / 2.0
@@ -189,20 +146,27 @@ def slice_metrics(
     score_candidate: Any,
     score_champion: Any | None,
     slice_columns: dict[str, Any],
+    *,
+    target: Target,
+    thresholds: tuple[float, float] = (0.5, 0.5),
 ) -> dict[str, dict[str, Any]]:
     """Primary metric of both models on every category of every slice column.
 
+    :param y_true: encoded labels or targets, as for :func:`paired_bootstrap`.
     :param slice_columns: column name -> its values on the evaluation rows (same order as ``y_true``).
     :param score_champion: ``None`` when there is no champion (its values are then ``None``).
+    :param thresholds: binary decision thresholds of (candidate, champion).
     :return: ``{"column=value": {"n": rows, "candidate": metric, "champion": metric}}``; null values
         form the category ``<missing>``. Undefined metrics (one class in the slice) are ``None``.
     """
     import numpy as np
     import pandas as pd
 
-    y = np.asarray(y_true)
-    cand = np.asarray(score_candidate, dtype="float64")
-    champ = None if score_champion is None else np.asarray(score_champion, dtype="float64")
+    from mlops_airflow.core.evaluation import as_encoded, as_scores, metric_value
+
+    y = as_encoded(target, y_true)
+    cand = as_scores(target, score_candidate, len(y))
+    champ = None if score_champion is None else as_scores(target, score_champion, len(y))
     out: dict[str, dict[str, Any]] = {}
     for column, values in slice_columns.items():
         series = pd.Series(np.asarray(values, dtype=object))
@@ -212,8 +176,10 @@ def slice_metrics(
         for value in sorted(set(labels)):
             mask = labels == value
             # None, not NaN, for an undefined metric: this dict goes to XCom and MLflow as JSON.
-            candidate = metric_value(primary_metric, y[mask], cand[mask])
-            champion = None if champ is None else metric_value(primary_metric, y[mask], champ[mask])
+            candidate = metric_value(primary_metric, y[mask], cand[mask], target, thresholds[0])
+            champion = (
+                None if champ is None else metric_value(primary_metric, y[mask], champ[mask], target, thresholds[1])
+            )
             n, cand_value, champ_value = int(mask.sum()), finite_or_none(candidate), finite_or_none(champion)
             out[f"{column}={value}"] = {"n": n, "candidate": cand_value, "champion": champ_value}
     return out
