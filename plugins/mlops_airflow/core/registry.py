@@ -3,12 +3,28 @@
 One class owns the client. The champion is always resolved by alias (``get_model_version_by_alias``),
 never by "latest version" or a search. Every :class:`~mlflow.exceptions.MlflowException` is re-raised as
 :class:`RegistryError` naming the model and version.
+
+Trust rules (DESIGN.md 7):
+
+* "Blessed" is proven, never read from a version tag: :meth:`ModelRegistry.verify_blessed` checks the gate
+  decision recorded in the version's own source run (a ``ct_<model>`` parent run whose logged model is
+  the version's source) and, when a signing key is configured, an HMAC over that provenance which only
+  Airflow can compute.
+* Moving ``champion`` is compare-and-set: a promotion moves it only from the version its candidate was
+  judged against, and not while a rollback pins another version.
+* Every move writes an intent (registered-model tag) first; a retry after a crash at any point finishes
+  the move from the intent, so it happens exactly once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import hashlib
+import hmac
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -20,15 +36,44 @@ PREVIOUS_CHAMPION = "previous_champion"
 TAG_BLESSED = "mlops.gate.blessed"
 TAG_DAG_ID = "airflow.dag_id"
 TAG_RUN_ID = "airflow.run_id"
+TAG_SIGNATURE = "mlops.gate.signature"
+TAG_PROMOTION = "mlops.promotion"
+# registered-model tags
+TAG_PINNED = "mlops.champion.pinned"  # the version a rollback pinned (authoritative: deleted last)
+TAG_PIN_INFO = "mlops.champion.pinned_by"  # JSON: who, why, when, which DAG run
+TAG_UNPINNED = "mlops.champion.unpinned"  # JSON: the last unpin
+TAG_INTENT = "mlops.champion.intent"  # JSON: the alias move in progress
+DONE_PREFIX = "mlops.rollback.done."  # + digest of the rollback's DAG run: JSON of the finished move
+DECISION_ARTIFACT = "gate/decision.json"
 
 
 class RegistryError(RuntimeError):
     """A registry operation failed; the message names the model and version."""
 
 
+class UnblessedVersionError(RegistryError):
+    """The version has no verifiable gate blessing: it may never serve (fail closed, no retry)."""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The Airflow DAG run (and the person who triggered it, if known) behind an alias move."""
+
+    dag_id: str
+    run_id: str
+    user: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.dag_id} run {self.run_id}" + (f" by {self.user}" if self.user else "")
+
+
 @dataclass(frozen=True)
 class AliasMove:
-    """What a promotion or rollback did (small, for XCom and the audit trail)."""
+    """What a promotion or rollback did (small, for XCom and the audit trail).
+
+    ``outcome``: ``promoted``, ``rolled back``, ``already champion``, ``already done by this run``,
+    ``stale: ...`` or ``pinned: ...`` (the last two moved nothing on purpose).
+    """
 
     model: str
     alias: str
@@ -36,13 +81,63 @@ class AliasMove:
     from_version: str | None
     changed: bool
     at: str
+    outcome: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """A version's verified origin: its CT run and the gate decision recorded there."""
+
+    version: str
+    run_id: str
+    data_hash: str
+    decision: dict[str, Any]
+    signed: bool
+
+    @property
+    def judged_against(self) -> str | None:
+        """The champion version the gate compared this candidate with (None on a first run)."""
+        return _version_or_none(self.decision.get("champion_version"))
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _version_or_none(value: Any) -> str | None:
+    return None if value in (None, "", "None") else str(value)
+
+
+def gate_signature(
+    key: bytes,
+    *,
+    model: str,
+    version: str,
+    source: str,
+    run_id: str,
+    data_hash: str,
+    blessed: bool,
+    champion_version: str | None,
+) -> str:
+    """HMAC-SHA256 over what makes a version servable: which model and source, which run, which data,
+    the gate's verdict and the champion it was judged against."""
+    payload = json.dumps(
+        {
+            "model": model,
+            "version": str(version),
+            "source": source,
+            "run_id": run_id,
+            "data_hash": data_hash,
+            "blessed": bool(blessed),
+            "champion_version": _version_or_none(champion_version),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return "hmac-sha256:" + hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
 
 
 class ModelRegistry:
@@ -50,11 +145,14 @@ class ModelRegistry:
 
     :param client: an MLflow client bound to the tracking/registry server.
     :param name: the registered model's name (the model spec's name).
+    :param signing_key: the key of the gate signatures (only Airflow holds it); None = no signatures,
+        blessing is then proven by the source run alone.
     """
 
-    def __init__(self, client: MlflowClient, name: str) -> None:
+    def __init__(self, client: MlflowClient, name: str, signing_key: bytes | None = None) -> None:
         self.client = client
         self.name = name
+        self.signing_key = signing_key or None
 
     def _fail(self, action: str, err: Exception, version: str | None = None) -> RegistryError:
         where = f"{self.name!r}" + (f" version {version}" if version else "")
@@ -83,6 +181,10 @@ class ModelRegistry:
 
     def champion(self) -> Any | None:
         return self.by_alias(CHAMPION)
+
+    def _champion_version(self) -> str | None:
+        current = self.champion()
+        return None if current is None else str(current.version)
 
     def version(self, version: str | int) -> Any | None:
         try:
@@ -131,27 +233,199 @@ class ModelRegistry:
         except MlflowException as err:
             raise self._fail("tagging", err, version) from err
 
-    def promote(self, version: str, reason: str) -> AliasMove:
-        """Make ``version`` the champion; the current champion becomes ``previous_champion``.
+    # ------------------------------------------------------------------------------ registered-model tags
 
-        The champion is re-read right before acting: promoting the version that already is champion
-        (a retried or cleared task) changes nothing.
+    def model_tags(self) -> dict[str, str]:
+        try:
+            return dict(self.client.get_registered_model(self.name).tags or {})
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return {}
+            raise self._fail("reading tags", err) from err
+
+    def _set_model_tag(self, key: str, value: str) -> None:
+        try:
+            self.client.set_registered_model_tag(self.name, key, value[:5000])
+        except MlflowException as err:
+            raise self._fail(f"setting tag {key!r}", err) from err
+
+    def _delete_model_tag(self, key: str) -> None:
+        try:
+            self.client.delete_registered_model_tag(self.name, key)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise self._fail(f"deleting tag {key!r}", err) from err
+
+    def pinned(self) -> str | None:
+        """The version a rollback pinned as champion, or None."""
+        return self.model_tags().get(TAG_PINNED) or None
+
+    # ------------------------------------------------------------------------------------- provenance
+
+    def verify_blessed(self, version: str) -> Provenance:
+        """Prove that ``version`` was blessed by the gate of its own ``ct_<model>`` run, or raise
+        :class:`UnblessedVersionError` naming the rule broken. Version tags are not evidence: anyone with
+        write access to the registry can set them."""
+        version = str(version)
+        mv = self.version(version)
+        if mv is None:
+            raise UnblessedVersionError(f"model registry: {self.name!r} version {version} does not exist")
+
+        def refuse(rule: str) -> UnblessedVersionError:
+            return UnblessedVersionError(
+                f"model registry: {self.name!r} version {version} may not serve: {rule}. Only a version that "
+                f"ct_{self.name} registered after its gate blessed it may be champion"
+            )
+
+        run_id = str(mv.run_id or "")
+        if not run_id:
+            raise refuse("it has no source MLflow run")
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise refuse(f"its source run {run_id} does not exist") from None
+            raise self._fail("reading the source run", err, version) from err
+        tags, params = run.data.tags, run.data.params
+        if tags.get(TAG_DAG_ID) != f"ct_{self.name}" or tags.get("mlops.kind") != "ct":
+            raise refuse(f"its source run {run_id} is not a ct_{self.name} run (tag {TAG_DAG_ID}, mlops.kind)")
+        if (mv.tags or {}).get(TAG_RUN_ID, tags.get(TAG_RUN_ID)) != tags.get(TAG_RUN_ID):
+            raise refuse(f"its tag {TAG_RUN_ID} names another DAG run than its source run {run_id}")
+        source = str(mv.source or "")
+        if not source.startswith("models:/m-") or tags.get("mlops.candidate_model_uri") != source:
+            raise refuse(f"its source {source!r} is not the model logged by its source run {run_id}")
+        try:
+            logged = self.client.get_logged_model(source.removeprefix("models:/"))
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise refuse(f"its logged model {source} does not exist") from None
+            raise self._fail("reading the logged model", err, version) from err
+        if logged.source_run_id != run_id:
+            raise refuse(f"its logged model {source} comes from run {logged.source_run_id}, not {run_id}")
+        # register_challenger registers one version per run; a later one from the same run was made by hand
+        first = self._first_version_of_run(run_id, version)
+        if first != version:
+            raise refuse(f"ct_{self.name} registered version {first} from run {run_id}; this one was added later")
+        if tags.get(TAG_BLESSED) != "true":
+            raise refuse(f"its source run {run_id} records no blessing (tag {TAG_BLESSED})")
+        decision = self._decision(run_id, version)
+        if decision is None or decision.get("blessed") is not True:
+            raise refuse(f"its source run {run_id} has no {DECISION_ARTIFACT} with blessed true")
+        data_hash = str(params.get("data_hash", ""))
+        if not data_hash:
+            raise refuse(f"its source run {run_id} has no data_hash param")
+        signed = False
+        if self.signing_key is not None:
+            expected = self._signature(mv, data_hash, decision)
+            given = (mv.tags or {}).get(TAG_SIGNATURE, "")
+            if not hmac.compare_digest(given, expected):
+                raise refuse(
+                    f"its tag {TAG_SIGNATURE} is {'missing' if not given else 'not valid'} (the gate signature "
+                    "over model, version, source, run, data hash and decision, made with MLOPS_SIGNING_KEY)"
+                )
+            signed = True
+        return Provenance(version, run_id, data_hash, decision, signed)
+
+    def _first_version_of_run(self, run_id: str, version: str) -> str:
+        try:
+            found = self.client.search_model_versions(f"name = '{self.name}' and run_id = '{run_id}'")
+        except MlflowException as err:
+            raise self._fail("search", err, version) from err
+        return str(min((int(v.version) for v in found), default=int(version)))
+
+    def _decision(self, run_id: str, version: str) -> dict[str, Any] | None:
+        try:
+            present = {f.path for f in self.client.list_artifacts(run_id, "gate")}
+            if DECISION_ARTIFACT not in present:
+                return None
+            with tempfile.TemporaryDirectory() as tmp:
+                path = self.client.download_artifacts(run_id, DECISION_ARTIFACT, tmp)
+                data = json.loads(Path(path).read_text())
+        except MlflowException as err:
+            raise self._fail(f"reading {DECISION_ARTIFACT}", err, version) from err
+        except ValueError:  # not JSON: no decision
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _signature(self, mv: Any, data_hash: str, decision: dict[str, Any]) -> str:
+        assert self.signing_key is not None
+        return gate_signature(
+            self.signing_key,
+            model=self.name,
+            version=str(mv.version),
+            source=str(mv.source),
+            run_id=str(mv.run_id),
+            data_hash=data_hash,
+            blessed=bool(decision.get("blessed")),
+            champion_version=_version_or_none(decision.get("champion_version")),
+        )
+
+    def sign(self, version: str, decision: dict[str, Any]) -> bool:
+        """Tag ``version`` with the gate signature over ``decision`` (the gate's own output, from Airflow);
+        False when no signing key is configured."""
+        if self.signing_key is None:
+            return False
+        mv = self.version(version)
+        if mv is None or not mv.run_id:
+            raise RegistryError(f"model registry: cannot sign {self.name!r} version {version}: no such version/run")
+        try:
+            data_hash = str(self.client.get_run(mv.run_id).data.params.get("data_hash", ""))
+        except MlflowException as err:
+            raise self._fail("reading the source run", err, str(version)) from err
+        self.tag(str(version), {TAG_SIGNATURE: self._signature(mv, data_hash, decision)})
+        return True
+
+    # ----------------------------------------------------------------------------------- alias moves
+
+    def promote(self, version: str, reason: str, actor: Actor) -> AliasMove:
+        """Make ``version`` champion if it is proven blessed, ``champion`` still is the version its gate
+        judged it against, and no rollback pinned another version. Otherwise nothing moves and the
+        version is tagged ``mlops.promotion`` with why (``stale: ...`` / ``pinned: ...``).
+
+        Callers hold the ``mlflow_registry`` pool: MLflow has no atomic compare-and-set on aliases.
         """
         version = str(version)
-        current = self.champion()
+        pending = self._finish_pending()
+        if pending and pending[0].get("to") == version and pending[0].get("run_id") == actor.run_id:
+            return pending[1]  # this task's own move, interrupted by a crash and now finished
+        expected = self.verify_blessed(version).judged_against
+        current = self._champion_version()
         at = _now()
-        if current is not None and str(current.version) == version:
-            return AliasMove(self.name, CHAMPION, version, version, changed=False, at=at)
-        if current is not None:
-            self.set_alias(PREVIOUS_CHAMPION, str(current.version))
-            self.tag(str(current.version), {"mlops.demoted_at": at, "mlops.demoted_by_version": version})
-        self.set_alias(CHAMPION, version)
-        self.tag(version, {"mlops.promoted_at": at, "mlops.promotion_reason": reason})
-        return AliasMove(self.name, CHAMPION, version, None if current is None else str(current.version), True, at)
+        if current == version:  # a retried or cleared task: it is done
+            return AliasMove(self.name, CHAMPION, version, current, False, at, "already champion")
+        if current != expected:
+            return self._stopped(version, f"stale: champion moved from {expected or '(none)'} to {current}", at)
+        pinned = self.pinned()
+        if pinned is not None and pinned != expected:
+            return self._stopped(
+                version,
+                f"pinned: a rollback pinned champion at version {pinned}; this candidate was judged against "
+                f"{expected or '(none)'}",
+                at,
+            )
+        intent = {"op": "promote", "from": current, "to": version, "unpin": pinned is not None, "reason": reason}
+        return self._apply({**intent, **asdict(actor), "at": at})
 
-    def rollback(self, reason: str, version: str | None = None) -> AliasMove:
-        """Move ``champion`` to ``version`` (default: the ``previous_champion``), which must be blessed."""
-        if version in (None, "", "previous_champion"):
+    def rollback(self, reason: str, actor: Actor, version: str | None = None) -> AliasMove:
+        """Move ``champion`` to ``version`` (default: ``previous_champion``), which must be proven blessed,
+        and pin it there. Exactly once per DAG run, whatever crashed before."""
+        pending = self._finish_pending()
+        if pending:
+            intent, move = pending
+            if intent.get("dag_id") == actor.dag_id and intent.get("run_id") == actor.run_id:
+                return move
+            raise RegistryError(
+                f"rollback of {self.name!r}: an interrupted {intent.get('op')} by {intent.get('dag_id')} run "
+                f"{intent.get('run_id')} (champion {intent.get('from')} -> {intent.get('to')}) was finished first; "
+                f"champion is now {move.to_version}. Trigger the rollback again if it is still wanted"
+            )
+        done = self.model_tags().get(_done_key(actor))
+        if done:
+            record = json.loads(done)
+            return AliasMove(
+                self.name, CHAMPION, record["to"], record["from"], False, _now(), "already done by this run"
+            )
+        if version in (None, "", PREVIOUS_CHAMPION):
             target = self.by_alias(PREVIOUS_CHAMPION)
             if target is None:
                 raise RegistryError(f"rollback of {self.name!r}: no version holds alias 'previous_champion'")
@@ -160,20 +434,93 @@ class ModelRegistry:
             if target is None:
                 raise RegistryError(f"rollback of {self.name!r}: version {version} does not exist")
         target_version = str(target.version)
-        if (target.tags or {}).get(TAG_BLESSED) != "true":
+        self.verify_blessed(target_version)
+        intent = {"op": "rollback", "from": self._champion_version(), "to": target_version, "reason": reason}
+        return self._apply({**intent, **asdict(actor), "at": _now()})
+
+    def unpin(self, reason: str, actor: Actor) -> str | None:
+        """Remove a rollback's pin (a person's decision); returns the version that was pinned, or None."""
+        self._finish_pending()
+        pinned = self.pinned()
+        if pinned is not None:
+            self._release_pin({"version": pinned, "reason": reason, **asdict(actor), "at": _now()})
+        return pinned
+
+    def _release_pin(self, record: dict[str, Any]) -> None:
+        # the pin itself goes last: a crash in between leaves it pinned, and a retry repeats the release
+        self._set_model_tag(TAG_UNPINNED, json.dumps(record, sort_keys=True))
+        self._delete_model_tag(TAG_PIN_INFO)
+        self._delete_model_tag(TAG_PINNED)
+
+    def _stopped(self, version: str, outcome: str, at: str) -> AliasMove:
+        self.tag(version, {TAG_PROMOTION: outcome, "mlops.promotion_checked_at": at})
+        return AliasMove(self.name, CHAMPION, version, self._champion_version(), False, at, outcome)
+
+    def _finish_pending(self) -> tuple[dict[str, Any], AliasMove] | None:
+        """Finish a move a crash interrupted (its intent is still recorded); None if there was none.
+
+        If ``champion`` has since been moved outside the pool (to neither end of the move), the move is
+        dropped: finishing it would overwrite a newer decision.
+        """
+        raw = self.model_tags().get(TAG_INTENT)
+        if not raw:
+            return None
+        try:
+            intent = json.loads(raw)
+        except ValueError as err:
+            raise RegistryError(f"model registry: tag {TAG_INTENT} of {self.name!r} is not JSON: {raw!r}") from err
+        if self._champion_version() not in (intent.get("from"), intent.get("to")):
+            self._delete_model_tag(TAG_INTENT)
+            return None
+        return intent, self._apply(intent)
+
+    def _apply(self, intent: dict[str, Any]) -> AliasMove:
+        """Carry out ``intent``; every step is idempotent and re-derivable from the intent, so a retry
+        after a crash at any line (or the next promotion/rollback) redoes it to the same end state."""
+        frm, to, op, at = intent["from"], intent["to"], intent["op"], intent["at"]
+        self._set_model_tag(TAG_INTENT, json.dumps(intent, sort_keys=True))
+        # Compare-and-set, as far as MLflow allows: re-read right before writing, re-verify after. Within
+        # Airflow the pool `mlflow_registry` (one slot) serialises promote and rollback. A writer outside it
+        # (the MLflow UI or API) that moves champion between the re-read and our write is overwritten
+        # unseen: that window is one HTTP round trip, and only people with registry write access have it.
+        before = self._champion_version()
+        if before not in (frm, to):
+            self._delete_model_tag(TAG_INTENT)
             raise RegistryError(
-                f"rollback of {self.name!r}: version {target_version} was never blessed by the gate; "
-                "only a version that passed the gate may serve"
+                f"model registry: champion of {self.name!r} is {before}, not {frm}: it was moved outside the "
+                f"registry pool; the {op} to {to} moved nothing"
             )
-        current = self.champion()
-        at = _now()
-        if current is not None and str(current.version) == target_version:
-            return AliasMove(self.name, CHAMPION, target_version, target_version, changed=False, at=at)
-        self.set_alias(CHAMPION, target_version)
-        self.tag(target_version, {"mlops.rolled_back_to_at": at, "mlops.rollback_reason": reason})
-        if current is not None:
-            self.set_alias(PREVIOUS_CHAMPION, str(current.version))
-            self.tag(str(current.version), {"mlops.rolled_back_from_at": at, "mlops.rollback_reason": reason})
-        return AliasMove(
-            self.name, CHAMPION, target_version, None if current is None else str(current.version), True, at
-        )
+        if frm is not None and frm != to:
+            self.set_alias(PREVIOUS_CHAMPION, frm)
+        self.set_alias(CHAMPION, to)
+        after = self._champion_version()
+        if after != to:
+            self._delete_model_tag(TAG_INTENT)
+            raise RegistryError(
+                f"model registry: champion of {self.name!r} is {after} right after this {op} set it to {to}: "
+                "another writer outside the registry pool moved it"
+            )
+        who = {k: intent.get(k) for k in ("dag_id", "run_id", "user", "reason", "at")}
+        if op == "rollback":
+            self._set_model_tag(TAG_PIN_INFO, json.dumps({"version": to, **who}, sort_keys=True))
+            self._set_model_tag(TAG_PINNED, to)
+            self._set_model_tag(_done_key(Actor(intent["dag_id"], intent["run_id"])), json.dumps(intent))
+            self.tag(to, {"mlops.rolled_back_to_at": at, "mlops.rollback_reason": intent["reason"]})
+            if frm is not None and frm != to:
+                self.tag(frm, {"mlops.rolled_back_from_at": at, "mlops.rollback_reason": intent["reason"]})
+            outcome = "rolled back" if frm != to else "pinned the champion"
+        else:
+            if intent.get("unpin"):  # the gate ran against the pinned version and blessed this one
+                self._release_pin({"version": frm, **who, "reason": f"gate against pinned version: {who['reason']}"})
+            if frm is not None:
+                self.tag(frm, {"mlops.demoted_at": at, "mlops.demoted_by_version": to})
+            self.tag(
+                to, {"mlops.promoted_at": at, "mlops.promotion_reason": intent["reason"], TAG_PROMOTION: "promoted"}
+            )
+            outcome = "promoted"
+        self._delete_model_tag(TAG_INTENT)
+        return AliasMove(self.name, CHAMPION, to, frm, frm != to, at, outcome)
+
+
+def _done_key(actor: Actor) -> str:
+    return DONE_PREFIX + hashlib.sha256(f"{actor.dag_id}/{actor.run_id}".encode()).hexdigest()[:16]

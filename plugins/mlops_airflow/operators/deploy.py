@@ -17,7 +17,7 @@ from mlops_airflow.operators.training import load_snapshot
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from mlops_airflow.core.registry import ModelRegistry
+    from mlops_airflow.core.registry import Actor, ModelRegistry
 
 
 class _RegistryMixin:
@@ -28,7 +28,30 @@ class _RegistryMixin:
     def registry(self) -> ModelRegistry:
         from mlops_airflow.core.registry import ModelRegistry
 
-        return ModelRegistry(self.client, self.model_name)
+        return ModelRegistry(self.client, self.model_name, signing_key=signing_key())
+
+    @staticmethod
+    def actor(context: Context) -> Actor:
+        """The DAG run behind a registry write, and who triggered it (kept in the audit trail)."""
+        from mlops_airflow.core.registry import Actor
+
+        dag_run = context.get("dag_run")
+        user = getattr(dag_run, "triggering_user_name", None) if dag_run is not None else None
+        return Actor(dag_id=context["dag"].dag_id, run_id=context["run_id"], user=user or None)
+
+
+def signing_key() -> bytes | None:
+    """The key of the gate signatures: env ``MLOPS_SIGNING_KEY``, else the Airflow variable
+    ``mlops_signing_key``; None when neither is set (blessing is then proven by the source run alone).
+
+    Only Airflow holds it: a person with MLflow write access cannot sign a version the gate never blessed.
+    """
+    import os
+
+    from airflow.sdk import Variable
+
+    key = os.environ.get("MLOPS_SIGNING_KEY") or Variable.get("mlops_signing_key", default=None)
+    return str(key).encode() if key else None
 
 
 class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
@@ -214,10 +237,23 @@ class RegisterChallengerOperator(_RegistryMixin, MlopsBaseOperator):
             )
         else:
             self.log.info("version %s was already registered by this DAG run", version.version)
+        # Signed from the gate's own output (XCom, which only Airflow writes), never from MLflow state; a
+        # retry re-signs the same bytes.
+        if not registry.sign(str(version.version), self.decision):
+            self.log.warning(
+                "no signing key (env MLOPS_SIGNING_KEY or Airflow variable mlops_signing_key): version %s is "
+                "unsigned; promotion and rollback prove its blessing from its source run only",
+                version.version,
+            )
         registry.set_alias(CHALLENGER, str(version.version))
         self.client.set_tag(parent, "mlops.registered_version", str(version.version))
         self.mlflow_url = tracking.model_url(self.model_name, version.version)
-        return {"version": str(version.version), "model_uri": f"models:/{self.model_name}/{version.version}"}
+        return {
+            "version": str(version.version),
+            "model_uri": f"models:/{self.model_name}/{version.version}",
+            "mlflow_run_id": parent,
+            "judged_against": self.decision.get("champion_version"),
+        }
 
 
 class SmokeTestOperator(MlopsBaseOperator):
@@ -292,6 +328,11 @@ class SmokeTestOperator(MlopsBaseOperator):
 class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
     """Move ``champion`` to this run's version (``previous_champion`` to the old one). Pool of one slot.
 
+    Compare-and-set: the version moves in only if it is proven blessed (its source run's gate decision,
+    and the signature when a key is set), ``champion`` is still the version the gate judged it against,
+    and no rollback pinned another version. A stale or pinned promotion moves nothing, is recorded on the
+    MLflow run and the version (tag ``mlops.promotion``), and ends the task as skipped: not an error to retry.
+
     :param registered: the ``register_challenger`` task's XCom.
     """
 
@@ -304,31 +345,50 @@ class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import tracking
+        from mlops_airflow.core.registry import UnblessedVersionError
 
         parent = self.parent_run_id(context)
         version = str(self.registered["version"])
-        move = self.registry.promote(version, reason=f"blessed by the gate in {self.dag_id} run {context['run_id']}")
-        self.log.info("champion of %s: %s", self.model_name, move)
-        self.client.set_tag(parent, "mlops.promoted_version", version)
-        self.client.set_terminated(parent, "FINISHED")
         self.mlflow_url = tracking.model_url(self.model_name, version)
+        reason = f"blessed by the gate in {self.dag_id} run {context['run_id']}"
+        try:
+            move = self.registry.promote(version, reason=reason, actor=self.actor(context))
+        except UnblessedVersionError as err:
+            self.client.set_tag(parent, "mlops.promotion", f"refused: {err}"[:5000])
+            raise AirflowFailException(str(err)) from None
+        self.log.info("champion of %s: %s", self.model_name, move)
+        self.client.set_tag(parent, "mlops.promotion", move.outcome)
+        self.client.set_terminated(parent, "FINISHED")
+        if move.outcome.startswith(("stale", "pinned")):
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            context["ti"].xcom_push(key="promotion", value=move.to_dict())
+            self.log.warning("NOT PROMOTED: %s; champion stays at %s", move.outcome, move.from_version)
+            raise AirflowSkipException(f"{self.model_name} v{version} not promoted: {move.outcome}")
+        self.client.set_tag(parent, "mlops.promoted_version", version)
         return move.to_dict()
 
 
 class RollbackOperator(_RegistryMixin, MlopsBaseOperator):
-    """Move ``champion`` back to ``previous_champion`` or to a chosen, blessed version.
+    """Move ``champion`` back to ``previous_champion`` or to a chosen version proven blessed, and pin it
+    there (promotions leave it until a person unpins it or a gate runs against it); or, with ``unpin``,
+    only remove the pin.
 
     :param version: version number, or empty for ``previous_champion`` (templated).
-    :param reason: why (templated; required), kept on the versions as audit.
+    :param reason: why (templated; required), kept on the versions and the pin as audit.
+    :param unpin: ``true`` to remove a rollback's pin instead of moving anything (templated).
     """
 
-    template_fields: Sequence[str] = ("model_name", "version", "reason")
+    template_fields: Sequence[str] = ("model_name", "version", "reason", "unpin")
     ui_color = "#f5b7b1"
 
-    def __init__(self, *, version: str | None = None, reason: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self, *, version: str | None = None, reason: str = "", unpin: bool | str = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.version = version
         self.reason = reason
+        self.unpin = unpin
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import tracking
@@ -340,9 +400,18 @@ class RollbackOperator(_RegistryMixin, MlopsBaseOperator):
         version = (str(self.version).strip() if self.version is not None else "") or None
         if version in {"None", "null"}:
             version = None
-        by = f"{reason} (rollback by {self.dag_id} run {context['run_id']})"
+        actor = self.actor(context)
+        if str(self.unpin).strip().lower() in {"true", "1", "yes"}:
+            if version is not None:
+                raise AirflowFailException("param 'unpin' removes the pin only: leave param 'version' empty")
+            try:
+                was = self.registry.unpin(reason, actor)
+            except RegistryError as err:
+                raise AirflowFailException(str(err)) from None
+            self.log.info("champion of %s: %s", self.model_name, f"unpinned version {was}" if was else "no pin")
+            return {"model": self.model_name, "unpinned": was}
         try:
-            move = self.registry.rollback(by, version)
+            move = self.registry.rollback(f"{reason} (rollback by {actor})", actor, version)
         except RegistryError as err:
             raise AirflowFailException(str(err)) from None
         self.log.info("rollback of %s: %s", self.model_name, move)
