@@ -16,6 +16,8 @@ COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
 COPY --chown=airflow:0 include/ /opt/airflow/include/
 COPY --chown=airflow:0 deploy/airflow_init.py /opt/airflow/deploy/airflow_init.py
+# MLflow's basic-auth settings (no secret in it; MLFLOW_AUTH_CONFIG_PATH of the mlflow service)
+COPY --chown=airflow:0 deploy/mlflow/ /opt/airflow/deploy/mlflow/
 # Mount point of the simple auth manager's password file (written by airflow-init), owned by the
 # Airflow user so that a fresh named volume inherits that ownership.
 RUN mkdir -p /opt/airflow/auth && chmod 700 /opt/airflow/auth

@@ -1,4 +1,5 @@
-"""Initialise a cluster's Airflow: metadata DB, admin password, the registry pool and the connections.
+"""Initialise a cluster's Airflow: metadata DB, admin password, the registry pool, MLflow's service user and
+the connections.
 
 Run once before the other Airflow components start, with the metadata-DB settings in the environment:
 the ``airflow-init`` service of docker-compose.yml runs it, and so does the native cluster test
@@ -11,6 +12,8 @@ Environment (secrets from .env; nothing here has a default):
 ``AIRFLOW_ADMIN_PASSWORD``                         password of the simple auth manager's ``admin``
 ``AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE``  where the api-server reads it
 ``MLFLOW_TRACKING_URL``                            host of connection ``mlflow_default``
+``MLFLOW_ADMIN_USERNAME`` / ``..._PASSWORD``       MLflow's admin (basic auth), to manage the service user
+``MLFLOW_SERVICE_USERNAME`` / ``..._PASSWORD``     MLflow user of Airflow: login of ``mlflow_default``
 ``OBJECT_STORE_ENDPOINT_URL``                      S3 endpoint (MinIO, moto, or empty for AWS)
 ``OBJECT_STORE_ACCESS_KEY`` / ``..._SECRET_KEY``   object-store credentials of the connection
 ``MLOPS_STORAGE_CONN_ID``                          its id (deploy/airflow.env: ``aws_default``)
@@ -50,6 +53,53 @@ def write_admin_password() -> None:
     path.chmod(0o600)
 
 
+# What Airflow's MLflow user may do beyond MLflow's default_permission (READ): manage every experiment and
+# registered model, so a model name that someone else registered first cannot lock Airflow out of it.
+SERVICE_USER_GRANTS = (("experiment", "*", "MANAGE"), ("registered_model", "*", "MANAGE"))
+
+
+def mlflow_service_user(timeout: float = 300) -> None:
+    """Create (or reset the password of) Airflow's MLflow user and grant it :data:`SERVICE_USER_GRANTS`."""
+    import time
+
+    import requests
+
+    url = required("MLFLOW_TRACKING_URL").rstrip("/")
+    admin = (required("MLFLOW_ADMIN_USERNAME"), required("MLFLOW_ADMIN_PASSWORD"))
+    user, password = required("MLFLOW_SERVICE_USERNAME"), required("MLFLOW_SERVICE_PASSWORD")
+    deadline = time.monotonic() + timeout
+    while True:  # the server may still be starting
+        try:
+            if requests.get(f"{url}/health", timeout=5).ok:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            sys.exit(f"airflow_init: MLflow at {url} did not answer /health within {timeout:.0f}s")
+        time.sleep(2)
+
+    def call(method: str, path: str, body: dict[str, str]) -> requests.Response:
+        response = requests.request(method, f"{url}{path}", json=body, auth=admin, timeout=30)
+        if response.status_code in (401, 403):
+            sys.exit(f"airflow_init: MLflow refused admin {admin[0]!r} ({response.status_code}): MLFLOW_ADMIN_PASSWORD")
+        return response
+
+    created = call("POST", "/api/2.0/mlflow/users/create", {"username": user, "password": password})
+    if not created.ok:
+        if "RESOURCE_ALREADY_EXISTS" not in created.text:
+            sys.exit(f"airflow_init: creating MLflow user {user!r}: {created.status_code} {created.text[:300]}")
+        updated = call("PATCH", "/api/2.0/mlflow/users/update-password", {"username": user, "password": password})
+        if not updated.ok:
+            sys.exit(f"airflow_init: password of MLflow user {user!r}: {updated.status_code} {updated.text[:300]}")
+    for resource_type, resource_id, permission in SERVICE_USER_GRANTS:
+        grant = {"username": user, "resource_type": resource_type, "resource_id": resource_id}
+        granted = call("POST", "/api/3.0/mlflow/users/permissions/grant", {**grant, "permission": permission})
+        if not granted.ok and "RESOURCE_ALREADY_EXISTS" not in granted.text:
+            sys.exit(f"airflow_init: granting {permission} on {resource_type} {resource_id} to {user!r}: "
+                     f"{granted.status_code} {granted.text[:300]}")  # fmt: skip
+    print(f"airflow_init: MLflow user {user!r} ready", flush=True)
+
+
 def connections() -> dict[str, dict[str, object]]:
     extra: dict[str, str] = {"region_name": os.environ.get("OBJECT_STORE_REGION", "us-east-1")}
     if os.environ.get("OBJECT_STORE_ENDPOINT_URL"):
@@ -58,7 +108,9 @@ def connections() -> dict[str, dict[str, object]]:
         "mlflow_default": {
             "conn_type": "mlflow",
             "host": required("MLFLOW_TRACKING_URL"),
-            "description": "MLflow tracking server and model registry",
+            "login": required("MLFLOW_SERVICE_USERNAME"),
+            "password": required("MLFLOW_SERVICE_PASSWORD"),
+            "description": "MLflow tracking server and model registry (Airflow's MLflow user)",
         },
         required("MLOPS_STORAGE_CONN_ID"): {
             "conn_type": "aws",
@@ -72,6 +124,7 @@ def connections() -> dict[str, dict[str, object]]:
 
 def main() -> None:
     write_admin_password()
+    mlflow_service_user()
     airflow("db", "migrate")
     with tempfile.TemporaryDirectory() as tmp:  # the connections file holds secrets: private, deleted
         pools, conns = Path(tmp) / "pools.json", Path(tmp) / "connections.json"

@@ -3,7 +3,8 @@
 # one role and one database per consumer, each password from .env (through docker-compose.yml).
 #   airflow        Airflow metadata DB (api-server, scheduler, dag-processor, triggerer)
 #   celery         Celery result backend (scheduler and workers; workers never see the metadata DB)
-#   mlflow         MLflow tracking and model-registry store
+#   mlflow         MLflow tracking and model-registry store, and (database mlflow_auth) the users and
+#                  grants of its basic-auth app (deploy/mlflow/basic_auth.ini)
 set -euo pipefail
 
 for name in airflow celery mlflow; do
@@ -17,3 +18,6 @@ CREATE ROLE :"role" LOGIN PASSWORD :'password';
 CREATE DATABASE :"db" OWNER :"role";
 SQL
 done
+psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres <<'SQL'
+CREATE DATABASE mlflow_auth OWNER mlflow;
+SQL

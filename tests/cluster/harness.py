@@ -4,8 +4,9 @@
 docker-compose.yml against this machine's PostgreSQL and Redis:
 
 * a moto S3 server (the MinIO stand-in) with the ``mlops`` bucket;
-* an MLflow tracking server: PostgreSQL backend store in a fresh database, artifacts proxied by the
-  server to ``s3://mlops/mlflow``;
+* an MLflow tracking server with its basic-auth app (deploy/mlflow/basic_auth.ini, users in a fresh
+  database): PostgreSQL backend store in a fresh database, artifacts proxied by the server to
+  ``s3://mlops/mlflow``; Airflow reaches it as the service user that the init step creates;
 * Airflow with CeleryExecutor: api-server, scheduler, dag-processor, triggerer and N Celery workers
   (Redis broker on a fresh Redis db number, metadata DB and Celery result backend in fresh databases).
 
@@ -13,6 +14,8 @@ Settings: every process gets ``deploy/airflow.env`` (the file Compose hands to i
 same per-role keys as its Compose service (``role_settings``; tests/cluster/test_compose_file.py checks
 both sides), plus ``LOCAL_ONLY_KEYS`` that only exist because all processes share one machine (ports, paths,
 per-worker host names). The init step runs deploy/airflow_init.py, like the ``airflow-init`` service.
+The scheduler creates scheduled and asset-triggered runs as in production; every DAG is paused at creation
+(deploy/airflow.env), so only the DAGs a test unpauses run.
 
 ``stop()`` kills every process group and drops the databases and the Redis db; it runs even when
 ``start()`` fails half-way (use ``with NativeCluster(...) as cluster:`` or the pytest fixture).
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW_ENV_FILE = REPO / "deploy" / "airflow.env"
+MLFLOW_AUTH_FILE = REPO / "deploy" / "mlflow" / "basic_auth.ini"
 INIT_SCRIPT = REPO / "deploy" / "airflow_init.py"
 BIN = Path(sys.executable).parent
 PG_DSN = os.environ.get("MLOPS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -74,6 +78,10 @@ PASSWORDS_FILE_KEY = "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
 INIT_KEYS = (
     "AIRFLOW_ADMIN_PASSWORD",
     "MLFLOW_TRACKING_URL",
+    "MLFLOW_ADMIN_USERNAME",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_SERVICE_USERNAME",
+    "MLFLOW_SERVICE_PASSWORD",
     "OBJECT_STORE_ENDPOINT_URL",
     "OBJECT_STORE_ACCESS_KEY",
     "OBJECT_STORE_SECRET_KEY",
@@ -84,7 +92,7 @@ ROLE_KEYS: dict[str, tuple[str, ...]] = {
     "airflow-scheduler": DB_ROLE_KEYS,
     "airflow-dag-processor": DB_ROLE_KEYS,
     "airflow-triggerer": DB_ROLE_KEYS,
-    "airflow-worker": WORKER_KEYS,
+    "airflow-worker": (*WORKER_KEYS, "MLOPS_SIGNING_KEY"),
 }
 # Only here because every process shares one machine (in Compose: image defaults, one container each).
 LOCAL_ONLY_KEYS = {
@@ -96,7 +104,6 @@ LOCAL_ONLY_KEYS = {
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": "free port (container: 8974)",
     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "workers share a host name here; containers have their own",
     "MLOPS_TEST_HOSTNAME": "the worker's name, read by the hostname callable",
-    "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "no cron runs during a test: only the runs it triggers",
     "MLOPS_HOME": "local scratch per process (image: /opt/airflow/.local)",
     "MLOPS_MODELS_DIR": "optional: a test's own model specs",
 }
@@ -169,12 +176,17 @@ class NativeCluster:
     def __post_init__(self) -> None:
         # the owner's pid in the names: a later cluster reclaims what a killed one left behind
         tag = f"{os.getpid()}_{secrets.token_hex(4)}"
-        self.db_names = {role: f"{DB_PREFIX}{tag}_{role}" for role in ("airflow", "celery", "mlflow")}
+        roles = ("airflow", "celery", "mlflow", "mlflowauth")
+        self.db_names = {role: f"{DB_PREFIX}{tag}_{role}" for role in roles}
         self.admin_password = secrets.token_urlsafe(16)
+        # MLflow's users (basic auth): the admin of deploy/mlflow/basic_auth.ini, and Airflow's service user
+        self.mlflow_admin = (_mlflow_auth_config()["admin_username"], secrets.token_hex(16))
+        self.mlflow_service = ("airflow", secrets.token_hex(16))
         self.secrets = {
             "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(32),
+            "MLOPS_SIGNING_KEY": secrets.token_hex(32),
         }
         self.ports = {name: free_port() for name in ("s3", "mlflow", "api", "health", "trigger_logs")}
         self.redis_db: int | None = None
@@ -212,6 +224,10 @@ class NativeCluster:
             PASSWORDS_FILE_KEY: str(self.base / "auth" / "passwords.json"),
             "AIRFLOW_ADMIN_PASSWORD": self.admin_password,
             "MLFLOW_TRACKING_URL": self.mlflow_url,
+            "MLFLOW_ADMIN_USERNAME": self.mlflow_admin[0],
+            "MLFLOW_ADMIN_PASSWORD": self.mlflow_admin[1],
+            "MLFLOW_SERVICE_USERNAME": self.mlflow_service[0],
+            "MLFLOW_SERVICE_PASSWORD": self.mlflow_service[1],
             "OBJECT_STORE_ENDPOINT_URL": self.s3_url,
             "OBJECT_STORE_ACCESS_KEY": S3_KEY,
             "OBJECT_STORE_SECRET_KEY": S3_KEY,
@@ -234,7 +250,6 @@ class NativeCluster:
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.base / "task-logs"),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.ports["trigger_logs"]),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(self.ports["health"]),
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             "MLOPS_HOME": str(home / "mlops"),
             **({"MLOPS_MODELS_DIR": str(self.models_dir)} if self.models_dir else {}),
             **local,
@@ -393,14 +408,24 @@ class NativeCluster:
         self._spawn("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.ports["s3"])], env)
 
     def _start_mlflow(self) -> None:
+        # deploy/mlflow/basic_auth.ini with this cluster's auth database (Compose: its PostgreSQL service)
+        auth = _mlflow_auth_config()
+        auth["database_uri"] = self.pg_url("mlflowauth")
+        auth_file = self.base / "mlflow_basic_auth.ini"
+        auth_file.write_text("[mlflow]\n" + "".join(f"{k} = {v}\n" for k, v in auth.items()))
         env = {
             **self.client_env(),
+            **read_env_file(),  # the compose service's env_file (telemetry off)
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # as the compose service
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth_file),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": self.mlflow_admin[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
         }
         # The same flags as the `mlflow` service of docker-compose.yml (host and port aside).
         cmd = [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.ports["mlflow"]),
+            str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
+            "--host", "127.0.0.1", "--port", str(self.ports["mlflow"]),
             "--workers", "1",
             "--backend-store-uri", self.pg_url("mlflow"),
             "--serve-artifacts", "--artifacts-destination", f"s3://{self.bucket}/mlflow",
@@ -476,6 +501,27 @@ class NativeCluster:
             "AWS_DEFAULT_REGION": "us-east-1",
         }
 
+    @contextlib.contextmanager
+    def mlflow_user(self, user: tuple[str, str] | None = None) -> Iterator[Any]:
+        """An ``MlflowClient`` of the cluster's server logged in as ``user`` (default: Airflow's service user).
+
+        MLflow's client reads the basic-auth login from the environment: set for the block, then restored.
+        """
+        from mlflow.tracking import MlflowClient
+
+        username, password = user or self.mlflow_service
+        keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+        saved = {key: os.environ.get(key) for key in keys}
+        os.environ.update(dict(zip(keys, (username, password), strict=True)))
+        try:
+            yield MlflowClient(tracking_uri=self.mlflow_url, registry_uri=self.mlflow_url)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
     def list_keys(self, prefix: str = "") -> list[str]:
         paginator = self.s3_client().get_paginator("list_objects_v2")
         return [obj["Key"] for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix)
@@ -520,6 +566,15 @@ def _terminate_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _mlflow_auth_config() -> dict[str, str]:
+    """The ``[mlflow]`` section of deploy/mlflow/basic_auth.ini (the Compose stack's auth settings)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(MLFLOW_AUTH_FILE)
+    return dict(parser["mlflow"])
 
 
 def _fernet_key() -> str:

@@ -161,3 +161,102 @@ def test_image_installs_the_locked_requirements() -> None:
              if version not in locked.get(normalise(name), set())}  # fmt: skip
     assert not stale, f"requirements.txt is not the export of uv.lock (re-export it): {stale}"
     assert dict(pins)["apache-airflow"] == "3.3.2"
+
+
+def test_mlflow_runs_with_basic_auth_and_airflow_logs_in_as_its_service_user(services: dict[str, Any]) -> None:
+    import configparser
+
+    mlflow = services["mlflow"]
+    command = " ".join(mlflow["command"])
+    assert command.startswith("exec mlflow server --app-name basic-auth "), command
+    env = environment(mlflow)
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/opt/airflow/deploy/mlflow/basic_auth.ini"
+    assert re.search(r"^COPY .*deploy/mlflow/ /opt/airflow/deploy/mlflow/$", (REPO / "Dockerfile").read_text(), re.M)
+    for key in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PGPASSWORD"):
+        assert REQUIRED_REF.match(env[key]), f"mlflow.{key} must come from .env"
+    auth = configparser.ConfigParser()
+    auth.read(REPO / "deploy" / "mlflow" / "basic_auth.ini")
+    # a user nobody granted anything may read, never write another's experiment or model
+    assert auth["mlflow"]["default_permission"] in {"READ", "NO_PERMISSIONS"}
+    assert not auth["mlflow"].get("admin_password"), "the admin password comes from .env, not the file"
+    assert ":" not in auth["mlflow"]["database_uri"].split("@")[0].split("://")[1], "no password in the file"
+    init = environment(services["airflow-init"])
+    assert init["MLFLOW_ADMIN_USERNAME"] == auth["mlflow"]["admin_username"]
+    assert init["MLFLOW_SERVICE_USERNAME"] != init["MLFLOW_ADMIN_USERNAME"], "Airflow is no MLflow admin"
+    assert services["airflow-init"]["depends_on"]["mlflow"] == {"condition": "service_healthy"}
+    assert "mlflow_auth" in (REPO / "deploy" / "postgres" / "init-databases.sh").read_text()
+
+
+def test_ui_ports_are_published_on_loopback_by_default(services: dict[str, Any]) -> None:
+    published = {name: service.get("ports", []) for name, service in services.items() if service.get("ports")}
+    assert set(published) >= {"mlflow", "airflow-apiserver", "minio"}, published
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith("${MLOPS_BIND_ADDRESS:-127.0.0.1}:"), (
+                f"{name} publishes {port} on every interface"
+            )
+
+
+def test_minio_root_keys_stay_with_minio_and_each_client_has_a_scoped_user(services: dict[str, Any]) -> None:
+    import json
+
+    root_users = {name for name, service in services.items()
+                  if any("MINIO_ROOT_" in value for value in environment(service).values())}  # fmt: skip
+    assert root_users == {"minio", "minio-init", "demo-data"}, root_users
+    assert (
+        environment(services["mlflow"])["AWS_ACCESS_KEY_ID"]
+        == "${MINIO_MLFLOW_ACCESS_KEY:?set MINIO_MLFLOW_ACCESS_KEY in .env}"
+    )
+    init = environment(services["airflow-init"])
+    assert init["OBJECT_STORE_ACCESS_KEY"] == "${MINIO_AIRFLOW_ACCESS_KEY:?set MINIO_AIRFLOW_ACCESS_KEY in .env}"
+    script = " ".join(services["minio-init"]["command"])
+    for user in ("mlflow", "airflow"):
+        assert f"mc admin policy create store mlops-{user} /policies/{user}-policy.json" in script
+        assert f'mc admin policy attach store mlops-{user} --user "$$MINIO_{user.upper()}_ACCESS_KEY"' in script
+    bucket = read_env_file()["MLOPS_BUCKET"]
+
+    def object_grants(user: str) -> dict[str, set[str]]:
+        policy = json.loads((REPO / "deploy" / "minio" / f"{user}-policy.json").read_text())
+        grants: dict[str, set[str]] = {}
+        for statement in policy["Statement"]:
+            assert statement["Effect"] == "Allow"
+            for resource in statement["Resource"]:
+                assert resource.startswith(f"arn:aws:s3:::{bucket}"), resource
+                if resource != f"arn:aws:s3:::{bucket}":
+                    grants.setdefault(resource.removeprefix(f"arn:aws:s3:::{bucket}/"), set()).update(
+                        statement["Action"]
+                    )
+        return grants
+
+    write = {"s3:PutObject", "s3:DeleteObject"}
+    mlflow_grants = object_grants("mlflow")
+    assert set(mlflow_grants) == {"mlflow/*"} and write <= mlflow_grants["mlflow/*"]
+    airflow_grants = object_grants("airflow")
+    assert set(airflow_grants) == {"landing/*", "storage/*"}, "Airflow never reads MLflow's artifacts directly"
+    assert airflow_grants["landing/*"] == {"s3:GetObject"} and write <= airflow_grants["storage/*"]
+    assert read_env_file()["MLOPS_STORAGE_BASE"] == f"s3://{bucket}/storage"
+
+
+def test_shared_settings_mark_a_cluster_and_turn_mlflow_telemetry_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.environment_variables import MLFLOW_DISABLE_TELEMETRY
+
+    from mlops_airflow.hooks.mlflow_hook import deployment
+
+    shared = read_env_file()
+    assert shared[MLFLOW_DISABLE_TELEMETRY.name] == "true" and shared["DO_NOT_TRACK"] == "true"
+    assert "MLOPS_ALLOWED_DATA_ROOTS" in shared
+    for key, value in shared.items():
+        monkeypatch.setenv(key, value)
+    assert MLFLOW_DISABLE_TELEMETRY.get() is True
+    assert deployment() == "cluster"
+
+
+def test_signing_key_is_held_by_the_workers_only(services: dict[str, Any]) -> None:
+    holders = {name for name, service in services.items() if "MLOPS_SIGNING_KEY" in environment(service)}
+    assert holders == {"airflow-worker"}, holders
+    assert "MLOPS_SIGNING_KEY" not in read_env_file(), "a secret, from .env only"
+
+
+def test_build_context_leaves_out_secrets_and_local_state() -> None:
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
+    assert {".env", ".git", ".venv", ".local", "mlruns", "benchmarks/results/tmp"} <= ignored
