@@ -62,9 +62,10 @@ def _multiclass(n: int, seed: int, signal: float = 1.0, k: int = 3, absent: int 
 
 def _data(kind: str, n: int, seed: int) -> tuple[Target, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    if kind == "binary":
+    if kind.startswith("binary"):
         y, s = _classification(n, seed)
-        return BINARY, y, np.round(s, 2)  # ties: the rank metrics must count them like sklearn
+        # ties: the rank metrics must count them like sklearn; "binary distinct": one row per score
+        return BINARY, y, s if kind == "binary distinct" else np.round(s, 2)
     if kind == "multiclass":
         y, proba = _multiclass(n, seed, absent=1)  # a class absent from the rows
         return THREE, y, proba
@@ -80,6 +81,7 @@ def _verdicts(decision: GateDecision) -> dict[str, str]:
 
 ALL_METRICS = (
     [("binary", m) for m in BINARY_METRICS]
+    + [("binary distinct", "roc_auc"), ("binary distinct", "pr_auc")]
     + [("multiclass", m) for m in MULTICLASS_METRICS]
     + [("regression", m) for m in REGRESSION_METRICS]
 )

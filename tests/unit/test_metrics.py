@@ -99,6 +99,15 @@ def test_binary_metric_equals_sklearn_with_string_labels_and_first_positive(metr
     assert metric_value(metric, labels, p, target, threshold) == pytest.approx(expected, rel=1e-10)
 
 
+@pytest.mark.parametrize("decimals", [None, 2, 1])
+@pytest.mark.parametrize("metric", ["roc_auc", "pr_auc"])
+def test_ranking_metrics_with_and_without_tied_scores(metric: str, decimals: int | None) -> None:
+    target, labels, _ = binary_data()
+    p = np.random.default_rng(1).uniform(size=len(labels)) * 0.5 + 0.4 * (labels == "bad")
+    p = p if decimals is None else np.round(p, decimals)
+    assert metric_value(metric, labels, p, target) == pytest.approx(sklearn_binary(metric, labels, p, target, 0.5))
+
+
 def test_binary_positive_label_decides_the_direction() -> None:
     """The same rows and scores, read with the other label as positive, give the mirrored AUC."""
     target, labels, p = binary_data()

@@ -184,19 +184,26 @@ def _rank_groups(s: np.ndarray, pos: np.ndarray, w: np.ndarray) -> tuple[np.ndar
     s_sorted = s[order]
     starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
     w_sorted = w[:, order]
-    all_g = np.add.reduceat(w_sorted, starts, axis=1)
-    pos_g = np.add.reduceat(w_sorted * pos[order], starts, axis=1)
-    return pos_g, all_g - pos_g
+    if len(starts) == len(s):  # every score distinct (the usual case): each row is its own group
+        pos_g = w_sorted * pos[order]
+        w_sorted -= pos_g
+        return pos_g, w_sorted
+    neg_g = np.add.reduceat(w_sorted, starts, axis=1)
+    w_sorted *= pos[order]
+    pos_g = np.add.reduceat(w_sorted, starts, axis=1)
+    neg_g -= pos_g
+    return pos_g, neg_g
 
 
 def _roc_auc(pos: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
     # Mann-Whitney U with ties counted as half: a positive beats every negative of a lower score group and
     # half of those in its own group.
     pos_g, neg_g = _rank_groups(s, pos, w)
-    below = np.cumsum(neg_g, axis=1) - neg_g
     n_pos, n_neg = pos_g.sum(axis=1), neg_g.sum(axis=1)
+    beaten = np.cumsum(neg_g, axis=1)
+    beaten -= 0.5 * neg_g  # negatives below the group, plus half of the group's own
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos_g * (below + 0.5 * neg_g)).sum(axis=1) / (n_pos * n_neg)
+        auc = np.einsum("ij,ij->i", pos_g, beaten) / (n_pos * n_neg)
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 

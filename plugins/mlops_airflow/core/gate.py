@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 Verdict = Literal["pass", "fail", "skip"]
 #: Category label of a slice for rows whose slice column is null.
 MISSING = "<missing>"
-#: Upper bound on resamples x rows held in memory at once by the bootstrap (about 32 MB of float64).
-_CHUNK_CELLS = 4_000_000
+#: Upper bound on resamples x rows evaluated at once by the bootstrap: 8 MB per float64 matrix, a few tens of
+#: MB at the peak (benchmarks/bootstrap.py); larger chunks are no faster.
+_CHUNK_CELLS = 1_000_000
 
 
 def _signed(value: float | None) -> str:
@@ -127,9 +128,12 @@ def paired_bootstrap(
     for start in range(0, n_resamples, chunk):
         size = min(chunk, n_resamples - start)
         idx = rng.integers(0, n, size=(size, n))
+        idx += n * np.arange(size)[:, None]
         # Row b of `w` counts how often each evaluation row was drawn in resample b (shared by both models).
-        w = np.bincount((idx + n * np.arange(size)[:, None]).ravel(), minlength=size * n)
-        diffs.append(diff(w.reshape(size, n).astype("float64")))
+        counts = np.bincount(idx.ravel(), minlength=size * n)
+        del idx
+        diffs.append(diff(counts.reshape(size, n).astype("float64")))
+        del counts
     all_diffs = np.concatenate(diffs)
     valid = all_diffs[np.isfinite(all_diffs)]  # undefined resamples (one class) carry no evidence
     alpha = (1.0 - confidence) / 2.0
