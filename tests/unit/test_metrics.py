@@ -42,6 +42,9 @@ def multiclass_data(classes: tuple[Any, ...], n: int, seed: int, absent: Any = N
     labels = np.array(present)[rng.integers(0, len(present), n)]
     logits = rng.normal(0, 1.0, (n, len(classes)))
     logits[np.arange(n), target.encode(labels)] += 1.0
+    if absent is not None:
+        # never predicted either: sklearn's f1_macro then leaves the class out of its average
+        logits[:, classes.index(absent)] -= 10.0
     proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     return target, labels, proba
 

@@ -1,5 +1,7 @@
 """What a model's target is and how well a model scores it: one implementation of every metric.
 
+Task-time module (numpy; scikit-learn only for the Youden threshold).
+
 Training (selection), the gate (paired bootstrap, slices) and the monitor all call these functions, so
 they can never disagree on what a metric means. Two conventions hold everywhere:
 
@@ -28,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from mlops_airflow.core.config import METRICS_BY_KIND, ModelSpec
 
@@ -359,6 +360,8 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, how: str) -> float:
     if n_pos == 0 or n_pos == len(y_enc) or not np.isfinite(scores).all():
         return 0.5
     if how == "youden":
+        from sklearn.metrics import roc_curve
+
         fpr, tpr, thresholds = roc_curve(y_enc, scores, drop_intermediate=False)
         best = float(thresholds[int(np.argmax(tpr - fpr))])
     else:
