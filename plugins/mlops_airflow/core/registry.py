@@ -386,7 +386,8 @@ class ModelRegistry:
         """
         version = str(version)
         pending = self._finish_pending()
-        if pending and pending[0].get("to") == version and pending[0].get("run_id") == actor.run_id:
+        mine = {"op": "promote", "to": version, "dag_id": actor.dag_id, "run_id": actor.run_id}
+        if pending and all(pending[0].get(k) == v for k, v in mine.items()):
             return pending[1]  # this task's own move, interrupted by a crash and now finished
         expected = self.verify_blessed(version).judged_against
         current = self._champion_version()
