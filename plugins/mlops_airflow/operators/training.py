@@ -180,6 +180,7 @@ class SelectCandidateOperator(MlopsBaseOperator):
         spec = self.spec
         snapshot = load_snapshot(self.snapshot)
         train, evaluation = load_part(snapshot, "train"), load_part(snapshot, "eval")
+        self._remove_unrecorded_models(parent)
         pipeline = fit_final(spec, best.params, train)
         x_train, _ = split_xy(spec, train)
         x_eval, y_eval = split_xy(spec, evaluation)
@@ -207,7 +208,7 @@ class SelectCandidateOperator(MlopsBaseOperator):
                     input_example=example,
                     pyfunc_predict_fn="predict_proba" if classification else "predict",
                     params={**spec.estimator.params, **best.params},
-                    tags={"mlops.data_hash": snapshot.content_hash},
+                    tags={"mlops.data_hash": snapshot.content_hash, "mlops.candidate_index": str(best.index)},
                     skops_trusted_types=trusted_types(pipeline),
                     pip_requirements=serving_requirements(),
                 )
@@ -218,3 +219,37 @@ class SelectCandidateOperator(MlopsBaseOperator):
         self.client.set_tag(parent, "mlops.candidate_model_uri", info.model_uri)
         self.client.set_tag(parent, "mlops.selected_candidate", str(best.index))
         return str(info.model_uri), eval_metrics
+
+    def _remove_unrecorded_models(self, parent: str) -> None:
+        """Delete the logged models earlier tries of this task left in the run.
+
+        Called when the run records no model for the selected candidate, so every logged model of the run is
+        a leftover: PENDING (with its artifacts) from a try killed inside ``log_model``, FAILED if MLflow saw
+        the error, READY from a try killed before it recorded the model, or recorded for a candidate no longer
+        selected. None is reused: this try logs and records its own. A model that a registered version points
+        at is kept. MLflow deletes logged models softly; ``mlflow gc`` frees their artifacts.
+        """
+        found: list[Any] = []
+        token = None
+        while True:  # collect every page before deleting: pages are offsets into the live result
+            page = self.client.search_logged_models(
+                [self.experiment_id], filter_string=f"source_run_id = '{parent}'", page_token=token
+            )
+            found.extend(page)
+            token = page.token
+            if not token:
+                break
+        if not found:
+            return
+        registered = {v.model_id for v in self.client.search_model_versions(f"run_id = '{parent}'")}
+        for model in found:
+            if model.model_id in registered:
+                continue
+            self.log.warning(
+                "deleting logged model %s (status %s, candidate %s) that an earlier try left in run %s",
+                model.model_id,
+                model.status,
+                (model.tags or {}).get("mlops.candidate_index", "?"),
+                parent,
+            )
+            self.client.delete_logged_model(model.model_id)

@@ -1,0 +1,281 @@
+"""A trigger's ``data_uri`` cannot make ``ct_``, ``predict_`` or ``monitor_`` read outside the landing roots.
+
+The "secret" below is a folder of well-formed batches outside every root, marked in a column name and in
+its values: whatever a task read from it would show up in the snapshot, the predictions or MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from mlops_airflow.core import demo_data
+
+pytestmark = pytest.mark.e2e
+MARKER = "S3CRET-7f3a9c"
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """Fifteen valid demo batches outside every landing root, with a marker column."""
+    folder = tmp_path / "outside" / "credit_default"
+    for path in demo_data.write_batches(folder, range(15), n_rows=200):
+        frame = pd.read_csv(path)
+        frame[f"note_{MARKER}"] = MARKER
+        frame.to_csv(path, index=False)
+    return folder
+
+
+def leaked(home: Path, *needles: str) -> list[str]:
+    """Files under ``home`` (MLflow store and artifacts, snapshots, predictions; not the landing data the
+    test put there) holding any needle."""
+    found = []
+    for path in home.rglob("*"):
+        if path.is_file() and path.relative_to(home).parts[0] not in {"data", "data2"}:
+            data = path.read_bytes()
+            found += [f"{path}: {n}" for n in needles if n.encode() in data]
+    return found
+
+
+def snapshot_folders(home: Path) -> list[str]:
+    root = home / "storage" / "credit_default" / "snapshots"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+@pytest.mark.parametrize(
+    "data_uri",
+    [
+        "/etc",
+        "file:///etc",
+        "../../../../../../../../etc",
+        "{landing}/../../../outside/credit_default",
+        "{landing}/%2e%2e/%2e%2e/%2e%2e/outside/credit_default",
+        "{home}/data2/credit_default",  # shares the root's prefix, not a segment boundary
+    ],
+)
+def test_ct_refuses_a_data_uri_outside_the_roots_before_reading(
+    run_dag, landing, demo_batches, secret, mlops_home, mlflow_client, data_uri
+):
+    demo_batches(range(15))
+    shutil.copytree(secret, mlops_home / "data2" / "credit_default")
+    result = run_dag("ct_credit_default", conf={"data_uri": data_uri.format(landing=landing, home=mlops_home)})
+
+    assert result.state == "failed"
+    assert result.state_of("snapshot") == "failed", result.tasks  # failed, not up_for_retry: no retry
+    assert result.state_of("validate_data") == "upstream_failed"
+    assert snapshot_folders(mlops_home) == []
+    assert leaked(mlops_home, MARKER, "root:x:0:0") == []
+    # nothing was read, so nothing was recorded: the run's MLflow run is never opened
+    experiments = mlflow_client.search_experiments()
+    assert mlflow_client.search_runs([e.experiment_id for e in experiments]) == []
+
+
+def test_refusal_names_the_param_and_the_allowed_roots(mlops_home, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow.operators.data import SnapshotOperator
+    from mlops_airflow.operators.monitoring import MonitorOperator, PredictOperator
+
+    monkeypatch.setenv("MLOPS_ALLOWED_DATA_ROOTS", "s3://partner/landing")
+    root = os.path.realpath(mlops_home / "data")
+    for cls in (SnapshotOperator, PredictOperator, MonitorOperator):
+        operator = cls(task_id="t", model_name="credit_default", data_uri="/etc/passwd")
+        # an empty context: the refusal comes before the task touches MLflow, storage or the run
+        with pytest.raises(AirflowFailException) as caught:
+            operator.execute({})  # type: ignore[arg-type]
+        message = str(caught.value)
+        assert message.startswith("data_uri '/etc/passwd'"), message
+        assert root in message and "s3://partner/landing" in message and "MLOPS_ALLOWED_DATA_ROOTS" in message
+
+
+def test_predict_and_monitor_refuse_a_data_uri_outside_the_roots(
+    run_dag, landing, secret, mlops_home, mlflow_client, tmp_path, monkeypatch
+):
+    # The champion is trained from a second, allow-listed landing root: an admitted data_uri still works.
+    partner = tmp_path / "partner" / "credit_default"
+    demo_data.write_batches(partner, range(15), n_rows=400)
+    monkeypatch.setenv("MLOPS_ALLOWED_DATA_ROOTS", str(tmp_path / "partner"))
+    trained = run_dag("ct_credit_default", conf={"data_uri": str(partner)})
+    assert trained.state == "success", trained.tasks
+    snapshot = trained.xcom("snapshot")
+    assert snapshot["snapshot_uri"].rsplit("/", 1)[-1].startswith("manual__")
+    runs_before = len(mlflow_client.search_runs([e.experiment_id for e in mlflow_client.search_experiments()]))
+
+    for dag_id in ("predict_credit_default", "monitor_credit_default"):
+        for data_uri in (str(secret), f"file://{secret}", f"{landing}/../../../outside/credit_default"):
+            result = run_dag(dag_id, conf={"data_uri": data_uri})
+            task = dag_id.split("_")[0]
+            assert result.state_of(task) == "failed", (dag_id, data_uri, result.tasks)
+
+    assert leaked(mlops_home, MARKER) == []
+    assert not (mlops_home / "storage" / "credit_default" / "predictions").exists() or not any(
+        (mlops_home / "storage" / "credit_default" / "predictions").iterdir()
+    )
+    runs_after = mlflow_client.search_runs([e.experiment_id for e in mlflow_client.search_experiments()])
+    assert len(runs_after) == runs_before  # no monitor run was opened
+
+
+# A select_candidate try killed while logging its model leaves nothing its retry does not clean.
+
+KILLED_TRY = """
+import json, sys, time
+from pathlib import Path
+from types import SimpleNamespace
+
+from mlflow.tracking.client import MlflowClient
+
+from mlops_airflow.dag_factory import build_dags
+
+marker, kill_point = Path(sys.argv[1]), sys.argv[2]
+# Not a fault double: the real call runs, then this try waits at the chosen point to be SIGKILLed.
+if kill_point == "log_model":  # artifacts uploaded, log_model not yet returned: the model is PENDING
+    upload = MlflowClient.log_model_artifacts
+
+    def upload_then_wait(self, model_id, local_dir):
+        upload(self, model_id, local_dir)
+        marker.write_text(model_id)
+        time.sleep(3600)
+
+    MlflowClient.log_model_artifacts = upload_then_wait
+else:  # log_model returned (READY), the run does not name the model yet
+    set_tag = MlflowClient.set_tag
+
+    def wait_before_recording(self, run_id, key, value, *args, **kwargs):
+        if key == "mlops.candidate_model_uri":
+            marker.write_text(value)
+            time.sleep(3600)
+        return set_tag(self, run_id, key, value, *args, **kwargs)
+
+    MlflowClient.set_tag = wait_before_recording
+task = build_dags()["ct_credit_default"].get_task("select_candidate")
+task.snapshot, task.candidates = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+task.execute({"run_id": sys.argv[5], "ti": SimpleNamespace(try_number=1)})
+"""
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(what: str, done: Any, proc: subprocess.Popen, log: Path, seconds: float = 300) -> None:
+    """Poll ``done()`` until true; fail with the process's log if it exits first or never gets there."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert proc.poll() is None, f"{what}: process exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{what}: not reached:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite store, proxied artifacts), the ``mlflow_default`` connection."""
+    import requests
+
+    url = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "mlflow-server.log"
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+           "--port", url.rsplit(":", 1)[1], "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--serve-artifacts", "--artifacts-destination", str(tmp_path / "server-artifacts")]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with log.open("wb") as out:
+        server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{url}/health", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for("MLflow server health", healthy, server, log, seconds=120)
+        monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "mlflow", "host": url}))
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=60)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("kill_point", ["log_model", "before_recording"])
+def test_a_retry_cleans_the_model_a_killed_try_left(mlflow_server, demo_batches, tmp_path, kill_point):
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+
+    from mlops_airflow.core.config import candidate_grid, get_spec
+    from mlops_airflow.core.tracking import client_for
+    from mlops_airflow.dag_factory import build_dags
+    from mlops_airflow.operators.training import TrainCandidateOperator
+
+    demo_batches(range(15), n_rows=200)
+    run_id = "manual__2026-01-01T00:00:00+00:00"
+    context: dict[str, Any] = {
+        "run_id": run_id,
+        "ti": SimpleNamespace(try_number=1),
+        "dag_run": SimpleNamespace(run_type="manual"),
+        "params": {},
+    }
+    dag = build_dags()["ct_credit_default"]
+    snapshot_task = dag.get_task("snapshot")
+    snapshot_task.data_uri = None  # what the template renders without a data_uri param
+    snapshot = snapshot_task.execute(context)
+    grid = candidate_grid(get_spec("credit_default"))
+    candidate = {"index": 0, "params": grid[0]}
+    train = TrainCandidateOperator(
+        task_id="train_probe", model_name="credit_default", snapshot=snapshot, candidate=candidate, dag=dag
+    )
+    candidates = [train.execute(context)]
+    parent = snapshot["mlflow_run_id"]
+    client = client_for(mlflow_server)
+    experiment = client.get_experiment_by_name("credit_default").experiment_id
+
+    def models() -> list[Any]:
+        return list(client.search_logged_models([experiment], filter_string=f"source_run_id = '{parent}'"))
+
+    # try 1, in its own process, SIGKILLed at the kill point
+    marker, log = tmp_path / "killed-at", tmp_path / "try1.log"
+    script = tmp_path / "try1.py"
+    script.write_text(KILLED_TRY)
+    args = [str(marker), kill_point, json.dumps(snapshot), json.dumps(candidates), run_id]
+    with log.open("wb") as out:
+        try1 = subprocess.Popen([sys.executable, str(script), *args], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for("the kill point", marker.exists, try1, log)
+    finally:
+        try1.send_signal(signal.SIGKILL)
+        try1.wait(timeout=60)
+    assert try1.returncode == -signal.SIGKILL
+    [orphan] = models()
+    assert str(orphan.status) == ("PENDING" if kill_point == "log_model" else "READY")
+    assert "MLmodel" in {f.path for f in client.list_logged_model_artifacts(orphan.model_id)}
+    assert "mlops.candidate_model_uri" not in client.get_run(parent).data.tags
+
+    # try 2, as Airflow retries it
+    retry = build_dags()["ct_credit_default"].get_task("select_candidate")
+    retry.snapshot, retry.candidates = snapshot, candidates
+    selected = retry.execute({**context, "ti": SimpleNamespace(try_number=2)})
+
+    [model] = models()  # exactly one model in the run: the orphan is gone
+    assert model.model_id != orphan.model_id and str(model.status) == "READY"
+    assert selected["model_uri"] == f"models:/{model.model_id}"
+    tags = client.get_run(parent).data.tags
+    assert tags["mlops.candidate_model_uri"] == selected["model_uri"] and tags["mlops.selected_candidate"] == "0"
+    assert model.tags["mlops.candidate_index"] == "0"
+    with pytest.raises(MlflowException, match=r"not found|does not exist|RESOURCE_DOES_NOT_EXIST"):
+        client.get_logged_model(orphan.model_id)
