@@ -14,8 +14,10 @@ Settings: every process gets ``deploy/airflow.env`` (the file Compose hands to i
 same per-role keys as its Compose service (``role_settings``; tests/cluster/test_compose_file.py checks
 both sides), plus ``LOCAL_ONLY_KEYS`` that only exist because all processes share one machine (ports, paths,
 per-worker host names). The init step runs deploy/airflow_init.py, like the ``airflow-init`` service.
-The scheduler creates scheduled and asset-triggered runs as in production; every DAG is paused at creation
-(deploy/airflow.env), so only the DAGs a test unpauses run.
+The scheduler creates scheduled and asset-triggered runs as in production. No cron run ever starts during
+a test: every DAG is paused at creation (deploy/airflow.env), and the cluster reads a copy of
+include/models whose specs have no cron (``schedule: null``: a ``ct_`` DAG then starts on a retrain
+request or a trigger only). Unpausing a DAG with a cron would start its latest cron slot at once.
 
 ``stop()`` kills every process group and drops the databases and the Redis db; it runs even when
 ``start()`` fails half-way (use ``with NativeCluster(...) as cluster:`` or the pytest fixture).
@@ -105,7 +107,7 @@ LOCAL_ONLY_KEYS = {
     "AIRFLOW__CORE__HOSTNAME_CALLABLE": "workers share a host name here; containers have their own",
     "MLOPS_TEST_HOSTNAME": "the worker's name, read by the hostname callable",
     "MLOPS_HOME": "local scratch per process (image: /opt/airflow/.local)",
-    "MLOPS_MODELS_DIR": "optional: a test's own model specs",
+    "MLOPS_MODELS_DIR": "a test's own model specs, or include/models without crons (no scheduled runs)",
 }
 COMPOSE_ROLES = tuple(ROLE_KEYS)
 
@@ -189,6 +191,8 @@ class NativeCluster:
             "MLOPS_SIGNING_KEY": secrets.token_hex(32),
         }
         self.ports = {name: free_port() for name in ("s3", "mlflow", "api", "health", "trigger_logs")}
+        if self.models_dir is None:
+            self.models_dir = _specs_without_cron(REPO / "include" / "models", self.base / "models")
         self.redis_db: int | None = None
         self.services: list[Service] = []
         self._created_dbs: list[str] = []
@@ -566,6 +570,26 @@ def _terminate_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _specs_without_cron(source: Path, dest: Path) -> Path:
+    """A copy of the model specs in ``source`` with ``schedule: null`` (asset-triggered and manual runs only)."""
+    import yaml
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if path.suffix in {".yaml", ".yml"}:
+            try:
+                spec = yaml.safe_load(text)
+            except yaml.YAMLError:
+                spec = None  # a deliberately broken spec stays as it is
+            if isinstance(spec, dict):
+                text = yaml.safe_dump({**spec, "schedule": None}, sort_keys=False)
+        (dest / path.name).write_text(text)
+    return dest
 
 
 def _mlflow_auth_config() -> dict[str, str]:

@@ -177,7 +177,19 @@ class ModelRegistry:
         except MlflowException as err:
             if err.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
                 return None
+            # MLflow's basic auth denies a non-admin an alias of a model that does not exist yet
+            if err.error_code == "PERMISSION_DENIED" and not self._exists():
+                return None
             raise self._fail(f"alias {alias!r} lookup", err) from err
+
+    def _exists(self) -> bool:
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise self._fail("lookup", err) from err
+        return True
 
     def champion(self) -> Any | None:
         return self.by_alias(CHAMPION)
