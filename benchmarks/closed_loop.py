@@ -5,7 +5,7 @@ covariate (feature) shift from day 10, a concept change from day 20 and two corr
 still parses (day 7 ``out_of_range``, day 16 ``nulls_in_required``). It drives the package's pure ``core/``
 modules directly (no Airflow, no MLflow), through the same code path as the DAGs: ``write_snapshot`` ->
 ``validate_snapshot`` (Great Expectations) -> ``fit_candidate`` / ``best_candidate`` / ``fit_final`` ->
-``predict_scores`` / ``compute_metrics`` of candidate AND champion on the same newest day ->
+``score_rows`` / ``compute_metrics`` of candidate AND champion on the same newest day ->
 ``paired_bootstrap`` + ``slice_metrics`` -> ``gate.decide``; the monitor uses ``compute_drift``,
 ``performance_drop`` and ``retrain_decision``.
 
@@ -46,11 +46,18 @@ import pandas as pd  # noqa: E402
 
 from mlops_airflow.core import demo_data  # noqa: E402
 from mlops_airflow.core.config import ModelSpec, WindowSpec, candidate_grid, get_spec  # noqa: E402
-from mlops_airflow.core.data import Snapshot, load_part, read_batch, split_xy, write_snapshot  # noqa: E402
+from mlops_airflow.core.data import Snapshot, load_part, read_batch, write_snapshot  # noqa: E402
 from mlops_airflow.core.drift import compute_drift, performance_drop, retrain_decision  # noqa: E402
-from mlops_airflow.core.evaluation import compute_metrics, metric_value, predict_scores  # noqa: E402
+from mlops_airflow.core.evaluation import Target, compute_metrics, metric_value  # noqa: E402
 from mlops_airflow.core.gate import decide, paired_bootstrap, slice_metrics  # noqa: E402
-from mlops_airflow.core.training import CandidateResult, best_candidate, fit_candidate, fit_final  # noqa: E402
+from mlops_airflow.core.scoring import encode_labels  # noqa: E402
+from mlops_airflow.core.training import (  # noqa: E402
+    CandidateResult,
+    best_candidate,
+    fit_candidate,
+    fit_final,
+    score_rows,
+)
 from mlops_airflow.core.validation import FailedExpectation, validate_snapshot  # noqa: E402
 
 Retrain = Literal["never", "always", "gated"]
@@ -218,8 +225,8 @@ class Simulation:
             train = load_part(snapshot, "train")
             results = []
             for index, params in enumerate(candidate_grid(self.spec)):
-                _, (metrics, seconds) = fit_candidate(self.spec, params, train)
-                results.append(CandidateResult(index, params, metrics, seconds))
+                _, (metrics, seconds, threshold) = fit_candidate(self.spec, params, train)
+                results.append(CandidateResult(index, params, metrics, seconds, threshold))
             best = best_candidate(self.spec, results)
             pipeline = fit_final(self.spec, best.params, train)
             self.models[batches] = Model(f"m{len(self.models) + 1}", pipeline, train, batches, best.params)
@@ -229,28 +236,39 @@ class Simulation:
     def auc(self, model: Model, day: int) -> float:
         """ROC AUC of ``model`` on day ``day``'s clean labelled rows (what the business experiences)."""
         if (model.key, day) not in self.scores:
-            x, y = split_xy(self.spec, self.clean[day])
-            score = predict_scores(model.pipeline, x, self.spec.task)
-            self.scores[(model.key, day)] = metric_value("roc_auc", y.to_numpy(), score)
+            rows = self.clean[day]
+            y = encode_labels(self.spec, rows[self.spec.label.name])
+            score = score_rows(self.spec, model.pipeline, rows)
+            self.scores[(model.key, day)] = metric_value("roc_auc", y, score, Target.of(self.spec))
         return self.scores[(model.key, day)]
 
     def gate(self, candidate: Model, champion: Model, snapshot: Snapshot, day: int) -> tuple[bool, float, str]:
         """Score candidate and champion on the same newest day; returns (blessed, candidate metric, reason)."""
         spec = self.spec
-        x, y = split_xy(spec, load_part(snapshot, "eval"))
-        cand = predict_scores(candidate.pipeline, x, spec.task)
-        champ = predict_scores(champion.pipeline, x, spec.task)
+        rows = load_part(snapshot, "eval")
+        target = Target.of(spec)
+        y = encode_labels(spec, rows[spec.label.name])
+        cand = score_rows(spec, candidate.pipeline, rows)
+        champ = score_rows(spec, champion.pipeline, rows)
         metric = spec.primary
         boot = paired_bootstrap(
-            y, cand, champ, metric, n_resamples=spec.gate.n_bootstrap, confidence=spec.gate.confidence, seed=day
+            y,
+            cand,
+            champ,
+            metric,
+            target=target,
+            n_resamples=spec.gate.n_bootstrap,
+            confidence=spec.gate.confidence,
+            seed=day,
         )
-        slices = slice_metrics(metric, y, cand, champ, {c: x[c].to_numpy() for c in spec.slices})
-        cand_metrics = compute_metrics(spec.task, y, cand)
+        columns = {c: rows[c].to_numpy() for c in spec.slices}
+        slices = slice_metrics(metric, y, cand, champ, columns, target=target)
+        cand_metrics = compute_metrics(target, y, cand)
         decision = decide(
             spec.gate,
             primary_metric=metric,
             candidate=cand_metrics,
-            champion=compute_metrics(spec.task, y, champ),
+            champion=compute_metrics(target, y, champ),
             bootstrap=boot,
             slices=slices,
             champion_version=champion.key,
@@ -268,8 +286,9 @@ class Simulation:
         if self.validate(snapshot):
             raise RuntimeError("warm-up data failed validation")
         model = self.train(snapshot)
-        x, y = split_xy(self.spec, load_part(snapshot, "eval"))
-        metrics = compute_metrics(self.spec.task, y, predict_scores(model.pipeline, x, self.spec.task))
+        rows = load_part(snapshot, "eval")
+        y = encode_labels(self.spec, rows[self.spec.label.name])
+        metrics = compute_metrics(Target.of(self.spec), y, score_rows(self.spec, model.pipeline, rows))
         decision = decide(
             self.spec.gate, primary_metric=self.spec.primary, candidate=metrics, champion=None, bootstrap=None
         )
@@ -312,8 +331,9 @@ class Simulation:
         report = compute_drift(
             state.champion.train, current, spec.numeric_features, spec.categorical_features, spec.drift
         )
-        x, y = split_xy(spec, current)
-        live = metric_value(spec.primary, y.to_numpy(), predict_scores(state.champion.pipeline, x, spec.task))
+        y = encode_labels(spec, current[spec.label.name])
+        score = score_rows(spec, state.champion.pipeline, current)
+        live = metric_value(spec.primary, y, score, Target.of(spec))
         dropped, delta = performance_drop(state.champion_metric, live, spec.primary, spec.drift)
         decision = retrain_decision(report, dropped, state.last_request_at, now, spec.drift, perf_delta=delta)
         if decision.request:

@@ -47,7 +47,7 @@ def test_ct_run_trains_candidates_and_logs_model(run_dag, demo_batches, mlflow_c
     # a credible model: the demo label depends on the features
     assert run.data.metrics["eval_roc_auc"] > 0.75
     artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "plots")}
-    assert artifacts == {"plots/roc_curve.png", "plots/confusion_matrix.png"}
+    assert artifacts == {"plots/roc_curve.png", "plots/pr_curve.png", "plots/confusion_matrix.png"}
     with open(mlflow_client.download_artifacts(run.info.run_id, "validation/summary.json")) as fh:
         summary = json.load(fh)
     assert summary["success"] is True and summary["files"] == 15
@@ -59,6 +59,15 @@ def test_ct_run_trains_candidates_and_logs_model(run_dag, demo_batches, mlflow_c
     model = mlflow.pyfunc.load_model(selected["model_uri"])
     assert model.metadata.signature is not None
     assert {i.name for i in model.metadata.get_input_schema().inputs} >= {"income", "region"}
+    # it answers the label and one probability column per class, named after the classes
+    answer = model.predict(model.input_example)
+    assert list(answer.columns) == ["prediction", "proba_0", "proba_1"]
+    assert set(answer["prediction"]) <= {0, 1}
+    assert ((answer["proba_0"] + answer["proba_1"] - 1).abs() < 1e-9).all()
+    files = {a.path for a in mlflow_client.list_artifacts(run.info.run_id, "model")} | {
+        p.name for p in Path(mlflow.artifacts.download_artifacts(selected["model_uri"])).iterdir()
+    }
+    assert "uv.lock" not in files and "pyproject.toml" not in files
     # its environment is what serving needs, pinned to what trained it, not the Airflow deployment
     from importlib.metadata import version
 

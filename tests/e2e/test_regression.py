@@ -21,7 +21,7 @@ def test_regression_model_trains_gates_and_promotes(run_dag, mlops_home, mlflow_
     assert result.state == "success", result.tasks
     assert [result.state_of(f"train[{i}]") for i in range(3)] == ["success"] * 3
     evaluation = result.xcom("evaluate_vs_champion")
-    assert set(evaluation["candidate"]) == {"rmse", "mae", "r2"}
+    assert set(evaluation["candidate"]) == {"rmse", "mae", "r2", "mape"}
     assert evaluation["candidate"]["r2"] > 0.2
     decision = result.xcom("gate", key="gate_decision")
     assert decision["blessed"] and decision["first_run"] and decision["primary_metric"] == "rmse"

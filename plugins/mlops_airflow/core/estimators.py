@@ -85,19 +85,18 @@ def build_catalogue() -> dict[str, dict[str, Any]]:
                 public = ".".join(parts[:2])  # sklearn.<subpackage>, the documented import path
                 if getattr(importlib.import_module(public), name, None) is not cls:
                     continue
-                params = inspect.signature(cls.__init__).parameters
+                estimator_cls: Any = cls
+                params = inspect.signature(estimator_cls.__init__).parameters
                 required = [
                     p
                     for p, v in params.items()
-                    if p != "self" and v.default is inspect.Parameter.empty and v.kind is v.KEYWORD_ONLY
-                ] + [
-                    p
-                    for p, v in params.items()
-                    if p != "self" and v.default is inspect.Parameter.empty and v.kind is v.POSITIONAL_OR_KEYWORD
+                    if p != "self"
+                    and v.default is inspect.Parameter.empty
+                    and v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)
                 ]
                 if required:  # meta-estimators need an estimator object: not expressible as data
                     continue
-                instance = cls()
+                instance = estimator_cls()
                 catalogue[f"{public}.{name}"] = {
                     "kind": kind,
                     "params": sorted(p for p in params if p != "self" and params[p].kind is not params[p].VAR_KEYWORD),

@@ -1,7 +1,7 @@
 """Smoke test of a registered model, run in a fresh process as a serving process would load it.
 
 ``python -m mlops_airflow.core.smoke --model-uri models:/credit_default@challenger --rows rows.parquet
---task classification --max-latency-ms 5`` prints one JSON line and exits non-zero on failure.
+--task binary --classes '[0, 1]' --max-latency-ms 5`` prints one JSON line and exits non-zero on failure.
 """
 
 from __future__ import annotations
@@ -16,10 +16,42 @@ import numpy as np
 import pandas as pd
 
 
-def check_output(output: Any, n_rows: int, task: str) -> list[str]:
-    """What is wrong with a model's output for ``n_rows`` input rows (empty if nothing)."""
+def check_output(output: Any, n_rows: int, task: str, classes: list[Any] | None = None) -> list[str]:
+    """What is wrong with a model's output for ``n_rows`` input rows (empty if nothing).
+
+    A model of this package answers a frame: ``prediction`` (a label among ``classes`` for a classifier)
+    and, for a classifier, one ``proba_<class>`` column per class that are probabilities summing to 1.
+    """
+    if not isinstance(output, pd.DataFrame):
+        return _check_array(np.asarray(output), n_rows, task)
     problems = []
-    values = np.asarray(output)
+    if len(output) != n_rows:
+        problems.append(f"expected {n_rows} predictions, got {len(output)}")
+    if "prediction" not in output.columns:
+        return [*problems, f"no 'prediction' column (columns: {list(output.columns)})"]
+    if task == "regression":
+        return problems + _check_array(output["prediction"].to_numpy(), len(output), task)
+    classes = list(classes or [])
+    columns = [f"proba_{c}" for c in classes]
+    absent = [c for c in columns if c not in output.columns]
+    if absent:
+        return [*problems, f"class probability column(s) {absent} missing"]
+    proba = output[columns].to_numpy(dtype="float64")
+    if np.isnan(proba).any():
+        problems.append(f"{int(np.isnan(proba).any(axis=1).sum())} rows with NaN probabilities")
+    elif ((proba < 0) | (proba > 1)).any():
+        problems.append("class probabilities outside [0, 1]")
+    elif not np.allclose(proba.sum(axis=1), 1.0, atol=1e-6):
+        problems.append("class probabilities do not sum to 1")
+    allowed = {str(c) for c in classes}
+    unknown = sorted({str(v) for v in output["prediction"].tolist()} - allowed)
+    if unknown:
+        problems.append(f"predicted label(s) {unknown[:5]} are not among the classes {classes}")
+    return problems
+
+
+def _check_array(values: np.ndarray, n_rows: int, task: str) -> list[str]:
+    problems = []
     if values.shape[0] != n_rows:
         problems.append(f"expected {n_rows} predictions, got shape {values.shape}")
     if not np.issubdtype(values.dtype, np.number):
@@ -27,12 +59,14 @@ def check_output(output: Any, n_rows: int, task: str) -> list[str]:
         return problems
     if np.isnan(values.astype("float64")).any():
         problems.append(f"{int(np.isnan(values.astype('float64')).sum())} predictions are NaN")
-    if task == "classification" and ((values < 0) | (values > 1)).any():
+    if task != "regression" and ((values < 0) | (values > 1)).any():
         problems.append("class probabilities outside [0, 1]")
     return problems
 
 
-def smoke_test(model_uri: str, rows: pd.DataFrame, task: str, max_latency_ms: float) -> dict[str, Any]:
+def smoke_test(
+    model_uri: str, rows: pd.DataFrame, task: str, max_latency_ms: float, classes: list[Any] | None = None
+) -> dict[str, Any]:
     """Load ``model_uri`` as pyfunc; predict on its input example and on ``rows``; time it per row."""
     import mlflow
 
@@ -45,7 +79,7 @@ def smoke_test(model_uri: str, rows: pd.DataFrame, task: str, max_latency_ms: fl
     if example is None:
         problems.append("model has no logged input example")
     else:
-        problems += [f"input example: {p}" for p in check_output(model.predict(example), len(example), task)]
+        problems += [f"input example: {p}" for p in check_output(model.predict(example), len(example), task, classes)]
 
     model.predict(rows.head(5))  # warm-up: first call pays one-time costs
     timings = []
@@ -54,7 +88,7 @@ def smoke_test(model_uri: str, rows: pd.DataFrame, task: str, max_latency_ms: fl
         output = model.predict(rows)
         timings.append(time.perf_counter() - started)
     latency_ms = sorted(timings)[len(timings) // 2] * 1000 / max(len(rows), 1)
-    problems += [f"evaluation rows: {p}" for p in check_output(output, len(rows), task)]
+    problems += [f"evaluation rows: {p}" for p in check_output(output, len(rows), task, classes)]
     if latency_ms > max_latency_ms:
         problems.append(f"latency {latency_ms:.3f} ms/row exceeds the budget of {max_latency_ms} ms/row")
     return {
@@ -113,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-uri", required=True)
     parser.add_argument("--rows", required=True, help="Parquet file of evaluation rows (features only)")
-    parser.add_argument("--task", choices=("classification", "regression"), required=True)
+    parser.add_argument("--task", choices=("binary", "multiclass", "regression"), required=True)
+    parser.add_argument("--classes", default="[]", help="JSON list of the label values (classifiers)")
     parser.add_argument("--max-latency-ms", type=float, required=True)
     parser.add_argument("--serve", action="store_true")
     args = parser.parse_args(argv)
     rows = pd.read_parquet(args.rows)
-    result = smoke_test(args.model_uri, rows, args.task, args.max_latency_ms)
+    result = smoke_test(args.model_uri, rows, args.task, args.max_latency_ms, json.loads(args.classes))
     if args.serve:
         result["serve"] = serve_check(args.model_uri, rows.head(20))
         if not result["serve"].get("served"):

@@ -1,20 +1,30 @@
-"""Training: the sklearn Pipeline of a model spec and its candidate grid."""
+"""Training: the scikit-learn pipeline of a model spec, its candidates, and the decision threshold.
+
+The pipeline's input is :func:`~mlops_airflow.core.served_model.prepare_features` of the raw rows, exactly as
+the logged model computes it; per-feature preprocessing comes from the spec (no code), and the only code a
+spec may add is a transformer factory in a module under ``include/``, imported here, at task time.
+"""
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
+import importlib.util
+import sys
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
 
-from mlops_airflow.core.config import ModelSpec, higher_is_better
-from mlops_airflow.core.data import split_xy
-from mlops_airflow.core.evaluation import compute_metrics, predict_scores
+from mlops_airflow.core.config import FeatureSpec, ModelSpec, ThresholdOptimize, higher_is_better, module_file
+from mlops_airflow.core.estimators import load_estimator_class
+from mlops_airflow.core.evaluation import Target, compute_metrics
+from mlops_airflow.core.scoring import model_config, output_scores
+from mlops_airflow.core.served_model import model_output, prepare_features
 
 
 @dataclass(frozen=True)
@@ -23,40 +33,106 @@ class CandidateResult:
     params: dict[str, Any]
     metrics: dict[str, float]
     fit_seconds: float
+    #: Binary decision threshold chosen on the validation split (0.5 or the spec's fixed value otherwise).
+    threshold: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def estimator_class(spec: ModelSpec) -> type:
-    module_name, _, cls_name = spec.estimator.cls.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), cls_name)  # type: ignore[no-any-return]
-    except (ImportError, AttributeError):
-        raise ValueError(f"estimator.class: cannot import {spec.estimator.cls!r}") from None
+    """The spec's estimator class, imported and checked (a classifier or regressor of the task)."""
+    return load_estimator_class(spec.estimator.cls, "regression" if spec.kind == "regression" else "classification")
+
+
+def load_transformer(factory: str) -> Any:
+    """Call a ``module:function`` factory from a file under ``include/``; it must return a transformer."""
+    path = module_file(factory)
+    module_name, _, function = factory.partition(":")
+    unique = f"mlops_include_{module_name.replace('.', '_')}"
+    spec = importlib.util.spec_from_file_location(unique, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"transformer: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[unique] = module
+    spec.loader.exec_module(module)
+    made = getattr(module, function, None)
+    if not callable(made):
+        raise ValueError(f"transformer: {path} has no function {function!r}")
+    transformer = made()
+    if not (hasattr(transformer, "fit") and hasattr(transformer, "transform")):
+        raise ValueError(f"transformer: {factory} returned {type(transformer).__name__}, not an sklearn transformer")
+    return transformer
+
+
+def _numeric_steps(feature: FeatureSpec) -> list[tuple[str, Any]]:
+    steps: list[tuple[str, Any]] = []
+    impute = feature.impute or "median"
+    if impute != "none":
+        kwargs = {"fill_value": feature.fill_value} if impute == "constant" else {}
+        steps.append(("impute", SimpleImputer(strategy=impute, **kwargs)))
+    if feature.log:
+        steps.append(("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")))
+    if feature.scale is not False:
+        steps.append(("scale", StandardScaler()))
+    return steps
+
+
+def _categorical_encoder(feature: FeatureSpec) -> Any:
+    grouping = {"min_frequency": feature.min_frequency, "max_categories": feature.max_categories}
+    rare = feature.min_frequency is not None or feature.max_categories is not None
+    if feature.encoding == "ordinal":
+        return OrdinalEncoder(
+            handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1, **grouping
+        )
+    if feature.encoding == "target":
+        return TargetEncoder(random_state=0)
+    min_frequency = feature.min_frequency
+    if min_frequency is not None and min_frequency >= 1:
+        grouping["min_frequency"] = int(min_frequency)
+    return OneHotEncoder(handle_unknown="infrequent_if_exist" if rare else "ignore", sparse_output=False, **grouping)
+
+
+def preprocessing(spec: ModelSpec) -> ColumnTransformer:
+    """One transformer per feature, as the spec says (see :class:`~mlops_airflow.core.config.FeatureSpec`)."""
+    transformers: list[tuple[str, Any, list[str]]] = []
+    for f in spec.features:
+        if f.use == "drop":
+            continue
+        columns = [f.name]
+        if f.type == "datetime":
+            columns = [f"{f.name}__{p}" for p in (f.parts or ["year", "month", "day", "dayofweek"])]
+        if f.transformer is not None:
+            step: Any = load_transformer(f.transformer)
+        elif f.use == "passthrough":
+            step = "passthrough"
+        elif f.type == "numeric":
+            steps = _numeric_steps(f)
+            step = Pipeline(steps) if steps else "passthrough"
+        elif f.type == "categorical":
+            step = Pipeline(
+                [
+                    ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+                    ("encode", _categorical_encoder(f)),
+                ]
+            )
+        elif f.type == "boolean":
+            step = SimpleImputer(strategy="most_frequent")
+        else:  # datetime parts: numbers of very different scales (a year, a weekday)
+            step = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
+        transformers.append((f.name, step, columns))
+    return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
 
 
 def build_pipeline(spec: ModelSpec, params: dict[str, Any] | None = None) -> Pipeline:
-    """ColumnTransformer (impute + scale numeric, impute + one-hot categorical) -> the spec's estimator."""
-    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-    categorical = Pipeline(
-        [
-            ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-        ]
-    )
-    transformers = []
-    if spec.numeric_features:
-        transformers.append(("numeric", numeric, spec.numeric_features))
-    if spec.categorical_features:
-        transformers.append(("categorical", categorical, spec.categorical_features))
-    preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
+    """The spec's preprocessing -> its estimator with ``params`` over the spec's fixed params."""
     estimator = estimator_class(spec)(**{**spec.estimator.params, **(params or {})})
-    return Pipeline([("preprocess", preprocess), ("model", estimator)])
+    return Pipeline([("preprocess", preprocessing(spec)), ("model", estimator)])
 
 
 def validation_split(spec: ModelSpec, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Time-based: the newest training batch validates the candidates, the rest fits them.
 
-    Candidates are chosen on this split, never on the evaluation set, so that the gate's comparison with
-    the champion on the evaluation set is not biased by the choice.
+    Candidates (and the binary threshold) are chosen on this split, never on the evaluation set, so that
+    the gate's comparison with the champion on the evaluation set is not biased by the choice.
     """
     ts = spec.source.timestamp_column
     newest = train[ts].max()
@@ -67,27 +143,60 @@ def validation_split(spec: ModelSpec, train: pd.DataFrame) -> tuple[pd.DataFrame
     return fit, valid
 
 
-def fit_candidate(spec: ModelSpec, params: dict[str, Any], train: pd.DataFrame) -> tuple[Pipeline, Any]:
-    """Fit on the fit split, score on the validation split; returns the pipeline and its metrics."""
-    import time
-
-    fit, valid = validation_split(spec, train)
-    x_fit, y_fit = split_xy(spec, fit)
-    x_val, y_val = split_xy(spec, valid)
+def fit(spec: ModelSpec, params: dict[str, Any], rows: pd.DataFrame) -> Pipeline:
+    """Fit a fresh pipeline on labelled raw rows (with balanced sample weights when the spec asks)."""
     pipeline = build_pipeline(spec, params)
+    x = prepare_features(rows, model_config(spec, 0.5, []))
+    y = rows[spec.label.name]
+    try:  # a label outside label.values fails here, naming it, not deep inside scikit-learn
+        Target.of(spec).encode(y.to_numpy(dtype=object)) if spec.is_classifier else None
+    except ValueError as err:
+        raise ValueError(f"{spec.name}: label {spec.label.name!r}: {err}") from None
+    fit_params = {}
+    if spec.estimator.sample_weight == "balanced":
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        fit_params["model__sample_weight"] = compute_sample_weight("balanced", y.astype(str))
+    pipeline.fit(x, y, **fit_params)
+    return pipeline
+
+
+def decision_threshold(spec: ModelSpec, y_valid: np.ndarray, p_valid: np.ndarray) -> float:
+    """The binary threshold: the spec's number, or the one optimising F1 / Youden's J on the validation rows."""
+    if spec.kind != "binary":
+        return 0.5
+    if isinstance(spec.threshold, ThresholdOptimize):
+        from mlops_airflow.core.evaluation import choose_threshold
+
+        return float(choose_threshold(y_valid, p_valid, spec.threshold.optimize))
+    return float(spec.threshold) if spec.threshold is not None else 0.5
+
+
+def score_rows(spec: ModelSpec, pipeline: Any, rows: pd.DataFrame, threshold: float = 0.5) -> np.ndarray:
+    """Score array (see :func:`~mlops_airflow.core.scoring.output_scores`) of a fitted pipeline on raw rows."""
+    return output_scores(model_output(pipeline, rows, model_config(spec, threshold, [])), spec)
+
+
+def fit_candidate(spec: ModelSpec, params: dict[str, Any], train: pd.DataFrame) -> tuple[Pipeline, Any]:
+    """Fit on the fit split, choose the threshold and score on the validation split.
+
+    :return: the pipeline and ``(metrics, fit seconds, threshold)``.
+    """
+    fit_rows, valid = validation_split(spec, train)
     started = time.perf_counter()
-    pipeline.fit(x_fit, y_fit)
+    pipeline = fit(spec, params, fit_rows)
     seconds = time.perf_counter() - started
-    metrics = compute_metrics(spec.task, y_val, predict_scores(pipeline, x_val, spec.task))
-    return pipeline, (metrics, seconds)
+    target = Target.of(spec)
+    y_val = target.encode(valid[spec.label.name].to_numpy(dtype=object))
+    score = score_rows(spec, pipeline, valid)
+    threshold = decision_threshold(spec, y_val, score)
+    metrics = compute_metrics(target, y_val, score, threshold=threshold)
+    return pipeline, (metrics, seconds, threshold)
 
 
 def fit_final(spec: ModelSpec, params: dict[str, Any], train: pd.DataFrame) -> Pipeline:
     """Refit the chosen candidate on the whole training window."""
-    x, y = split_xy(spec, train)
-    pipeline = build_pipeline(spec, params)
-    pipeline.fit(x, y)
-    return pipeline
+    return fit(spec, params, train)
 
 
 def best_candidate(spec: ModelSpec, results: list[CandidateResult]) -> CandidateResult:

@@ -19,6 +19,21 @@ log = logging.getLogger(__name__)
 
 NUMERIC_TYPES = ["int8", "int16", "int32", "int64", "Int64", "float32", "float64", "Float64"]
 TEXT_TYPES = ["str", "object", "string", "category"]
+BOOLEAN_TYPES = ["bool", "boolean", *TEXT_TYPES]  # a CSV column with a gap reads back as text
+DATETIME_TYPES = ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]", *TEXT_TYPES]
+FEATURE_TYPES = {"numeric": NUMERIC_TYPES, "categorical": TEXT_TYPES, "boolean": BOOLEAN_TYPES}
+
+
+def label_types(values: list[Any] | None) -> list[str] | None:
+    """The dtypes a label column may have for its declared values (None: regression, any numeric)."""
+    if not values:
+        return NUMERIC_TYPES
+    first = values[0]
+    if isinstance(first, bool):
+        return BOOLEAN_TYPES
+    if isinstance(first, int):
+        return ["int8", "int16", "int32", "int64", "Int64"]
+    return TEXT_TYPES
 
 
 class DataValidationError(ValueError):
@@ -80,7 +95,7 @@ def build_suite(spec: ModelSpec, gx: Any) -> Any:
     suite.add_expectation(e.ExpectColumnToExist(column=spec.source.timestamp_column))
     for feat in spec.features:
         suite.add_expectation(e.ExpectColumnToExist(column=feat.name))
-        types = NUMERIC_TYPES if feat.type == "numeric" else TEXT_TYPES
+        types = FEATURE_TYPES.get(feat.type, DATETIME_TYPES)
         suite.add_expectation(e.ExpectColumnValuesToBeInTypeList(column=feat.name, type_list=types))
         if not feat.nullable:
             suite.add_expectation(e.ExpectColumnValuesToNotBeNull(column=feat.name))
@@ -96,6 +111,9 @@ def build_suite(spec: ModelSpec, gx: Any) -> Any:
             suite.add_expectation(e.ExpectColumnValuesToBeInSet(column=feat.name, value_set=feat.categories))
     suite.add_expectation(e.ExpectColumnToExist(column=spec.label.name))
     suite.add_expectation(e.ExpectColumnValuesToNotBeNull(column=spec.label.name))
+    suite.add_expectation(
+        e.ExpectColumnValuesToBeInTypeList(column=spec.label.name, type_list=label_types(spec.label.values))
+    )
     if spec.label.values is not None:
         suite.add_expectation(e.ExpectColumnValuesToBeInSet(column=spec.label.name, value_set=list(spec.label.values)))
     return suite

@@ -85,25 +85,29 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
         return champion
 
     def execute(self, context: Context) -> dict[str, Any]:
-        import mlflow
-
         from mlops_airflow.core import tracking
-        from mlops_airflow.core.data import load_part, split_xy
-        from mlops_airflow.core.evaluation import compute_metrics, predict_scores
+        from mlops_airflow.core.data import load_part
+        from mlops_airflow.core.evaluation import Target, compute_metrics
         from mlops_airflow.core.gate import paired_bootstrap, slice_metrics
         from mlops_airflow.core.reports import metric_comparison_figure, roc_curve_figure
+        from mlops_airflow.core.scoring import encode_labels, load_model, model_threshold, predict_rows
 
         spec = self.spec
+        target = Target.of(spec)
         parent = self.parent_run_id(context)
         evaluation = load_part(load_snapshot(self.snapshot), "eval")
-        x, y = split_xy(spec, evaluation)
-        candidate_score = predict_scores(mlflow.pyfunc.load_model(self.candidate["model_uri"]), x, spec.task)
+        y = encode_labels(spec, evaluation[spec.label.name])
+        candidate_model = load_model(self.candidate["model_uri"])
+        candidate_threshold = model_threshold(candidate_model)
+        _, candidate_score = predict_rows(spec, candidate_model, evaluation)
         result: dict[str, Any] = {
             "primary_metric": spec.primary,
             "rows": len(evaluation),
-            "candidate": compute_metrics(spec.task, y, candidate_score),
+            "candidate": compute_metrics(target, y, candidate_score, threshold=candidate_threshold),
+            "candidate_threshold": candidate_threshold,
             "champion": None,
             "champion_version": None,
+            "champion_threshold": None,
             "bootstrap": None,
             "slices": None,
         }
@@ -113,27 +117,34 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
         figures = {}
         if baseline is not None:
             version = str(baseline.version)
-            model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}")
-            champion_score = predict_scores(model, x, spec.task)
-            result["champion"] = compute_metrics(spec.task, y, champion_score)
+            champion_model = load_model(f"models:/{spec.name}/{version}")
+            champion_threshold = model_threshold(champion_model)
+            _, champion_score = predict_rows(spec, champion_model, evaluation)
+            thresholds = (candidate_threshold, champion_threshold)
+            result["champion"] = compute_metrics(target, y, champion_score, threshold=champion_threshold)
             result["champion_version"] = version
+            result["champion_threshold"] = champion_threshold
             gate = spec.gate
             result["bootstrap"] = paired_bootstrap(
-                y.to_numpy(),
+                y,
                 candidate_score,
                 champion_score,
                 spec.primary,
+                target=target,
+                thresholds=thresholds,
                 n_resamples=gate.n_bootstrap,
                 confidence=gate.confidence,
             ).to_dict()
             if spec.slices:
                 columns = {c: evaluation[c].to_numpy() for c in spec.slices}
-                result["slices"] = slice_metrics(spec.primary, y.to_numpy(), candidate_score, champion_score, columns)
+                result["slices"] = slice_metrics(
+                    spec.primary, y, candidate_score, champion_score, columns, target=target, thresholds=thresholds
+                )
             tracking.log_metrics(self.client, parent, result["champion"], prefix="champion_")
             self.client.set_tag(parent, "mlops.champion_version", version)
-            if spec.task == "classification":
+            if spec.is_classifier:
                 figures["roc_candidate_vs_champion.png"] = roc_curve_figure(
-                    y, {"candidate": candidate_score, f"champion v{version}": champion_score}
+                    target, y, {"candidate": candidate_score, f"champion v{version}": champion_score}
                 )
         figures["metrics_candidate_vs_champion.png"] = metric_comparison_figure(result["candidate"], result["champion"])
         tracking.log_figures(self.client, parent, figures, "evaluation")
@@ -279,12 +290,13 @@ class SmokeTestOperator(MlopsBaseOperator):
         from pathlib import Path
 
         from mlops_airflow.core import tracking
-        from mlops_airflow.core.data import load_part, split_xy
+        from mlops_airflow.core.data import load_part
         from mlops_airflow.core.registry import CHALLENGER
+        from mlops_airflow.core.scoring import model_input
 
         spec = self.spec
         parent = self.parent_run_id(context)
-        x, _ = split_xy(spec, load_part(load_snapshot(self.snapshot), "eval"))
+        x = model_input(spec, load_part(load_snapshot(self.snapshot), "eval"))
         scratch = Path(tracking.scratch_dir())
         rows_file = scratch / "rows.parquet"
         x.head(spec.smoke_test.rows).to_parquet(rows_file, index=False)
@@ -298,7 +310,8 @@ class SmokeTestOperator(MlopsBaseOperator):
             sys.executable, "-m", "mlops_airflow.core.smoke",
             "--model-uri", f"models:/{spec.name}@{CHALLENGER}",
             "--rows", str(rows_file),
-            "--task", spec.task,
+            "--task", spec.kind,
+            "--classes", json.dumps(spec.classes),
             "--max-latency-ms", str(spec.smoke_test.max_latency_ms_per_row),
         ]  # fmt: skip
         if spec.smoke_test.serve:

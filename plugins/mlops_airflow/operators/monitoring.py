@@ -52,11 +52,11 @@ class PredictOperator(MlopsBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         import datetime as dt
 
-        import mlflow
+        import pandas as pd
 
         from mlops_airflow.core import settings, tracking
-        from mlops_airflow.core.data import read_batch, split_xy
-        from mlops_airflow.core.evaluation import predict_scores
+        from mlops_airflow.core.data import read_batch
+        from mlops_airflow.core.scoring import load_model, predict_rows
 
         spec = self.spec
         uri = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.scoring_uri)
@@ -73,17 +73,18 @@ class PredictOperator(MlopsBaseOperator):
                 skipped.append(batch.name)
                 continue
             frame = read_batch(batch, spec.scoring.format)
-            missing = [c for c in spec.feature_names if c not in frame.columns]
+            missing = [c for c in spec.model_features if c not in frame.columns]
             if missing:
                 raise AirflowFailException(f"{batch}: scoring batch lacks feature column(s) {missing}")
             if model is None:
-                model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{version}")
-            x = split_xy(spec, frame.assign(**{spec.label.name: 0}))[0]
-            out = frame.assign(
-                prediction=predict_scores(model, x, spec.task),
-                model_version=version,
-                predicted_at=dt.datetime.now(dt.UTC),
-            )
+                model = load_model(f"models:/{spec.name}/{version}")
+            answer, _ = predict_rows(spec, model, frame)
+            if not isinstance(answer, pd.DataFrame):  # a model logged before answers were frames
+                answer = pd.DataFrame({"prediction": list(answer)}, index=frame.index)
+            # The answer a client of the served model gets: the label and one probability per class.
+            out = pd.concat(
+                [frame.drop(columns=list(answer.columns), errors="ignore"), answer.set_index(frame.index)], axis=1
+            ).assign(model_version=version, predicted_at=dt.datetime.now(dt.UTC))
             tmp = out_dir / f".{target.name}.tmp"
             with tmp.open("wb") as fh:
                 out.to_parquet(fh, index=False)
@@ -117,13 +118,14 @@ class MonitorOperator(MlopsBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         import datetime as dt
 
-        import mlflow
         import pandas as pd
 
         from mlops_airflow.core import settings, tracking
-        from mlops_airflow.core.data import load_part, read_batch, read_manifest, split_xy
+        from mlops_airflow.core.data import load_part, read_batch, read_manifest
         from mlops_airflow.core.drift import compute_drift, performance_drop, plot_feature_drift, retrain_decision
-        from mlops_airflow.core.evaluation import metric_value, predict_scores
+        from mlops_airflow.core.evaluation import Target, metric_value
+        from mlops_airflow.core.reports import label_distribution_figure
+        from mlops_airflow.core.scoring import encode_labels, load_model, model_threshold, predict_rows
 
         spec = self.spec
         uri = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.source.uri)
@@ -147,10 +149,13 @@ class MonitorOperator(MlopsBaseOperator):
         reference_metric = None
         if champion_run is not None:
             reference_metric = champion_run.data.metrics.get(f"candidate_{spec.primary}")
+        model = load_model(f"models:/{spec.name}/{champion.version}")
+        answer, scores = predict_rows(spec, model, current)
         if len(labelled) and reference_metric is not None:
-            x, y = split_xy(spec, labelled)
-            model = mlflow.pyfunc.load_model(f"models:/{spec.name}/{champion.version}")
-            live = metric_value(spec.primary, y.to_numpy(), predict_scores(model, x, spec.task))
+            mask = current[spec.label.name].notna().to_numpy()
+            y = encode_labels(spec, labelled[spec.label.name])
+            target = Target.of(spec)
+            live = metric_value(spec.primary, y, scores[mask], target, threshold=model_threshold(model))
             perf_dropped, delta = performance_drop(reference_metric, live, spec.primary, spec.drift)
 
         registered = self.client.get_registered_model(spec.name)
@@ -179,6 +184,17 @@ class MonitorOperator(MlopsBaseOperator):
         figures = {
             f"{name}.png": plot_feature_drift(reference, current, name, kinds[name]) for name in report.drifted_features
         }
+        if spec.is_classifier and isinstance(answer, pd.DataFrame):
+            # What the champion predicts now, and the labels that arrived, against the training labels.
+            target = Target.of(spec)
+            reference_labels = reference[spec.label.name].to_numpy(dtype=object)
+            figures["labels_predicted.png"] = label_distribution_figure(
+                target, reference_labels, answer["prediction"].to_numpy(dtype=object), "Predicted label vs training"
+            )
+            if len(labelled):
+                figures["labels_observed.png"] = label_distribution_figure(
+                    target, reference_labels, labelled[spec.label.name].to_numpy(dtype=object), "Label vs training"
+                )
         tracking.log_figures(self.client, run_id, figures, "drift/plots")
         metrics = {"drift_share": report.drift_share, "drifted_features": float(len(report.drifted_features))}
         if live is not None:

@@ -104,12 +104,13 @@ class TrainCandidateOperator(MlopsBaseOperator):
             self.log.info("candidate %s already trained in MLflow run %s: reusing it", index, child)
             metrics = {k[4:]: v for k, v in run.data.metrics.items() if k.startswith("val_")}
             seconds = run.data.metrics.get("fit_seconds", 0.0)
+            threshold = run.data.metrics.get("decision_threshold", 0.5)
         else:
             train = load_part(load_snapshot(self.snapshot), "train")
-            _, (metrics, seconds) = fit_candidate(self.spec, params, train)
+            _, (metrics, seconds, threshold) = fit_candidate(self.spec, params, train)
             tracking.log_params(self.client, child, {**self.spec.estimator.params, **params})
             tracking.log_metrics(self.client, child, metrics, prefix="val_")
-            tracking.log_metrics(self.client, child, {"fit_seconds": seconds})
+            tracking.log_metrics(self.client, child, {"fit_seconds": seconds, "decision_threshold": threshold})
             self.client.set_terminated(child, "FINISHED")
         self.log.info("candidate %s (%s): %s", index, candidate_label(params), metrics)
         return {
@@ -117,6 +118,7 @@ class TrainCandidateOperator(MlopsBaseOperator):
             "params": params,
             "metrics": metrics,
             "fit_seconds": round(seconds, 3),
+            "threshold": float(threshold),
             "mlflow_run_id": child,
         }
 
@@ -144,7 +146,13 @@ class SelectCandidateOperator(MlopsBaseOperator):
 
         spec = self.spec
         results = [
-            CandidateResult(int(c["index"]), dict(c["params"]), dict(c["metrics"]), float(c["fit_seconds"]))
+            CandidateResult(
+                int(c["index"]),
+                dict(c["params"]),
+                dict(c["metrics"]),
+                float(c["fit_seconds"]),
+                float(c.get("threshold", 0.5)),
+            )
             for c in (self.candidates[i] for i in range(len(self.candidates)))
             if c
         ]
@@ -162,19 +170,26 @@ class SelectCandidateOperator(MlopsBaseOperator):
             "model_uri": model_uri,
             "candidate_index": best.index,
             "params": best.params,
+            "threshold": best.threshold,
             "validation_metrics": best.metrics,
             "eval_metrics": eval_metrics,
             "mlflow_run_id": parent,
         }
 
     def _refit_and_log(self, parent: str, best: Any) -> tuple[str, dict[str, float]]:
+        import os
+        import tempfile
+        from pathlib import Path
+
         import mlflow
+        import skops.io
         from mlflow.models import infer_signature
 
-        from mlops_airflow.core import tracking
-        from mlops_airflow.core.data import load_part, split_xy
-        from mlops_airflow.core.evaluation import compute_metrics, predict_scores
+        from mlops_airflow.core import served_model, tracking
+        from mlops_airflow.core.data import load_part
+        from mlops_airflow.core.evaluation import Target, compute_metrics
         from mlops_airflow.core.reports import evaluation_figures
+        from mlops_airflow.core.scoring import encode_labels, model_config, model_input, output_scores
         from mlops_airflow.core.training import fit_final
 
         spec = self.spec
@@ -182,40 +197,49 @@ class SelectCandidateOperator(MlopsBaseOperator):
         train, evaluation = load_part(snapshot, "train"), load_part(snapshot, "eval")
         self._remove_unrecorded_models(parent)
         pipeline = fit_final(spec, best.params, train)
-        x_train, _ = split_xy(spec, train)
-        x_eval, y_eval = split_xy(spec, evaluation)
-        score = predict_scores(pipeline, x_eval, spec.task)
-        eval_metrics = compute_metrics(spec.task, y_eval, score)
+        config = model_config(spec, best.threshold, trusted_types(pipeline))
+        example = model_input(spec, train.head(5))
+        eval_output = served_model.model_output(pipeline, model_input(spec, evaluation), config)
+        score = output_scores(eval_output, spec)
+        y_eval = encode_labels(spec, evaluation[spec.label.name])
+        target = Target.of(spec)
+        eval_metrics = compute_metrics(target, y_eval, score, threshold=best.threshold)
 
-        classification = spec.task == "classification"
-        example = x_train.head(5)
-        output = pipeline.predict_proba(example) if classification else pipeline.predict(example)
-        with mlflow.start_run(run_id=parent):
-            for part, frame in (("train", train), ("eval", evaluation)):
-                dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
-                    frame,
-                    source=f"{snapshot.uri}/{part}",
-                    targets=spec.label.name,
-                    name=f"{spec.name}-{part}",
-                    digest=snapshot.content_hash[:36],
-                )
-                mlflow.log_input(dataset, context="training" if part == "train" else "evaluation")
+        with tempfile.TemporaryDirectory(dir=tracking.scratch_dir()) as scratch:
+            pipeline_file = Path(scratch) / "pipeline.skops"
             with quiet_skops_scan():
-                info = mlflow.sklearn.log_model(
-                    pipeline,
+                skops.io.dump(pipeline, pipeline_file)
+            with mlflow.start_run(run_id=parent):
+                for part, frame in (("train", train), ("eval", evaluation)):
+                    dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                        frame,
+                        source=f"{snapshot.uri}/{part}",
+                        targets=spec.label.name,
+                        name=f"{spec.name}-{part}",
+                        digest=snapshot.content_hash[:36],
+                    )
+                    mlflow.log_input(dataset, context="training" if part == "train" else "evaluation")
+                # Logged as code: the file travels with the model, so serving it needs no mlops_airflow.
+                # MLflow would also copy the task's uv.lock/pyproject.toml (Airflow and all) when the
+                # working directory is a uv project; the pinned requirements are what serving needs.
+                os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
+                info = mlflow.pyfunc.log_model(
                     name="model",
-                    signature=infer_signature(example, output),
+                    python_model=served_model.__file__,
+                    artifacts={"pipeline": str(pipeline_file)},
+                    model_config=config,
+                    signature=infer_signature(example, served_model.model_output(pipeline, example, config)),
                     input_example=example,
-                    pyfunc_predict_fn="predict_proba" if classification else "predict",
                     params={**spec.estimator.params, **best.params},
                     tags={"mlops.data_hash": snapshot.content_hash, "mlops.candidate_index": str(best.index)},
-                    skops_trusted_types=trusted_types(pipeline),
                     pip_requirements=serving_requirements(),
                 )
-            mlflow.log_params({f"selected.{k}": v for k, v in best.params.items()})
+                mlflow.log_params({f"selected.{k}": v for k, v in best.params.items()})
         tracking.log_metrics(self.client, parent, eval_metrics, prefix="eval_")
         tracking.log_metrics(self.client, parent, best.metrics, prefix="val_")
-        tracking.log_figures(self.client, parent, evaluation_figures(spec.task, y_eval, score), "plots")
+        tracking.log_metrics(self.client, parent, {"decision_threshold": best.threshold})
+        figures = evaluation_figures(target, y_eval, score, threshold=best.threshold)
+        tracking.log_figures(self.client, parent, figures, "plots")
         self.client.set_tag(parent, "mlops.candidate_model_uri", info.model_uri)
         self.client.set_tag(parent, "mlops.selected_candidate", str(best.index))
         return str(info.model_uri), eval_metrics

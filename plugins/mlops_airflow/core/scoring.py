@@ -1,0 +1,117 @@
+"""Between a model spec and its logged model: the model's input frame, its config, and scores from its output.
+
+The logged model (:mod:`mlops_airflow.core.served_model`) answers with ``prediction`` and ``proba_<class>``
+columns; everything that scores (selection, the gate, the smoke test, batch scoring, the monitor) turns that
+answer into the score arrays of :mod:`mlops_airflow.core.evaluation` here, so all of them use the same
+probabilities of the same model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlops_airflow.core.config import ModelSpec
+from mlops_airflow.core.served_model import proba_column
+
+
+def model_input(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """The raw columns the logged model takes (features not dropped), normalised for its signature.
+
+    Numeric -> float64 (an integer column with one missing value would otherwise break the signature),
+    categorical -> str or None, datetime -> ISO text; booleans as they are.
+    """
+    missing = [c for c in spec.model_features if c not in frame.columns]
+    if missing:
+        raise ValueError(f"rows lack the model's feature column(s) {missing}")
+    x = frame[spec.model_features].copy()
+    for feature in spec.features:
+        if feature.use == "drop":
+            continue
+        name = feature.name
+        if feature.type == "numeric":
+            x[name] = pd.to_numeric(x[name], errors="coerce").astype("float64")
+        elif feature.type == "categorical":
+            x[name] = x[name].astype("object").where(x[name].notna(), None).map(lambda v: v if v is None else str(v))
+        elif feature.type == "datetime":
+            moments = pd.to_datetime(x[name], errors="coerce", utc=True)
+            x[name] = moments.dt.strftime("%Y-%m-%dT%H:%M:%S%z").astype("object").where(moments.notna(), None)
+    return x
+
+
+def split_model_xy(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    return model_input(spec, frame), frame[spec.label.name]
+
+
+def model_config(spec: ModelSpec, threshold: float, trusted_types: list[str]) -> dict[str, Any]:
+    """What the logged model needs besides its pipeline (stored as the pyfunc's ``model_config``)."""
+    classes = spec.classes
+    return {
+        "model": spec.name,
+        "kind": spec.kind,
+        "classes": classes,
+        "positive_index": classes.index(spec.positive_label) if spec.kind == "binary" else None,
+        "threshold": float(threshold),
+        "features": [
+            {"name": f.name, "type": f.type, "parts": list(f.parts or ["year", "month", "day", "dayofweek"])}
+            for f in spec.features
+            if f.use != "drop"
+        ],
+        "trusted_types": list(trusted_types),
+    }
+
+
+def output_scores(output: Any, spec: ModelSpec) -> np.ndarray:
+    """Score array of a model's answer: binary P(positive) (n,), multiclass (n, k) in spec order,
+    regression (n,). Also reads an older model's plain ``predict_proba`` array."""
+    if isinstance(output, pd.DataFrame):
+        if spec.kind == "regression":
+            return output["prediction"].to_numpy(dtype="float64")
+        columns = [proba_column(c) for c in spec.classes]
+        absent = [c for c in columns if c not in output.columns]
+        if absent:
+            raise ValueError(f"{spec.name}: the model's answer lacks the class probability column(s) {absent}")
+        proba = output[columns].to_numpy(dtype="float64")
+    else:
+        array = np.asarray(output, dtype="float64")
+        if spec.kind == "regression":
+            return array.ravel()
+        proba = array if array.ndim == 2 else np.column_stack([1.0 - array, array])
+    if spec.kind == "binary":
+        return proba[:, spec.classes.index(spec.positive_label)]
+    return proba
+
+
+def encode_labels(spec: ModelSpec, y: Any) -> np.ndarray:
+    """Labels as the metric functions take them (:meth:`~mlops_airflow.core.evaluation.Target.encode`)."""
+    from mlops_airflow.core.evaluation import Target
+
+    values = np.asarray(y, dtype=object) if spec.is_classifier else np.asarray(y)
+    try:
+        return Target.of(spec).encode(values)
+    except ValueError as err:
+        raise ValueError(f"{spec.name}: label {spec.label.name!r}: {err}") from None
+
+
+def load_model(model_uri: str) -> Any:
+    """A logged model as pyfunc, as serving loads it."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def model_threshold(model: Any) -> float:
+    """The binary decision threshold a logged model was trained with (0.5 for models that do not say)."""
+    config = getattr(model, "model_config", None) or {}
+    try:
+        return float(config.get("threshold", 0.5))
+    except (TypeError, ValueError):
+        return 0.5
+
+
+def predict_rows(spec: ModelSpec, model: Any, rows: pd.DataFrame) -> tuple[Any, np.ndarray]:
+    """A logged model's answer for raw ``rows`` and its score array (same probabilities for every user)."""
+    output = model.predict(model_input(spec, rows))
+    return output, output_scores(output, spec)

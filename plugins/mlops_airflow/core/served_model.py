@@ -1,0 +1,142 @@
+"""The model MLflow logs for a model spec: a scikit-learn pipeline behind a pyfunc that answers with labels
+and named class probabilities.
+
+This file is logged with every model as MLflow "model from code": it travels in the model's artifacts, so
+loading or serving the model (``mlflow.pyfunc.load_model``, ``mlflow models serve``, the model server) needs
+mlflow, scikit-learn, skops, numpy and pandas, never this package. It therefore imports nothing from
+``mlops_airflow``; training imports :func:`prepare_features` and :func:`model_output` from here, so the
+trained and the served model compute the same thing.
+
+Output (a DataFrame, one row per input row):
+
+* classification: ``prediction`` (the label, one of the spec's values) and ``proba_<class>`` per class in the
+  spec's order; a binary model predicts the positive label when its probability reaches the threshold
+  chosen at training time;
+* regression: ``prediction``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+TRUE_TEXT = {"true", "t", "yes", "y", "1"}
+FALSE_TEXT = {"false", "f", "no", "n", "0"}
+
+
+def proba_column(value: Any) -> str:
+    """The output column of a class's probability: ``proba_<class>``."""
+    return f"proba_{value}"
+
+
+def _boolean(values: pd.Series) -> pd.Series:
+    if values.dtype == bool:
+        return values.astype("float64")
+    text = values.astype("string").str.strip().str.lower()
+    out = pd.Series(np.nan, index=values.index, dtype="float64")
+    out[text.isin(TRUE_TEXT).fillna(False).astype(bool)] = 1.0
+    out[text.isin(FALSE_TEXT).fillna(False).astype(bool)] = 0.0
+    return out
+
+
+def _datetime_parts(values: pd.Series, name: str, parts: list[str]) -> dict[str, pd.Series]:
+    moments = pd.to_datetime(values, errors="coerce", utc=True)
+    out = {}
+    for part in parts:
+        if part == "is_weekend":
+            series = (moments.dt.dayofweek >= 5).astype("float64").where(moments.notna())
+        else:
+            series = getattr(moments.dt, part).astype("float64")
+        out[f"{name}__{part}"] = series
+    return out
+
+
+def prepare_features(frame: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+    """The pipeline's input from raw rows: model features in spec order, typed per feature type.
+
+    numeric -> float64; categorical -> object (missing as None); boolean -> 0.0/1.0 (missing NaN);
+    datetime -> one float column per part (``<name>__<part>``). Columns not in the spec are ignored.
+    """
+    columns: dict[str, Any] = {}
+    for feature in config["features"]:
+        name, kind = feature["name"], feature["type"]
+        values = frame[name]
+        if kind == "numeric":
+            columns[name] = pd.to_numeric(values, errors="coerce").astype("float64")
+        elif kind == "categorical":
+            text = values.astype("object")
+            columns[name] = text.where(values.notna(), None).map(lambda v: v if v is None else str(v))
+        elif kind == "boolean":
+            columns[name] = _boolean(values)
+        else:
+            columns.update(_datetime_parts(values, name, feature["parts"]))
+    return pd.DataFrame(columns, index=frame.index)
+
+
+def label_key(value: Any) -> tuple[str, Any]:
+    """A label value with its kind, so that ``True``, ``1`` and ``"1"`` never match one another.
+
+    The same rule as ``mlops_airflow.core.evaluation`` (this file may not import the package; a unit test
+    keeps the two equal).
+    """
+    if isinstance(value, bool | np.bool_):
+        return ("bool", bool(value))
+    if isinstance(value, int | np.integer):
+        return ("int", int(value))
+    if isinstance(value, float | np.floating):
+        return ("int", int(value)) if np.isfinite(value) and float(value).is_integer() else ("float", value)
+    if isinstance(value, str | np.str_):
+        return ("str", str(value))
+    return ("other", repr(value))
+
+
+def class_probabilities(pipeline: Any, x: pd.DataFrame, classes: list[Any]) -> np.ndarray:
+    """``predict_proba`` with one column per spec class, in spec order (0 for a class the fit never saw)."""
+    proba = np.asarray(pipeline.predict_proba(x), dtype="float64")
+    fitted = {label_key(seen): i for i, seen in enumerate(pipeline.classes_)}
+    full = np.zeros((len(x), len(classes)), dtype="float64")
+    for j, value in enumerate(classes):
+        i = fitted.get(label_key(value))
+        if i is not None:
+            full[:, j] = proba[:, i]
+    return full
+
+
+def model_output(pipeline: Any, raw: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+    """What the logged model answers for ``raw`` rows (see the module docstring)."""
+    x = prepare_features(raw, config)
+    if config["kind"] == "regression":
+        return pd.DataFrame({"prediction": np.asarray(pipeline.predict(x), dtype="float64").ravel()}, index=raw.index)
+    classes = list(config["classes"])
+    proba = class_probabilities(pipeline, x, classes)
+    if config["kind"] == "binary":
+        positive = int(config["positive_index"])
+        chosen = np.where(proba[:, positive] >= float(config["threshold"]), positive, 1 - positive)
+    else:
+        chosen = proba.argmax(axis=1)
+    labels = pd.Series(np.asarray(classes, dtype=object)[chosen], index=raw.index).infer_objects()
+    out = {"prediction": labels}
+    out.update({proba_column(c): proba[:, j] for j, c in enumerate(classes)})
+    return pd.DataFrame(out, index=raw.index)
+
+
+class SpecModel(PythonModel):
+    """pyfunc of a spec's pipeline: ``predict`` returns :func:`model_output`."""
+
+    def load_context(self, context: Any) -> None:
+        import skops.io
+
+        self.config = dict(context.model_config)
+        self.pipeline = skops.io.load(context.artifacts["pipeline"], trusted=list(self.config["trusted_types"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame):
+            model_input = pd.DataFrame(model_input)
+        return model_output(self.pipeline, model_input, self.config)
+
+
+mlflow.models.set_model(SpecModel())
