@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_airflow.core.config import ModelSpec
-from mlops_airflow.core.served_model import proba_column
+from mlops_airflow.core.served_model import category_text, proba_column
 
 
 def model_input(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
@@ -34,7 +34,7 @@ def model_input(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
         if feature.type == "numeric":
             x[name] = pd.to_numeric(x[name], errors="coerce").astype("float64")
         elif feature.type == "categorical":
-            x[name] = x[name].astype("object").where(x[name].notna(), None).map(lambda v: v if v is None else str(v))
+            x[name] = x[name].astype("object").map(category_text)
         elif feature.type == "datetime":
             moments = pd.to_datetime(x[name], errors="coerce", utc=True)
             x[name] = moments.dt.strftime("%Y-%m-%dT%H:%M:%S%z").astype("object").where(moments.notna(), None)

@@ -33,6 +33,15 @@ def proba_column(value: Any) -> str:
     return f"proba_{value}"
 
 
+def category_text(value: Any) -> str | None:
+    """A category as text; a code read back as float because of a gap (``3.0``) is the same category ``3``."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _boolean(values: pd.Series) -> pd.Series:
     if values.dtype == bool:
         return values.astype("float64")
@@ -68,8 +77,7 @@ def prepare_features(frame: pd.DataFrame, config: dict[str, Any]) -> pd.DataFram
         if kind == "numeric":
             columns[name] = pd.to_numeric(values, errors="coerce").astype("float64")
         elif kind == "categorical":
-            text = values.astype("object")
-            columns[name] = text.where(values.notna(), None).map(lambda v: v if v is None else str(v))
+            columns[name] = values.astype("object").map(category_text)
         elif kind == "boolean":
             columns[name] = _boolean(values)
         else:
