@@ -311,6 +311,15 @@ class SmokeTestSpec(_Strict):
     serve: bool = False
 
 
+class ServingSpec(_Strict):
+    """Online serving of the model's ``champion`` (:mod:`mlops_airflow.serving`)."""
+
+    #: Also score every request with ``challenger`` off the response path; both answers are logged.
+    shadow: bool = False
+    #: Largest number of rows one predict request may carry (more is refused with 413).
+    max_rows: int = Field(default=10_000, ge=1)
+
+
 class ModelSpec(_Strict):
     """One continuously trained model."""
 
@@ -337,6 +346,7 @@ class ModelSpec(_Strict):
     gate: GateSpec = GateSpec()
     drift: DriftSpec = DriftSpec()
     smoke_test: SmokeTestSpec = SmokeTestSpec()
+    serving: ServingSpec = ServingSpec()
     tags: list[str] = Field(default_factory=list)
     #: Minimum rows a snapshot's training set must hold.
     min_rows: int = Field(default=100, ge=1)
