@@ -177,3 +177,21 @@ def test_settings_import_no_airflow():
     code = "import sys, mlops_airflow.core.settings; print(any(m.split('.')[0] == 'airflow' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cluster_settings_keep_mlflow_artifacts_and_snapshots_out_of_reach(monkeypatch):
+    """With deploy/airflow.env as the cluster runs it, the bucket is the landing root, but the MLflow
+    artifacts and the snapshots in the same bucket are not readable through a trigger's data_uri."""
+    from pathlib import Path
+
+    from mlops_airflow.core.settings import DataRootError, confine_data_uri
+
+    env_file = Path(__file__).resolve().parents[2] / "deploy" / "airflow.env"
+    for line in env_file.read_text().splitlines():
+        if line.startswith("MLOPS_") and "=" in line:
+            key, _, value = line.partition("=")
+            monkeypatch.setenv(key, value)
+    assert confine_data_uri("s3://mlops/landing/credit_default") == "s3://mlops/landing/credit_default"
+    for uri in ("s3://mlops/mlflow/1/models", "s3://mlops/storage/credit_default/snapshots"):
+        with pytest.raises(DataRootError):
+            confine_data_uri(uri)
