@@ -320,6 +320,39 @@ class ServingSpec(_Strict):
     max_rows: int = Field(default=10_000, ge=1)
 
 
+#: Group fairness metrics of fairlearn (binary models: predictions at the model's threshold).
+GROUP_FAIRNESS_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
+#: Suffix of a per-group metric difference: ``<metric>_difference`` is the largest gap of a metric of the
+#: model's kind between two groups (e.g. ``roc_auc_difference``, ``rmse_difference``).
+DIFFERENCE_SUFFIX = "_difference"
+
+
+def fairness_metric_names(kind: str) -> tuple[str, ...]:
+    """Fairness metrics a model of this kind may name: fairlearn's group metrics (binary) and
+    ``<metric>_difference`` of each of its metrics."""
+    group = GROUP_FAIRNESS_METRICS if kind == "binary" else ()
+    return group + tuple(f"{m}{DIFFERENCE_SUFFIX}" for m in METRICS_BY_KIND[kind])
+
+
+class FairnessCriterion(_Strict):
+    """A fairness criterion the gate checks on the candidate: ``metric`` across the groups of
+    ``attribute`` (a categorical or boolean feature, a model input or not) must not exceed ``max``."""
+
+    attribute: str
+    metric: str
+    #: Largest difference between two groups tolerated (in the metric's own units).
+    max: float = Field(ge=0.0)
+    #: Groups with fewer evaluation rows are reported but left out of the difference.
+    min_group_size: int = Field(default=30, ge=1)
+
+
+class ModelCardSpec(_Strict):
+    """What the generated model card states that the data cannot tell: intended use and known limitations."""
+
+    intended_use: str = ""
+    limitations: list[str] = Field(default_factory=list)
+
+
 class ModelSpec(_Strict):
     """One continuously trained model."""
 
@@ -347,6 +380,9 @@ class ModelSpec(_Strict):
     drift: DriftSpec = DriftSpec()
     smoke_test: SmokeTestSpec = SmokeTestSpec()
     serving: ServingSpec = ServingSpec()
+    #: Fairness criteria checked by the gate (a violation blocks promotion).
+    fairness: list[FairnessCriterion] = Field(default_factory=list)
+    model_card: ModelCardSpec = ModelCardSpec()
     tags: list[str] = Field(default_factory=list)
     #: Minimum rows a snapshot's training set must hold.
     min_rows: int = Field(default=100, ge=1)
@@ -390,7 +426,22 @@ class ModelSpec(_Strict):
         for feature in self.features:
             if feature.transformer is not None:
                 module_file(feature.transformer)  # raises when the module is not under include/
+        self._check_fairness(categorical)
         return self
+
+    def _check_fairness(self, categorical: set[str]) -> None:
+        allowed = fairness_metric_names(self.kind)
+        for i, criterion in enumerate(self.fairness):
+            if criterion.attribute not in categorical:
+                raise ValueError(
+                    f"fairness.{i}.attribute: {criterion.attribute!r} is not a categorical or boolean feature "
+                    "(a sensitive attribute may be a feature with use: drop)"
+                )
+            if criterion.metric not in allowed:
+                raise ValueError(
+                    f"fairness.{i}.metric: {criterion.metric!r} does not fit a {self.kind} model; "
+                    f"one of {list(allowed)}"
+                )
 
     def _check_label(self) -> None:
         values = self.label.values
