@@ -1,0 +1,286 @@
+"""What a model relies on: permutation importance and partial dependence on the evaluation rows.
+
+Task-time module. Both explanations treat a model as a black box over its raw input (the columns of
+:func:`~mlops_airflow.core.scoring.model_input`): a *score function* maps those rows to the score array of
+:mod:`mlops_airflow.core.evaluation`. :func:`logged_model_scores` wraps a logged pyfunc model's answer and
+:func:`pipeline_scores` a fitted training pipeline, so the importance is the logged model's, preprocessing
+included, and is reported per raw feature (not per one-hot column).
+
+* Permutation importance (:func:`sklearn.inspection.permutation_importance`): the drop of the primary metric,
+  oriented so that positive means "the model gets worse", when one feature's values are shuffled across
+  rows; ``n_repeats`` shuffles give its spread.
+* Partial dependence (brute force, as scikit-learn's ``method="brute"``): the mean score when a feature is set
+  to each value of a grid on every row, for the most important features.
+
+Cost is bounded: importance runs on at most :data:`MAX_ROWS` evaluation rows (a seeded sample), partial
+dependence on at most :data:`PD_ROWS`; one call scores ``rows x (1 + features x repeats)`` rows, so the cost
+does not grow with the evaluation set beyond the cap (see README, "Explanations and fairness").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.base import BaseEstimator
+
+from mlops_airflow.core.config import ModelSpec, finite_or_none, higher_is_better
+from mlops_airflow.core.evaluation import Target, metric_value
+from mlops_airflow.core.scoring import encode_labels, model_input, output_scores
+
+#: Evaluation rows permutation importance runs on at most (a seeded sample beyond it).
+MAX_ROWS = 5_000
+#: Shuffles per feature.
+N_REPEATS = 5
+#: Features whose partial dependence is computed and plotted.
+TOP_FEATURES = 3
+#: Rows and grid points of a partial dependence curve.
+PD_ROWS = 1_000
+PD_GRID = 20
+
+ScoreFunction = Callable[[pd.DataFrame], np.ndarray]
+
+
+def logged_model_scores(spec: ModelSpec, model: Any) -> ScoreFunction:
+    """Scores of a logged pyfunc model for raw model-input rows (its answer read by ``output_scores``)."""
+    return lambda x: output_scores(model.predict(x), spec)
+
+
+def pipeline_scores(spec: ModelSpec, pipeline: Any, threshold: float = 0.5) -> ScoreFunction:
+    """Scores of a fitted training pipeline for raw model-input rows (the same path as the logged model)."""
+    from mlops_airflow.core.training import score_rows
+
+    return lambda x: score_rows(spec, pipeline, x, threshold)
+
+
+class _ScoreModel(BaseEstimator):
+    """A fitted-looking estimator over a score function, for scikit-learn's inspection tools."""
+
+    def __init__(self, score_function: ScoreFunction) -> None:
+        self.score_function = score_function
+        self.fitted_ = True
+
+    def fit(self, x: Any, y: Any = None) -> _ScoreModel:
+        return self
+
+    def predict(self, x: pd.DataFrame) -> np.ndarray:
+        return self.score_function(x)
+
+
+def _sample(frame: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+    if len(frame) <= cap:
+        return frame
+    return frame.sample(n=cap, random_state=seed).sort_index()
+
+
+def permutation_importances(
+    spec: ModelSpec,
+    score: ScoreFunction,
+    rows: pd.DataFrame,
+    *,
+    threshold: float = 0.5,
+    n_repeats: int = N_REPEATS,
+    max_rows: int = MAX_ROWS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Permutation importance of every model input on the primary metric.
+
+    :param score: a score function (:func:`logged_model_scores`, :func:`pipeline_scores`).
+    :param rows: labelled raw rows (the evaluation rows of the snapshot).
+    :param threshold: binary decision threshold, for threshold metrics.
+    :return: ``{"metric", "baseline", "rows", "rows_total", "n_repeats", "features": [{"feature", "mean",
+        "std", "repeats"}, ...]}``, most important first; ``mean`` is the metric's drop (oriented: positive
+        means worse without the feature), ``std`` its spread over the repeats.
+    """
+    from sklearn.inspection import permutation_importance
+
+    if n_repeats < 1 or max_rows < 1:
+        raise ValueError(f"n_repeats ({n_repeats}) and max_rows ({max_rows}) must be at least 1")
+    sample = _sample(rows, max_rows, seed)
+    x = model_input(spec, sample).reset_index(drop=True)
+    y = encode_labels(spec, sample[spec.label.name])
+    target = Target.of(spec)
+    metric = spec.primary
+    sign = 1.0 if higher_is_better(metric) else -1.0
+
+    def scorer(estimator: _ScoreModel, x_: pd.DataFrame, y_: np.ndarray) -> float:
+        value = metric_value(metric, y_, estimator.predict(x_), target, threshold)
+        return sign * value if np.isfinite(value) else float("nan")
+
+    model = _ScoreModel(score)
+    baseline = sign * scorer(model, x, y)
+    result = permutation_importance(model, x, y, scoring=scorer, n_repeats=n_repeats, random_state=seed, n_jobs=1)
+    features = [
+        {
+            "feature": name,
+            "mean": finite_or_none(result.importances_mean[i]),
+            "std": finite_or_none(result.importances_std[i]),
+            "repeats": [finite_or_none(v) for v in result.importances[i]],
+        }
+        for i, name in enumerate(x.columns)
+    ]
+    features.sort(key=lambda f: -(f["mean"] if f["mean"] is not None else float("-inf")))
+    return {
+        "metric": metric,
+        "baseline": finite_or_none(baseline),
+        "rows": len(x),
+        "rows_total": len(rows),
+        "n_repeats": n_repeats,
+        "features": features,
+    }
+
+
+def ranking(importance: dict[str, Any]) -> list[str]:
+    """Feature names, most important first."""
+    return [f["feature"] for f in importance["features"]]
+
+
+def _grid(values: pd.Series, size: int) -> list[Any]:
+    """Grid of a feature: quantiles of a numeric column, else its most frequent values."""
+    present = values.dropna()
+    if present.empty:
+        return []
+    if pd.api.types.is_numeric_dtype(present) and not pd.api.types.is_bool_dtype(present):
+        uniques = np.unique(present.to_numpy(dtype="float64"))
+        if len(uniques) <= size:
+            return [float(v) for v in uniques]
+        return [
+            float(v) for v in np.unique(np.quantile(present.to_numpy(dtype="float64"), np.linspace(0.05, 0.95, size)))
+        ]
+    return list(present.value_counts().index[:size])
+
+
+def partial_dependence(
+    spec: ModelSpec,
+    score: ScoreFunction,
+    rows: pd.DataFrame,
+    features: list[str],
+    *,
+    grid_size: int = PD_GRID,
+    max_rows: int = PD_ROWS,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Mean score with each of ``features`` set to each grid value on every row (one scoring call per feature).
+
+    :return: ``{feature: {"grid": [...], "mean": [...]}}``; ``mean`` is per grid value: binary P(positive),
+        regression the prediction, multiclass one list of probabilities per class (``classes`` order).
+    """
+    x = model_input(spec, _sample(rows, max_rows, seed)).reset_index(drop=True)
+    out: dict[str, dict[str, Any]] = {}
+    for feature in features:
+        grid = _grid(x[feature], grid_size)
+        if not grid:
+            continue
+        stacked = pd.concat([x] * len(grid), ignore_index=True)
+        stacked[feature] = np.repeat(np.asarray(grid, dtype=object), len(x))
+        stacked = stacked.astype(x.dtypes.to_dict())
+        scores = np.asarray(score(stacked), dtype="float64")
+        means = scores.reshape(len(grid), len(x), *scores.shape[1:]).mean(axis=1)
+        out[feature] = {
+            "grid": [v.item() if isinstance(v, np.generic) else v for v in grid],
+            "mean": [finite_or_none(v) for v in means] if means.ndim == 1 else means.round(6).tolist(),
+        }
+    return out
+
+
+def importance_change(candidate: dict[str, Any], champion: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per feature: importance and rank of candidate and champion, and the change (candidate - champion)."""
+    cand = {f["feature"]: (i + 1, f) for i, f in enumerate(candidate["features"])}
+    champ = {} if champion is None else {f["feature"]: (i + 1, f) for i, f in enumerate(champion["features"])}
+    out = []
+    for name, (rank, f) in cand.items():
+        other_rank, other = champ.get(name, (None, None))
+        other_mean = None if other is None else other["mean"]
+        change = None if other_mean is None or f["mean"] is None else f["mean"] - other_mean
+        out.append(
+            {
+                "feature": name,
+                "candidate": f["mean"],
+                "candidate_std": f["std"],
+                "candidate_rank": rank,
+                "champion": other_mean,
+                "champion_rank": other_rank,
+                "change": finite_or_none(change),
+            }
+        )
+    return out
+
+
+def change_markdown(change: list[dict[str, Any]], metric: str) -> str:
+    """The importance table of the gate report; a new most important feature is called out."""
+    if not change:
+        return ""
+
+    def fmt(value: Any, signed: bool = False) -> str:
+        return "-" if value is None else (f"{value:+.4g}" if signed else f"{value:.4g}")
+
+    lines = ["### Permutation importance (drop of `" + metric + "` when the feature is shuffled)", ""]
+    top = change[0]
+    if top["champion_rank"] not in (None, 1):
+        lines += [
+            f"**The candidate relies most on `{top['feature']}`, which ranked {top['champion_rank']} for the "
+            "champion: worth a look.**",
+            "",
+        ]
+    lines += ["| feature | candidate (± std) | rank | champion | rank | change |", "|---|---|---|---|---|---|"]
+    for row in change:
+        lines.append(
+            f"| {row['feature']} | {fmt(row['candidate'])} ± {fmt(row['candidate_std'])} | {row['candidate_rank']} "
+            f"| {fmt(row['champion'])} | {row['champion_rank'] or '-'} | {fmt(row['change'], signed=True)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def importance_figure(importance: dict[str, Any], title: str = "Permutation importance") -> Figure:
+    """Horizontal bars of the mean importance with the spread over repeats as error bars."""
+    features = importance["features"][::-1]
+    fig = Figure(figsize=(6, 0.4 * len(features) + 1.5))
+    ax = fig.subplots()
+    means = [f["mean"] or 0.0 for f in features]
+    stds = [f["std"] or 0.0 for f in features]
+    ax.barh([f["feature"] for f in features], means, xerr=stds, color="#5dade2")
+    ax.axvline(0.0, color="grey", linewidth=1)
+    ax.set_xlabel(f"drop of {importance['metric']} ({importance['n_repeats']} shuffles, {importance['rows']} rows)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def partial_dependence_figure(spec: ModelSpec, curves: dict[str, dict[str, Any]]) -> Figure:
+    """One panel per feature: the mean score over its grid (one line per class for a multiclass model)."""
+    n = max(1, len(curves))
+    fig = Figure(figsize=(4.2 * n, 3.6))
+    axes = np.atleast_1d(fig.subplots(1, n))
+    label = {"binary": f"P({spec.positive_label})", "regression": "prediction"}.get(spec.kind, "P(class)")
+    for ax, (feature, curve) in zip(axes, curves.items(), strict=False):
+        grid = curve["grid"]
+        positions = grid if all(isinstance(v, int | float) for v in grid) else list(range(len(grid)))
+        means = np.asarray(curve["mean"], dtype="float64")
+        if means.ndim == 1:
+            ax.plot(positions, means, marker="o")
+        else:
+            for j, cls in enumerate(spec.classes):
+                ax.plot(positions, means[:, j], marker="o", label=str(cls))
+            ax.legend(fontsize="small")
+        if positions is not grid:
+            ax.set_xticks(positions, [str(v) for v in grid], rotation=45, ha="right")
+        ax.set_xlabel(feature)
+        ax.set_ylabel(label)
+    fig.suptitle("Partial dependence")
+    fig.tight_layout()
+    return fig
+
+
+def explain(
+    spec: ModelSpec, score: ScoreFunction, rows: pd.DataFrame, *, threshold: float = 0.5, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Importance and partial dependence of its :data:`TOP_FEATURES` most important features.
+
+    :return: ``(importance, partial_dependence)``.
+    """
+    importance = permutation_importances(spec, score, rows, threshold=threshold, seed=seed)
+    curves = partial_dependence(spec, score, rows, ranking(importance)[:TOP_FEATURES], seed=seed)
+    return importance, curves
