@@ -20,6 +20,7 @@ does not grow with the evaluation set beyond the cap (see README, "Explanations 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -284,3 +285,87 @@ def explain(
     importance = permutation_importances(spec, score, rows, threshold=threshold, seed=seed)
     curves = partial_dependence(spec, score, rows, ranking(importance)[:TOP_FEATURES], seed=seed)
     return importance, curves
+
+
+@dataclass
+class Scored:
+    """One model on the evaluation rows: the logged model, its scores and its decision threshold."""
+
+    model: Any
+    score: np.ndarray
+    threshold: float = 0.5
+
+
+@dataclass
+class Assessment:
+    """Explanations and fairness of candidate and champion on the same evaluation rows.
+
+    :param summary: the small part for XCom and the gate (importance change, fairness per criterion).
+    :param artifacts: JSON artifacts for MLflow (path -> data), full importances and curves included.
+    :param figures: plots for MLflow (file name -> figure).
+    """
+
+    summary: dict[str, Any]
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    markdown: str = ""
+
+
+def assess_versions(
+    spec: ModelSpec, rows: pd.DataFrame, y: np.ndarray, candidate: Scored, champion: Scored | None
+) -> Assessment:
+    """What each version relies on and whom it fails: importance (both), partial dependence (candidate) and
+    every fairness criterion of the spec (both, on the same rows)."""
+    import time
+
+    from mlops_airflow.core import fairness
+
+    started = time.perf_counter()
+    importance, curves = explain(spec, logged_model_scores(spec, candidate.model), rows, threshold=candidate.threshold)
+    champion_importance = None
+    if champion is not None:
+        champion_importance = permutation_importances(
+            spec, logged_model_scores(spec, champion.model), rows, threshold=champion.threshold
+        )
+    change = importance_change(importance, champion_importance)
+    explain_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    fair_candidate = fairness.assess(spec, rows, y, candidate.score, threshold=candidate.threshold)
+    fair_champion = (
+        None if champion is None else fairness.assess(spec, rows, y, champion.score, threshold=champion.threshold)
+    )
+    compared = fairness.compare(fair_candidate, fair_champion)
+    fairness_seconds = time.perf_counter() - started
+
+    summary = {
+        "importance": change,
+        "fairness": compared,
+        "explain_seconds": round(explain_seconds, 3),
+        "fairness_seconds": round(fairness_seconds, 3),
+    }
+    artifacts: dict[str, Any] = {
+        "explain/importance_candidate.json": importance,
+        "explain/partial_dependence_candidate.json": curves,
+        "explain/importance_change.json": change,
+    }
+    figures = {
+        "importance_candidate.png": importance_figure(importance, "Permutation importance: candidate"),
+        "partial_dependence_candidate.png": partial_dependence_figure(spec, curves),
+    }
+    if champion_importance is not None:
+        artifacts["explain/importance_champion.json"] = champion_importance
+        figures["importance_champion.png"] = importance_figure(champion_importance, "Permutation importance: champion")
+    if spec.fairness:
+        artifacts["fairness/candidate.json"] = fair_candidate
+        artifacts["fairness/champion.json"] = fair_champion
+    markdown = report_markdown(summary, spec.primary)
+    return Assessment(summary, artifacts, figures, markdown)
+
+
+def report_markdown(summary: dict[str, Any], metric: str) -> str:
+    """The gate report's sections on importance and fairness groups (from the evaluation's summary)."""
+    from mlops_airflow.core.fairness import groups_markdown
+
+    parts = [change_markdown(summary.get("importance") or [], metric), groups_markdown(summary.get("fairness") or [])]
+    return "\n".join(p for p in parts if p)

@@ -207,44 +207,53 @@ def assess(spec: ModelSpec, rows: pd.DataFrame, y: Any, score: Any, *, threshold
 
 
 def compare(candidate: list[dict[str, Any]], champion: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """What the gate takes: each criterion's candidate result with the champion's value on the same rows."""
+    """What the gate takes (small, JSON-safe): each criterion's candidate value, the champion's on the same
+    rows, and per group the rows and the candidate's and champion's rate and primary metric."""
     out = []
     for i, cand in enumerate(candidate):
         champ = champion[i] if champion is not None else None
+        columns = list(dict.fromkeys([cand["rate"], cand["primary"]]))
+        groups = {
+            group: {
+                "n": values["n"],
+                "candidate": {c: values.get(c) for c in columns},
+                "champion": None if champ is None else {c: champ["groups"].get(group, {}).get(c) for c in columns},
+            }
+            for group, values in sorted(cand["groups"].items())
+        }
+        keys = ("attribute", "metric", "max", "value", "rate", "primary", "high", "low", "excluded", "detail")
         out.append(
             {
-                **{k: cand[k] for k in ("attribute", "metric", "max", "value", "rate", "high", "low", "detail")},
+                **{k: cand[k] for k in keys},
                 "champion_value": None if champ is None else champ["value"],
+                "groups": groups,
             }
         )
     return out
 
 
-def groups_markdown(candidate: list[dict[str, Any]], champion: list[dict[str, Any]] | None) -> str:
-    """Per-group table of every criterion, candidate and champion side by side."""
-    if not candidate:
+def groups_markdown(compared: list[dict[str, Any]]) -> str:
+    """Per-group table of every criterion (:func:`compare` output), candidate and champion side by side."""
+    if not compared:
         return ""
     lines = ["### Fairness per group", ""]
 
     def fmt(value: Any) -> str:
         return "-" if value is None else f"{value:.4g}"
 
-    for i, cand in enumerate(candidate):
-        champ = champion[i] if champion is not None else None
-        rate, primary = cand["rate"], cand["primary"]
-        columns = [rate] if rate == primary else [rate, primary]
+    for item in compared:
+        columns = list(dict.fromkeys([item["rate"], item["primary"]]))
         lines += [
-            f"**{cand['metric']}** over `{cand['attribute']}`: candidate {fmt(cand['value'])}, champion "
-            f"{fmt(None if champ is None else champ['value'])}, max {cand['max']:g}",
+            f"**{item['metric']}** over `{item['attribute']}`: candidate {fmt(item['value'])}, champion "
+            f"{fmt(item['champion_value'])}, max {item['max']:g}",
             "",
             "| group | rows | " + " | ".join(f"candidate {c} | champion {c}" for c in columns) + " |",
             "|---|---|" + "---|---|" * len(columns),
         ]
-        for group in sorted(cand["groups"]):
-            mine = cand["groups"][group]
-            theirs = {} if champ is None else champ["groups"].get(group, {})
-            note = " (too small)" if group in cand["excluded"] else ""
-            cells = " | ".join(f"{fmt(mine.get(c))} | {fmt(theirs.get(c))}" for c in columns)
-            lines.append(f"| {group}{note} | {mine['n']} | {cells} |")
+        for group, values in item["groups"].items():
+            theirs = values["champion"] or {}
+            note = " (too small)" if group in item["excluded"] else ""
+            cells = " | ".join(f"{fmt(values['candidate'].get(c))} | {fmt(theirs.get(c))}" for c in columns)
+            lines.append(f"| {group}{note} | {values['n']} | {cells} |")
         lines.append("")
     return "\n".join(lines)

@@ -349,6 +349,21 @@ def _slice_checks(gate: GateSpec, metric: str, slices: dict[str, dict[str, Any]]
     return checks
 
 
+def _fairness_checks(fairness: list[dict[str, Any]]) -> list[GateCheck]:
+    """One check per fairness criterion: the candidate's gap between groups must not exceed ``max``."""
+    checks = []
+    for item in fairness:
+        metric, attribute, bound = item["metric"], item["attribute"], float(item["max"])
+        value = finite_or_none(item.get("value"))
+        champion = finite_or_none(item.get("champion_value"))
+        ok = value is not None and value <= bound  # fail closed: an undefined gap proves nothing
+        detail = str(item.get("detail") or f"{metric} over {attribute!r} = {value}")
+        if champion is not None:
+            detail += f"; champion on the same rows {champion:.4g}"
+        checks.append(_check(f"fairness {metric}({attribute}) <= {bound:g}", metric, value, bound, ok, detail))
+    return checks
+
+
 def decide(
     gate: GateSpec,
     *,
@@ -358,6 +373,7 @@ def decide(
     bootstrap: BootstrapResult | None,
     slices: dict[str, dict[str, Any]] | None = None,
     champion_version: str | None = None,
+    fairness: list[dict[str, Any]] | None = None,
 ) -> GateDecision:
     """Apply the promotion rule. Blessed iff no check failed (skipped checks do not count).
 
@@ -370,8 +386,12 @@ def decide(
         non-inferiority check when there is a champion).
     :param slices: :func:`slice_metrics` output; slices are gated only with a champion.
     :param champion_version: registry version of the champion, for the audit trail.
+    :param fairness: :func:`mlops_airflow.core.fairness.compare` output: each criterion's candidate value,
+        its ``max`` and the champion's value on the same rows; a candidate over ``max`` is not blessed, on
+        the first run too.
     """
     checks = _threshold_checks(gate, candidate)
+    checks += _fairness_checks(fairness or [])
     first_run = champion is None
     if champion is None:
         if gate.first_run_policy == "reject":
@@ -393,6 +413,8 @@ def decide(
         reason = "not blessed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
     elif first_run:
         reason = f"blessed on first run: all {len(checks) - 1} absolute threshold checks pass"
+        if fairness:
+            reason += f" (fairness criteria included: {len(fairness)})"
     else:
         gated = sum(c.verdict == "pass" for c in checks)
         skipped = sum(c.verdict == "skip" for c in checks)
