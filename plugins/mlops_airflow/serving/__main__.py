@@ -1,0 +1,66 @@
+"""``python -m mlops_airflow.serving [--host H] [--port P] [--workers N]``: run the model server.
+
+Settings come from the environment (:mod:`mlops_airflow.serving.settings`). Each worker process is a whole
+server (its own follower and request log); scale with more workers or more replicas behind one address.
+uvicorn turns SIGTERM/SIGINT into a clean stop: in-flight requests finish, the request log is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from fastapi import FastAPI
+
+
+def build_app() -> FastAPI:
+    """The app for the current environment (uvicorn factory: ``mlops_airflow.serving.__main__:build_app``)."""
+    from mlops_airflow.core import settings
+    from mlops_airflow.core.config import load_specs_tolerant
+    from mlops_airflow.core.tracking import client_for
+    from mlops_airflow.serving.app import Server, create_app
+    from mlops_airflow.serving.settings import ServingConfigError, ServingSettings
+
+    config = ServingSettings.from_env()
+    specs, errors = load_specs_tolerant()
+    for path, err in errors.items():  # one bad YAML breaks only its own model
+        logging.getLogger(__name__).error("not serving %s: %s", path, err)
+    if config.models:
+        unknown = sorted(set(config.models) - {s.name for s in specs})
+        if unknown:
+            raise ServingConfigError(f"MLOPS_SERVING_MODELS names {unknown}: no valid spec of that name")
+        specs = [s for s in specs if s.name in config.models]
+    if not specs:
+        raise ServingConfigError("no model to serve: no valid spec under MLOPS_MODELS_DIR / include/models")
+    if config.default_model and config.default_model not in {s.name for s in specs}:
+        raise ServingConfigError(f"MLOPS_SERVING_DEFAULT_MODEL={config.default_model!r} is not a served model")
+    client = client_for(settings.default_tracking_uri())
+    return create_app(Server(config, specs, client, settings.storage_base()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    from mlops_airflow.serving.settings import ServingConfigError
+
+    parser = argparse.ArgumentParser(prog="python -m mlops_airflow.serving", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.workers == 1:
+            app = build_app()  # configuration errors surface here, before the port opens
+            uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        else:
+            uvicorn.run("mlops_airflow.serving.__main__:build_app", factory=True, host=args.host, port=args.port,
+                        workers=args.workers, log_level=args.log_level, access_log=False)  # fmt: skip
+    except ServingConfigError as err:
+        sys.exit(f"model server: {err}")
+
+
+if __name__ == "__main__":
+    main()

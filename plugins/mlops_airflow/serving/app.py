@@ -1,0 +1,231 @@
+"""The model server's HTTP app (FastAPI): predict, model pages, health, and the reload notification.
+
+==================================  ==========================================================================
+``POST /v1/models/<model>/predict``  rows -> ``{"model", "model_version", "request_id", "predictions"}``
+``POST /invocations``               ``mlflow models serve``'s endpoint, for the default model:
+                                    ``{"predictions": [...]}`` (version and request id in headers)
+``GET /v1/models`` / ``/<model>``   served version, data hash, promoted at, gate summary, last load error
+``POST /v1/models/<model>/reload``  re-read the registry now (sent by ``promote`` and ``rollback``)
+``GET /health``, ``/ping``          the process is up (no token: for probes)
+``GET /ready``                      every served model has a version loaded (no token: for probes)
+==================================  ==========================================================================
+
+Every other endpoint needs ``Authorization: Bearer $MLOPS_SERVING_TOKEN`` (compared in constant time).
+Request ids: the client's ``X-Request-Id`` when it is a short plain token, else a new one; label feedback
+joins on it (:func:`mlops_airflow.core.request_log.live_metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hmac
+import json
+import logging
+import re
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from mlops_airflow.core.config import ModelSpec
+from mlops_airflow.core.request_log import CHALLENGER_ROLE, CHAMPION_ROLE
+from mlops_airflow.serving.inputs import InputError, check_rows, parse_body
+from mlops_airflow.serving.models import Follower, LoadedModel, ModelSlot
+from mlops_airflow.serving.request_log import Entry, RequestLog
+from mlops_airflow.serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str = "BAD_REQUEST", **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.extra = status, code, extra
+
+
+class Server:
+    """What the endpoints share: the slots, the follower, the request log and the shadow scorer."""
+
+    def __init__(self, settings: ServingSettings, specs: list[ModelSpec], client: Any, storage_base: str) -> None:
+        self.settings = settings
+        self.slots = {spec.name: ModelSlot(spec) for spec in specs}
+        self.follower = Follower(client, self.slots, settings.poll_seconds)
+        self.request_log = RequestLog(
+            storage_base, settings.log_flush_rows, settings.log_flush_seconds, settings.log_max_rows
+        )
+        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self._shadow_waiting = threading.BoundedSemaphore(settings.shadow_queue)
+        self.shadow_skipped = 0
+
+    def start(self) -> None:
+        self.request_log.start()
+        self.follower.start()
+
+    def stop(self) -> None:
+        self.follower.stop()
+        self._shadow_pool.shutdown(wait=True)  # shadow answers still queued are scored and logged
+        self.request_log.close()
+
+    def slot(self, model: str) -> ModelSlot:
+        slot = self.slots.get(model)
+        if slot is None:
+            raise ApiError(404, f"no model {model!r} is served here; served: {sorted(self.slots)}", "NOT_FOUND")
+        return slot
+
+    def default_model(self) -> str:
+        if self.settings.default_model:
+            return self.settings.default_model
+        if len(self.slots) == 1:
+            return next(iter(self.slots))
+        raise ApiError(404, "several models are served: set MLOPS_SERVING_DEFAULT_MODEL for /invocations, or "
+                            "use /v1/models/<model>/predict", "NOT_FOUND")  # fmt: skip
+
+    def score(self, slot: ModelSlot, raw: bytes, request_id: str) -> tuple[LoadedModel, Any]:
+        """Check, score and log one request (runs in a worker thread)."""
+        spec = slot.spec
+        model = slot.current  # taken once: this request finishes on this version whatever swaps meanwhile
+        if model is None:
+            why = slot.last_error or slot.registry_error or "no version holds alias 'champion' yet"
+            raise ApiError(503, f"{spec.name}: no version loaded ({why})", "NOT_READY")
+        try:
+            rows = check_rows(spec, parse_body(raw), spec.serving.max_rows)
+        except InputError as err:
+            raise ApiError(err.status, str(err), "INVALID_INPUT", problems=err.problems) from None
+        served_at = dt.datetime.now(dt.UTC)
+        answer = model.predict(rows)
+        self.request_log.append(
+            Entry(spec.name, request_id, served_at, model.version, CHAMPION_ROLE, model.threshold, rows, answer)
+        )
+        shadow = slot.shadow
+        if shadow is not None and shadow.version != model.version:
+            if self._shadow_waiting.acquire(blocking=False):
+                self._shadow_pool.submit(self._shadow, shadow, rows, request_id, served_at)
+            else:
+                self.shadow_skipped += 1
+        return model, answer
+
+    def _shadow(self, shadow: LoadedModel, rows: Any, request_id: str, served_at: dt.datetime) -> None:
+        try:
+            answer = shadow.predict(rows)
+            self.request_log.append(
+                Entry(
+                    shadow.name, request_id, served_at, shadow.version, CHALLENGER_ROLE, shadow.threshold, rows, answer
+                )
+            )
+        except Exception:
+            log.exception("shadow scoring of %s v%s failed", shadow.name, shadow.version)
+        finally:
+            self._shadow_waiting.release()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` bytes (never held whole beyond it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body of {declared} bytes is larger than MLOPS_SERVING_MAX_BODY_BYTES ({limit})",
+                       "REQUEST_TOO_LARGE")  # fmt: skip
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body larger than MLOPS_SERVING_MAX_BODY_BYTES ({limit} bytes)", "REQUEST_TOO_LARGE")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def request_id_of(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+
+
+def create_app(server: Server) -> FastAPI:
+    """The app over a :class:`Server`; the server's threads start and stop with the app (lifespan)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(server.stop)
+
+    app = FastAPI(title="mlops-airflow model server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)  # fmt: skip
+    token = server.settings.token.encode()
+
+    def authenticated(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+            raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer $MLOPS_SERVING_TOKEN)",
+                           "UNAUTHENTICATED")  # fmt: skip
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return JSONResponse({"error_code": err.code, "message": str(err), **err.extra}, err.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return JSONResponse({"error_code": "INTERNAL_ERROR", "message": f"{type(err).__name__}"}, 500)
+
+    def answer(model: LoadedModel, predictions: Any, request_id: str, envelope: dict[str, Any] | None) -> Response:
+        records = predictions.to_json(orient="records", double_precision=15)
+        head = json.dumps(envelope)[:-1] + ", " if envelope else "{"
+        headers = {"X-Model-Version": model.version, "X-Request-Id": request_id}
+        return Response(f'{head}"predictions": {records}}}', media_type="application/json", headers=headers)
+
+    async def predict(model_name: str, request: Request, mlflow_style: bool) -> Response:
+        slot = server.slot(model_name)
+        raw = await read_body(request, server.settings.max_body_bytes)
+        request_id = request_id_of(request)
+        model, predictions = await run_in_threadpool(server.score, slot, raw, request_id)
+        envelope = None if mlflow_style else {"model": model_name, "model_version": model.version,
+                                              "request_id": request_id}  # fmt: skip
+        return answer(model, predictions, request_id, envelope)
+
+    guarded = [Depends(authenticated)]
+
+    @app.post("/v1/models/{model}/predict", dependencies=guarded)
+    async def predict_model(model: str, request: Request) -> Response:
+        return await predict(model, request, mlflow_style=False)
+
+    @app.post("/invocations", dependencies=guarded)
+    async def invocations(request: Request) -> Response:
+        return await predict(server.default_model(), request, mlflow_style=True)
+
+    @app.get("/v1/models", dependencies=guarded)
+    async def models() -> dict[str, Any]:
+        return {"models": [slot.describe() for slot in server.slots.values()]}
+
+    @app.get("/v1/models/{model}", dependencies=guarded)
+    async def model_page(model: str) -> dict[str, Any]:
+        return {**server.slot(model).describe(), "request_log": server.request_log.describe(),
+                "shadow_skipped": server.shadow_skipped}  # fmt: skip
+
+    @app.post("/v1/models/{model}/reload", dependencies=guarded, status_code=202)
+    async def reload(model: str) -> dict[str, Any]:
+        server.slot(model)
+        server.follower.notify(model)
+        return {"model": model, "reload": "scheduled"}
+
+    @app.get("/health")
+    @app.get("/ping")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        waiting = sorted(name for name, slot in server.slots.items() if slot.current is None)
+        body = {"ready": not waiting and bool(server.slots), "waiting_for": waiting}
+        return JSONResponse(body, 200 if body["ready"] else 503)
+
+    return app

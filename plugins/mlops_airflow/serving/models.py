@@ -1,0 +1,278 @@
+"""Which version answers: one :class:`ModelSlot` per model, kept at ``champion`` by a :class:`Follower`.
+
+A swap never blocks or fails a request. The follower loads a new version in the background (download,
+``mlflow.pyfunc.load_model``), warms it up on the version's own input example (the rows it was logged
+with) through the same path requests take, checks the answer's shape (one row per input, ``prediction``
+and a ``proba_<class>`` per spec class, probabilities in [0, 1]), and only then replaces the slot's
+:class:`LoadedModel` with one reference assignment. A request takes the slot's model once, at its start,
+and finishes on it: requests in flight end on the old version. A version that fails to load or warm up is
+not swapped in; the slot records the error (``GET /v1/models/<model>``) and keeps serving what it had, and
+the follower tries that version again only when notified (``POST /v1/models/<model>/reload``).
+
+The follower learns of moves by polling the registry every ``MLOPS_SERVING_POLL_SECONDS``, and at once when
+a ``promote``/``rollback`` task notifies the server (:mod:`mlops_airflow.core.serving_client`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mlops_airflow.core.config import ModelSpec
+from mlops_airflow.core.served_model import proba_column
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class LoadedModel:
+    """One registered version, loaded and warmed up: what a request holds while it is scored."""
+
+    name: str
+    version: str
+    alias: str
+    pyfunc: Any
+    threshold: float
+    info: dict[str, Any]
+    loaded_at: str
+    local_dir: str | None = None
+
+    def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
+        answer = self.pyfunc.predict(rows)
+        if not isinstance(answer, pd.DataFrame):
+            answer = pd.DataFrame({"prediction": np.asarray(answer).ravel()})
+        return answer.reset_index(drop=True)
+
+
+@dataclass
+class ModelSlot:
+    """The versions of one model the server holds: ``current`` answers, ``shadow`` scores beside it."""
+
+    spec: ModelSpec
+    current: LoadedModel | None = None
+    shadow: LoadedModel | None = None
+    #: version -> why it was not swapped in (kept until the version loads or the follower is notified)
+    failed: dict[str, dict[str, str]] = field(default_factory=dict)
+    last_error: dict[str, str] | None = None
+    registry_error: str | None = None
+    checked_at: str | None = None
+    swaps: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        current, shadow = self.current, self.shadow
+        return {
+            "model": self.spec.name,
+            "kind": self.spec.kind,
+            "ready": current is not None,
+            "version": current.version if current else None,
+            "loaded_at": current.loaded_at if current else None,
+            **(current.info if current else {}),
+            "shadow": {"enabled": self.spec.serving.shadow, "version": shadow.version if shadow else None},
+            "last_load_error": self.last_error,
+            "registry_error": self.registry_error,
+            "checked_at": self.checked_at,
+            "swaps": self.swaps,
+            "features": self.spec.model_features,
+        }
+
+
+def version_info(mv: Any) -> dict[str, Any]:
+    """What ``GET /v1/models/<model>`` tells of a version: provenance and the gate's summary, from its tags."""
+    tags = mv.tags or {}
+    return {
+        "data_hash": tags.get("mlops.data_hash"),
+        "promoted_at": tags.get("mlops.rolled_back_to_at") or tags.get("mlops.promoted_at"),
+        "promotion": tags.get("mlops.promotion") or ("rolled back to" if tags.get("mlops.rolled_back_to_at") else None),
+        "gate": {
+            "blessed": tags.get("mlops.gate.blessed"),
+            "reason": tags.get("mlops.gate.reason"),
+            "judged_against": tags.get("mlops.gate.champion_version") or None,
+            "smoke_test": tags.get("mlops.smoke_test"),
+        },
+        "source_run": mv.run_id,
+        "trained_by": tags.get("airflow.run_id"),
+    }
+
+
+class WarmUpError(RuntimeError):
+    """A version that loaded but does not answer as the spec says it must."""
+
+
+def check_answer(spec: ModelSpec, rows: pd.DataFrame, answer: pd.DataFrame) -> None:
+    """The shape a served answer must have; :class:`WarmUpError` naming what is wrong otherwise."""
+    if len(answer) != len(rows):
+        raise WarmUpError(f"answered {len(answer)} rows for {len(rows)}")
+    wanted = ["prediction"] + [proba_column(c) for c in spec.classes]
+    absent = [c for c in wanted if c not in answer.columns]
+    if absent:
+        raise WarmUpError(f"the answer lacks column(s) {absent}")
+    if spec.is_classifier:
+        proba = answer[wanted[1:]].to_numpy(dtype="float64")
+        if not np.isfinite(proba).all() or (proba < 0).any() or (proba > 1).any():
+            raise WarmUpError("class probabilities outside [0, 1]")
+    elif not np.isfinite(answer["prediction"].to_numpy(dtype="float64")).all():
+        raise WarmUpError("non-finite predictions")
+
+
+def load_version(client: Any, spec: ModelSpec, version: str, alias: str) -> LoadedModel:
+    """Download, load and warm up one version; raises on any failure (nothing is half-loaded)."""
+    import mlflow
+    from mlflow.models import Model
+
+    from mlops_airflow.core.scoring import model_threshold
+
+    mv = client.get_model_version(spec.name, version)
+    local = tempfile.mkdtemp(prefix=f"mlops-serving-{spec.name}-v{version}-")
+    try:
+        # models:/ resolves against the process's registry URI (core.tracking.client_for set it)
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{spec.name}/{version}", dst_path=local)
+        pyfunc = mlflow.pyfunc.load_model(path)
+        example = Model.load(path).load_input_example(path)
+        if not isinstance(example, pd.DataFrame) or example.empty:
+            raise WarmUpError("the version has no input example to warm up on")
+        loaded = LoadedModel(spec.name, str(version), alias, pyfunc, model_threshold(pyfunc), version_info(mv), _now(),
+                             local)  # fmt: skip
+        rows = example.reset_index(drop=True)
+        check_answer(spec, rows, loaded.predict(rows))
+        return loaded
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
+
+
+class Follower:
+    """Keeps every :class:`ModelSlot` at its registry aliases, on one background thread.
+
+    :param client: an ``MlflowClient`` (READ access to registered models is enough).
+    :param slots: model name -> slot.
+    :param poll_seconds: how often the registry is read without a notification.
+    """
+
+    def __init__(self, client: Any, slots: dict[str, ModelSlot], poll_seconds: float) -> None:
+        self.client = client
+        self.slots = slots
+        self.poll_seconds = poll_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._notified: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="champion-follower", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=60)
+
+    def notify(self, model: str) -> None:
+        """Re-read ``model``'s aliases now, and retry a version that failed before."""
+        with self._lock:
+            self._notified.add(model)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                notified, self._notified = self._notified, set()
+            self._wake.clear()
+            for name, slot in self.slots.items():
+                if self._stop.is_set():
+                    return
+                try:
+                    self.refresh(slot, retry_failed=name in notified)
+                except Exception:  # the follower must outlive any one model's trouble
+                    log.exception("following %s failed", name)
+            self._wake.wait(self.poll_seconds)
+
+    def _alias_version(self, name: str, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as err:
+            if err.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED"}:
+                # no such alias (or model) yet; MLflow's basic auth denies an unregistered model to non-admins
+                return None
+            raise
+
+    def refresh(self, slot: ModelSlot, retry_failed: bool = False) -> None:
+        """Bring ``slot`` to the registry's ``champion`` (and ``challenger`` when it shadows)."""
+        name = slot.spec.name
+        try:
+            champion = self._alias_version(name, CHAMPION)
+            challenger = self._alias_version(name, CHALLENGER) if slot.spec.serving.shadow else None
+        except Exception as err:  # registry down: keep serving what is loaded
+            slot.registry_error = f"{type(err).__name__}: {err}"[:500]
+            log.warning("registry unreachable for %s: %s", name, slot.registry_error)
+            return
+        slot.registry_error = None
+        slot.checked_at = _now()
+        if retry_failed:
+            slot.failed.clear()
+        if champion is not None:
+            current = slot.current
+            if current is None or current.version != champion:
+                loaded = self._load(slot, champion, CHAMPION)
+                if loaded is not None:
+                    slot.current = loaded  # the swap: one reference assignment
+                    slot.swaps += 1
+                    slot.last_error = None
+                    log.info("%s: now serving version %s (was %s)", name, champion,
+                             current.version if current else None)  # fmt: skip
+                    self._release(current)
+        wanted = challenger if challenger is not None and challenger != champion else None
+        shadow = slot.shadow
+        if wanted is None:
+            slot.shadow = None
+            self._release(shadow)
+        elif shadow is None or shadow.version != wanted:
+            if slot.current is not None and slot.current.version == wanted:
+                loaded = slot.current
+            else:
+                loaded = self._load(slot, wanted, CHALLENGER)
+            if loaded is not None:
+                slot.shadow = loaded
+                self._release(shadow)
+
+    def _load(self, slot: ModelSlot, version: str, alias: str) -> LoadedModel | None:
+        name = slot.spec.name
+        if version in slot.failed:
+            return None
+        started = time.perf_counter()
+        try:
+            loaded = load_version(self.client, slot.spec, version, alias)
+        except Exception as err:
+            error = {"version": version, "alias": alias, "error": f"{type(err).__name__}: {err}"[:1000], "at": _now()}
+            slot.failed[version] = error
+            slot.last_error = error
+            log.error("%s v%s (%s) not swapped in: %s", name, version, alias, error["error"])
+            return None
+        log.info("%s v%s (%s) loaded and warmed up in %.1fs", name, version, alias, time.perf_counter() - started)
+        return loaded
+
+    def _release(self, model: LoadedModel | None) -> None:
+        """Drop an unused version's files; requests still holding it keep its pipeline in memory."""
+        if model is None or model.local_dir is None:
+            return
+        slot = self.slots.get(model.name)
+        if slot is not None and model in (slot.current, slot.shadow):
+            return
+        shutil.rmtree(model.local_dir, ignore_errors=True)

@@ -1,0 +1,136 @@
+"""The request log writer: scored requests collected in memory and appended to Parquet in batches.
+
+Layout and columns: :mod:`mlops_airflow.core.request_log`. A request hands its rows over (a few references,
+no copy, no I/O on the response path); a background thread writes them every ``flush_seconds`` or once
+``flush_rows`` are waiting. Memory is bounded: a request that finds ``max_rows`` waiting writes them itself
+before it answers (back-pressure, never a dropped row). :meth:`RequestLog.close` (the app's shutdown) writes
+whatever is left, so a clean stop loses nothing. A write that fails keeps its rows for the next attempt.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from mlops_airflow.core import request_log
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Entry:
+    """One scored request (or its shadow answer)."""
+
+    model: str
+    request_id: str
+    served_at: dt.datetime
+    version: str
+    role: str
+    threshold: float
+    rows: pd.DataFrame
+    answer: pd.DataFrame
+
+    def frame(self) -> pd.DataFrame:
+        n = len(self.rows)
+        meta = pd.DataFrame(
+            {
+                "request_id": [self.request_id] * n,
+                "row": range(n),
+                "served_at": pd.Series([self.served_at] * n, dtype="datetime64[us, UTC]"),
+                "model_version": [self.version] * n,
+                "role": [self.role] * n,
+                "threshold": [self.threshold] * n,
+            }
+        )
+        inputs = self.rows.reset_index(drop=True)
+        answer = self.answer.reset_index(drop=True).drop(columns=list(inputs.columns), errors="ignore")
+        return pd.concat([meta, inputs, answer], axis=1)
+
+
+class RequestLog:
+    """Buffered, bounded, flushed-on-close writer of :mod:`mlops_airflow.core.request_log` part files."""
+
+    def __init__(self, storage_base: str, flush_rows: int, flush_seconds: float, max_rows: int) -> None:
+        self.storage_base = storage_base
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self.max_rows = max(max_rows, flush_rows)
+        self._pending: list[Entry] = []
+        self._rows = 0
+        self._lock = threading.Lock()  # guards _pending/_rows
+        self._write_lock = threading.Lock()  # one writer at a time (the thread, or a request under back-pressure)
+        self._due = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+        self.written_rows = 0
+        self.files = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def append(self, entry: Entry) -> None:
+        with self._lock:
+            self._pending.append(entry)
+            self._rows += len(entry.rows)
+            rows = self._rows
+        if rows >= self.max_rows:
+            self.flush()  # back-pressure: this request pays for the write instead of memory growing
+        elif rows >= self.flush_rows:
+            self._due.set()
+
+    @property
+    def pending_rows(self) -> int:
+        return self._rows
+
+    def flush(self) -> int:
+        """Write every waiting row; returns how many were written."""
+        with self._write_lock:
+            with self._lock:
+                batch, self._pending, self._rows = self._pending, [], 0
+            if not batch:
+                return 0
+            by_model: dict[str, list[Entry]] = defaultdict(list)
+            for entry in batch:
+                by_model[entry.model].append(entry)
+            written = 0
+            for model, entries in by_model.items():
+                try:
+                    frame = pd.concat([e.frame() for e in entries], ignore_index=True)
+                    self.files += len(request_log.write_part(self.storage_base, model, frame))
+                    written += len(frame)
+                except Exception as err:  # storage trouble: keep the rows, try again next time
+                    self.last_error = f"{type(err).__name__}: {err}"[:500]
+                    log.error("request log of %s not written (%s); %d entries kept", model, self.last_error,
+                              len(entries))  # fmt: skip
+                    with self._lock:
+                        self._pending[:0] = entries
+                        self._rows += sum(len(e.rows) for e in entries)
+            self.written_rows += written
+            return written
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._due.wait(self.flush_seconds)
+            self._due.clear()
+            try:
+                self.flush()
+            except Exception:
+                log.exception("request log flush failed")
+
+    def close(self) -> None:
+        """Stop the thread and write what is left (the app's shutdown)."""
+        self._stop.set()
+        self._due.set()
+        self._thread.join(timeout=60)
+        self.flush()
+
+    def describe(self) -> dict[str, Any]:
+        return {"pending_rows": self._rows, "written_rows": self.written_rows, "files": self.files,
+                "last_error": self.last_error}  # fmt: skip
