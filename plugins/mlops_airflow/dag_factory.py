@@ -83,7 +83,11 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
         RegisterChallengerOperator,
         SmokeTestOperator,
     )
-    from mlops_airflow.operators.training import SelectCandidateOperator, TrainCandidateOperator
+    from mlops_airflow.operators.training import (
+        CANDIDATE_MAP_INDEX_TEMPLATE,
+        SelectCandidateOperator,
+        TrainCandidateOperator,
+    )
 
     with model_dag(
         spec,
@@ -105,9 +109,9 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
         snapshot = SnapshotOperator(task_id="snapshot", data_uri="{{ params.data_uri or '' }}", **common)
         validate = ValidateDataOperator(task_id="validate_data", snapshot=snapshot.output, **common)
         grid = [{"index": i, "params": p} for i, p in enumerate(candidate_grid(spec))]
-        train = TrainCandidateOperator.partial(task_id="train", snapshot=snapshot.output, **common).expand(
-            candidate=grid
-        )
+        train = TrainCandidateOperator.partial(
+            task_id="train", snapshot=snapshot.output, map_index_template=CANDIDATE_MAP_INDEX_TEMPLATE, **common
+        ).expand(candidate=grid)
         select = SelectCandidateOperator(
             task_id="select_candidate", snapshot=snapshot.output, candidates=train.output, **common
         )

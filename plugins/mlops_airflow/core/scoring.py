@@ -96,9 +96,17 @@ def encode_labels(spec: ModelSpec, y: Any) -> np.ndarray:
 
 
 def load_model(model_uri: str) -> Any:
-    """A logged model as pyfunc, as serving loads it."""
+    """A logged model as pyfunc, as serving loads it.
+
+    ``skops.io`` is imported first without its import-time ``sys.modules`` probe warnings (see
+    :func:`~mlops_airflow.core.served_model.import_skops_io`): a model logged before its ``served_model.py``
+    did that itself would otherwise fill the task log with them.
+    """
     import mlflow
 
+    from mlops_airflow.core.served_model import import_skops_io
+
+    import_skops_io()
     return mlflow.pyfunc.load_model(model_uri)
 
 

@@ -17,6 +17,7 @@ Output (a DataFrame, one row per input row):
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow
@@ -132,14 +133,29 @@ def model_output(pipeline: Any, raw: pd.DataFrame, config: dict[str, Any]) -> pd
     return pd.DataFrame(out, index=raw.index)
 
 
+def import_skops_io() -> Any:
+    """``skops.io``, imported without the warnings its import provokes in an Airflow process.
+
+    At import, skops names every scipy ufunc's module (``SCIPY_UFUNC_TYPE_NAMES``) by probing each of them
+    with ``getattr`` on every module in ``sys.modules``. Airflow's deprecated shim modules (``airflow.utils.
+    timezone`` and others) answer each probe with a ``DeprecatedImportWarning`` (a ``FutureWarning``): about
+    1,160 warnings, 3,500 task-log lines, none about the model. Only warnings raised from skops' probe are
+    dropped; later imports are free (the module is cached).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
+        import skops.io
+
+    return skops.io
+
+
 class SpecModel(PythonModel):
     """pyfunc of a spec's pipeline: ``predict`` returns :func:`model_output`."""
 
     def load_context(self, context: Any) -> None:
-        import skops.io
-
+        skops_io = import_skops_io()
         self.config = dict(context.model_config)
-        self.pipeline = skops.io.load(context.artifacts["pipeline"], trusted=list(self.config["trusted_types"]))
+        self.pipeline = skops_io.load(context.artifacts["pipeline"], trusted=list(self.config["trusted_types"]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):

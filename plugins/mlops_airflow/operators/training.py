@@ -31,9 +31,10 @@ def candidate_label(params: dict[str, Any]) -> str:
 def quiet_skops_scan() -> Iterator[None]:
     """Drop the warnings skops causes while it serialises a pipeline.
 
-    To name a type's module, skops calls ``getattr`` on every module in ``sys.modules``; on Airflow's
-    deprecated shim modules (``airflow.utils.*``) each call warns, about 1,100 warnings (3,500 log lines) per
-    logged model, none of them about the model.
+    To name the module of an object without ``__module__`` (a ufunc), skops calls ``getattr`` on every module
+    in ``sys.modules``; on Airflow's deprecated shim modules (``airflow.utils.*``) each call warns. Its import
+    does the same for every scipy ufunc: import it with
+    :func:`~mlops_airflow.core.served_model.import_skops_io`.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.")
@@ -57,17 +58,28 @@ def serving_requirements() -> list[str]:
 
 def trusted_types(pipeline: Any) -> list[str]:
     """Types skops must trust to load a pipeline this task built itself: sklearn and numpy ones only."""
-    import skops.io
+    from mlops_airflow.core.served_model import import_skops_io
 
-    found = skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))
+    skops_io = import_skops_io()
+    with quiet_skops_scan():
+        found = skops_io.get_untrusted_types(data=skops_io.dumps(pipeline))
     foreign = [t for t in found if not t.startswith(("sklearn.", "numpy."))]
     if foreign:
         raise TypeError(f"pipeline holds types that are not sklearn/numpy: {foreign}")
     return list(found)
 
 
+#: The label of a mapped ``train`` task instance (grid and REST API): its hyperparameters, which ``execute``
+#: puts in the context as ``candidate_label``. It must be given to ``.partial()``: the task runner builds the
+#: context from the *mapped* operator's ``partial_kwargs`` before it unmaps (runs ``__init__``), so a default
+#: set in ``__init__`` is never rendered and the UI shows 0..n.
+CANDIDATE_MAP_INDEX_TEMPLATE = "{{ candidate_label }}"
+
+
 class TrainCandidateOperator(MlopsBaseOperator):
     """Fit one candidate of the search space as a nested MLflow run; a retry reuses a finished run.
+
+    Map it with ``.partial(..., map_index_template=CANDIDATE_MAP_INDEX_TEMPLATE)``.
 
     :param snapshot: the ``snapshot`` task's XCom.
     :param candidate: ``{"index": i, "params": {...}}``, one entry of the spec's grid (mapped over).
@@ -77,7 +89,6 @@ class TrainCandidateOperator(MlopsBaseOperator):
     ui_color = "#d5f5e3"
 
     def __init__(self, *, snapshot: Any, candidate: dict[str, Any], **kwargs: Any) -> None:
-        kwargs.setdefault("map_index_template", "{{ candidate_label }}")
         super().__init__(**kwargs)
         self.snapshot = snapshot
         self.candidate = candidate
@@ -182,7 +193,6 @@ class SelectCandidateOperator(MlopsBaseOperator):
         from pathlib import Path
 
         import mlflow
-        import skops.io
         from mlflow.models import infer_signature
 
         from mlops_airflow.core import served_model, tracking
@@ -208,7 +218,7 @@ class SelectCandidateOperator(MlopsBaseOperator):
         with tempfile.TemporaryDirectory(dir=tracking.scratch_dir()) as scratch:
             pipeline_file = Path(scratch) / "pipeline.skops"
             with quiet_skops_scan():
-                skops.io.dump(pipeline, pipeline_file)
+                served_model.import_skops_io().dump(pipeline, pipeline_file)
             with mlflow.start_run(run_id=parent):
                 for part, frame in (("train", train), ("eval", evaluation)):
                     dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
