@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import SkipMixin
 from airflow.sdk.exceptions import AirflowFailException
 
+from mlops_airflow.core.serving_client import notify_model_server
 from mlops_airflow.operators.base import MlopsBaseOperator
 from mlops_airflow.operators.training import load_snapshot
 
@@ -88,6 +89,7 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
         from mlops_airflow.core import tracking
         from mlops_airflow.core.data import load_part
         from mlops_airflow.core.evaluation import Target, compute_metrics
+        from mlops_airflow.core.explain import Scored, assess_versions
         from mlops_airflow.core.gate import paired_bootstrap, slice_metrics
         from mlops_airflow.core.reports import metric_comparison_figure, roc_curve_figure
         from mlops_airflow.core.scoring import encode_labels, load_model, model_threshold, predict_rows
@@ -115,6 +117,7 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
 
         baseline = self._baseline(context)
         figures = {}
+        champion_scored = None
         if baseline is not None:
             version = str(baseline.version)
             champion_model = load_model(f"models:/{spec.name}/{version}")
@@ -124,6 +127,7 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
             result["champion"] = compute_metrics(target, y, champion_score, threshold=champion_threshold)
             result["champion_version"] = version
             result["champion_threshold"] = champion_threshold
+            champion_scored = Scored(champion_model, champion_score, champion_threshold)
             gate = spec.gate
             result["bootstrap"] = paired_bootstrap(
                 y,
@@ -148,6 +152,14 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
                 )
         figures["metrics_candidate_vs_champion.png"] = metric_comparison_figure(result["candidate"], result["champion"])
         tracking.log_figures(self.client, parent, figures, "evaluation")
+        # What each version relies on and whom it fails, on the same rows (report and gate input).
+        assessment = assess_versions(
+            spec, evaluation, y, Scored(candidate_model, candidate_score, candidate_threshold), champion_scored
+        )
+        result.update(assessment.summary)
+        for path, data in assessment.artifacts.items():
+            tracking.log_json(self.client, parent, data, path)
+        tracking.log_figures(self.client, parent, assessment.figures, "explain")
         tracking.log_json(self.client, parent, result, "evaluation/comparison.json")
         return result
 
@@ -169,6 +181,7 @@ class GateOperator(MlopsBaseOperator, SkipMixin):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import tracking
+        from mlops_airflow.core.explain import report_markdown
         from mlops_airflow.core.gate import BootstrapResult, decide
 
         ev = self.evaluation
@@ -181,15 +194,17 @@ class GateOperator(MlopsBaseOperator, SkipMixin):
             bootstrap=BootstrapResult(**boot) if boot else None,
             slices=ev.get("slices"),
             champion_version=ev.get("champion_version"),
+            fairness=ev.get("fairness"),
         )
         parent = self.parent_run_id(context)
         data = decision.to_dict()
+        report = decision.to_markdown() + "\n" + report_markdown(ev, ev["primary_metric"])
         self.client.set_tag(parent, "mlops.gate.blessed", str(decision.blessed).lower())
         self.client.set_tag(parent, "mlops.gate.reason", decision.reason[:5000])
         tracking.log_json(self.client, parent, data, "gate/decision.json")
-        tracking.log_text(self.client, parent, decision.to_markdown(), "gate/report.md")
+        tracking.log_text(self.client, parent, report, "gate/report.md")
         context["ti"].xcom_push(key="gate_decision", value=data)
-        self.log.info("gate decision for %s:\n%s", self.model_name, decision.to_markdown())
+        self.log.info("gate decision for %s:\n%s", self.model_name, report)
         if not decision.blessed:
             self.client.set_terminated(parent, "FINISHED")
             self.log.warning("NOT BLESSED: %s; champion stays where it is", decision.reason)
@@ -218,6 +233,7 @@ class RegisterChallengerOperator(_RegistryMixin, MlopsBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import settings, tracking
+        from mlops_airflow.core.model_card import CARD_HTML, card_uri, log_card
         from mlops_airflow.core.registry import CHALLENGER
 
         if not self.decision.get("blessed"):  # the gate skips this task; refuse all the same
@@ -244,7 +260,8 @@ class RegisterChallengerOperator(_RegistryMixin, MlopsBaseOperator):
                 self.candidate["model_uri"],
                 parent,
                 tags,
-                description=f"Trained by {self.dag_id} run {context['run_id']}; gate: {tags['mlops.gate.reason']}",
+                description=f"Trained by {self.dag_id} run {context['run_id']}; model card: "
+                f"{card_uri(parent, CARD_HTML)}; gate: {tags['mlops.gate.reason']}",
             )
         else:
             self.log.info("version %s was already registered by this DAG run", version.version)
@@ -256,6 +273,14 @@ class RegisterChallengerOperator(_RegistryMixin, MlopsBaseOperator):
                 "unsigned; promotion and rollback prove its blessing from its source run only",
                 version.version,
             )
+        log_card(
+            self.client,
+            self.spec,
+            run_id=parent,
+            version=str(version.version),
+            snapshot=self.snapshot,
+            decision=self.decision,
+        )
         registry.set_alias(CHALLENGER, str(version.version))
         self.client.set_tag(parent, "mlops.registered_version", str(version.version))
         self.mlflow_url = tracking.model_url(self.model_name, version.version)
@@ -379,6 +404,7 @@ class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
             self.log.warning("NOT PROMOTED: %s; champion stays at %s", move.outcome, move.from_version)
             raise AirflowSkipException(f"{self.model_name} v{version} not promoted: {move.outcome}")
         self.client.set_tag(parent, "mlops.promoted_version", version)
+        notify_model_server(self.model_name, "promote", version, logger=self.log)
         return move.to_dict()
 
 
@@ -429,4 +455,5 @@ class RollbackOperator(_RegistryMixin, MlopsBaseOperator):
             raise AirflowFailException(str(err)) from None
         self.log.info("rollback of %s: %s", self.model_name, move)
         self.mlflow_url = tracking.model_url(self.model_name, move.to_version)
+        notify_model_server(self.model_name, "rollback", str(move.to_version), logger=self.log)
         return move.to_dict()

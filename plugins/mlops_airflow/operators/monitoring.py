@@ -142,6 +142,8 @@ class MonitorOperator(MlopsBaseOperator):
         current = pd.concat([read_batch(b, spec.source.format) for b in recent], ignore_index=True)
 
         report = compute_drift(reference, current, spec.numeric_features, spec.categorical_features, spec.drift)
+        # What production actually scored (the model server's request log), beside the landing zone.
+        serving_report, serving_dates = self._serving_drift(reference)
 
         perf_dropped, delta, live = None, None, None
         labelled = current[current[spec.label.name].notna()] if spec.label.name in current else current.iloc[0:0]
@@ -161,8 +163,14 @@ class MonitorOperator(MlopsBaseOperator):
         registered = self.client.get_registered_model(spec.name)
         last = (registered.tags or {}).get(LAST_REQUEST_TAG)
         now = dt.datetime.now(dt.UTC)
+        drift_source = "landing zone"
+        if serving_report is not None and (serving_report.should_retrain, serving_report.drift_share) > (
+            report.should_retrain,
+            report.drift_share,
+        ):
+            drift_source = "serving log"
         decision = retrain_decision(
-            report,
+            serving_report if drift_source == "serving log" else report,
             perf_dropped,
             dt.datetime.fromisoformat(last) if last else None,
             now,
@@ -180,6 +188,9 @@ class MonitorOperator(MlopsBaseOperator):
         self.link_run(run_id)
         tracking.log_json(self.client, run_id, report.to_dict(), "drift/report.json")
         tracking.log_text(self.client, run_id, report.to_markdown(), "drift/report.md")
+        if serving_report is not None:
+            tracking.log_json(self.client, run_id, serving_report.to_dict(), "drift/serving_report.json")
+            tracking.log_text(self.client, run_id, serving_report.to_markdown(), "drift/serving_report.md")
         kinds = {f.name: f.kind for f in report.features}
         figures = {
             f"{name}.png": plot_feature_drift(reference, current, name, kinds[name]) for name in report.drifted_features
@@ -197,6 +208,8 @@ class MonitorOperator(MlopsBaseOperator):
                 )
         tracking.log_figures(self.client, run_id, figures, "drift/plots")
         metrics = {"drift_share": report.drift_share, "drifted_features": float(len(report.drifted_features))}
+        if serving_report is not None:
+            metrics["serving_drift_share"] = serving_report.drift_share
         if live is not None:
             metrics[f"live_{spec.primary}"] = live
         tracking.log_metrics(self.client, run_id, metrics)
@@ -215,7 +228,27 @@ class MonitorOperator(MlopsBaseOperator):
             "champion_version": str(champion.version),
             "batches": [b.name for b in recent],
             "mlflow_run_id": run_id,
+            "drift_source": drift_source,
+            "serving_drift_share": serving_report.drift_share if serving_report is not None else None,
+            "serving_drifted_features": serving_report.drifted_features if serving_report is not None else None,
+            "serving_dates": serving_dates,
         }
+
+    def _serving_drift(self, reference: Any) -> tuple[Any, list[str]]:
+        """Drift of the rows the model server answered with ``champion`` in the newest ``drift.window_batches``
+        days of its request log (``<storage>/<model>/serving/date=...``); ``(None, [])`` without a log."""
+        from mlops_airflow.core.drift import compute_drift
+        from mlops_airflow.core.request_log import log_dates, read_log, served_rows
+
+        spec = self.spec
+        base = self.storage_root()
+        dates = log_dates(base, spec.name)[-spec.drift.window_batches :]
+        served = served_rows(spec, read_log(base, spec.name, dates)) if dates else None
+        if served is None or served.empty:
+            return None, []
+        self.log.info("request log of %s: %d served rows on %s", spec.name, len(served), ", ".join(dates))
+        report = compute_drift(reference, served, spec.numeric_features, spec.categorical_features, spec.drift)
+        return report, dates
 
 
 class RequestRetrainOperator(MlopsBaseOperator):
