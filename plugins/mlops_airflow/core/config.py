@@ -16,7 +16,7 @@ import random
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -353,6 +353,56 @@ class ModelCardSpec(_Strict):
     limitations: list[str] = Field(default_factory=list)
 
 
+#: What a model's ``notify`` section can send (each message links to the model page and the run).
+NotifyEvent = Literal[
+    "promotion", "rollback", "gate_rejected", "validation_failed", "retrain_requested", "approval_waiting"
+]
+NOTIFY_EVENTS: tuple[str, ...] = get_args(NotifyEvent)
+CONN_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+
+
+def _conn_id(value: str) -> str:
+    if not CONN_ID_RE.match(value):
+        raise ValueError(
+            f"{value[:40]!r} is not an Airflow connection id (letters, digits, '_', '.', '-'); the YAML names "
+            "connections only, never a URL, address or secret"
+        )
+    return value
+
+
+class EmailNotifySpec(_Strict):
+    """E-mail through Airflow's SMTP notifier: server, login and sender live in the connection."""
+
+    conn_id: str = "smtp_default"
+    to: list[str] = Field(min_length=1)
+    #: Sender; empty = the connection's ``from_email`` extra.
+    from_email: str | None = None
+
+    _check_conn = field_validator("conn_id")(_conn_id)
+
+
+class SlackNotifySpec(_Strict):
+    """Slack through the Slack provider's webhook notifier: the webhook URL lives in the connection."""
+
+    conn_id: str = "slack_default"
+
+    _check_conn = field_validator("conn_id")(_conn_id)
+
+
+class NotifySpec(_Strict):
+    """Who hears about the model's promotions, rollbacks, rejections, bad data, retrain requests, approvals."""
+
+    email: EmailNotifySpec | None = None
+    slack: SlackNotifySpec | None = None
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _some_channel(self) -> NotifySpec:
+        if self.email is None and self.slack is None:
+            raise ValueError("notify needs a channel: 'email' and/or 'slack'")
+        return self
+
+
 class ModelSpec(_Strict):
     """One continuously trained model."""
 
@@ -383,6 +433,8 @@ class ModelSpec(_Strict):
     #: Fairness criteria checked by the gate (a violation blocks promotion).
     fairness: list[FairnessCriterion] = Field(default_factory=list)
     model_card: ModelCardSpec = ModelCardSpec()
+    #: E-mail and/or Slack messages on the model's events (connection ids only).
+    notify: NotifySpec | None = None
     tags: list[str] = Field(default_factory=list)
     #: Minimum rows a snapshot's training set must hold.
     min_rows: int = Field(default=100, ge=1)

@@ -1,0 +1,460 @@
+"""Read model of a registered model for people: who serves now and why, the promotion ledger, the last runs.
+
+Everything here reads MLflow (through the client it is given) and writes nothing. The ledger is rebuilt from
+what :mod:`mlops_airflow.core.registry` records on every move of ``champion``:
+
+* a promotion tags the version it promoted (``mlops.promoted_at``, ``mlops.promotion_reason``) beside the
+  provenance its CT run tagged at registration (``airflow.dag_id``, ``airflow.run_id``,
+  ``mlops.gate.champion_version``: the champion it was judged against, which compare-and-set guarantees is
+  the version it replaced);
+* a rollback leaves one registered-model tag per rollback DAG run (``mlops.rollback.done.<digest>``) holding
+  the whole move: from, to, when, which run, who, why;
+* the registry's ledger tag (``mlops.champion.ledger``, the newest moves) adds any move not found above.
+
+A move made outside Airflow (the MLflow UI or API) leaves no record; :attr:`ModelStatus.unrecorded_move`
+says when the champion is not where the ledger's last row put it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlops_airflow.core.registry import (
+    CHALLENGER,
+    CHAMPION,
+    DECISION_ARTIFACT,
+    DONE_PREFIX,
+    PREVIOUS_CHAMPION,
+    TAG_DAG_ID,
+    TAG_PIN_INFO,
+    TAG_PINNED,
+    TAG_RUN_ID,
+)
+
+GATE_REPORT = "gate/report.md"
+DRIFT_REPORT = "drift/report.json"
+DRIFT_PLOTS = "drift/plots"
+EVALUATION_PLOTS = "evaluation"
+#: Artifact folders the model page may show as images (nothing else of a run is served).
+IMAGE_FOLDERS = (DRIFT_PLOTS, EVALUATION_PLOTS)
+#: The registry's bounded ledger of champion moves (registered-model tag, JSON list of op/from/to/at/run).
+TAG_LEDGER = "mlops.champion.ledger"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One move of ``champion``: ``op`` is ``promote`` or ``rollback``; ``source_run_id`` is the MLflow CT run
+    of the version moved to (its gate report)."""
+
+    at: str
+    op: str
+    from_version: str | None
+    to_version: str
+    dag_id: str
+    run_id: str
+    user: str | None
+    reason: str
+    trigger: str | None = None
+    source_run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CtRunSummary:
+    """The newest ``ct_<model>`` MLflow run and what it decided."""
+
+    mlflow_run_id: str
+    dag_id: str
+    run_id: str
+    started_at: str
+    status: str
+    trigger: str | None
+    trigger_reason: str | None
+    validation: str | None
+    blessed: bool | None
+    gate_reason: str | None
+    promotion: str | None
+    registered_version: str | None
+
+    @property
+    def verdict(self) -> str:
+        """What the run decided, as a person reads it."""
+        if self.validation == "failed":
+            return "REJECTED: data validation failed"
+        if self.blessed is True:
+            outcome = f"; promotion: {self.promotion}" if self.promotion else ""
+            return f"BLESSED: {self.gate_reason or ''}{outcome}".strip()
+        if self.blessed is False:
+            return f"NOT BLESSED: {self.gate_reason or ''}".strip()
+        if self.status == "RUNNING":
+            return "running: no gate decision yet"
+        return f"no gate decision (run {self.status.lower()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"verdict": self.verdict}
+
+
+@dataclass(frozen=True)
+class MonitorSummary:
+    """The newest ``monitor_<model>`` MLflow run: drift and the live metric."""
+
+    mlflow_run_id: str
+    run_id: str
+    started_at: str
+    champion_version: str | None
+    drift_share: float | None
+    drifted_features: list[str]
+    live_metric: float | None
+    retrain_requested: bool
+    retrain_reason: str | None
+    plots: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One row of the models overview (and the head of a model's page)."""
+
+    name: str
+    champion: str | None
+    champion_since: str | None
+    champion_why: str | None
+    pinned: str | None
+    pinned_by: dict[str, Any] | None
+    previous_champion: str | None
+    challenger: str | None
+    ledger: list[LedgerEntry]
+    last_ct: CtRunSummary | None
+    last_monitor: MonitorSummary | None
+    experiment_id: str | None
+
+    @property
+    def unrecorded_move(self) -> bool:
+        """``champion`` is not where the ledger's last move put it: someone moved it outside Airflow."""
+        last = self.ledger[-1].to_version if self.ledger else None
+        return self.champion != last
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ledger"] = [e.to_dict() for e in self.ledger]
+        data["last_ct"] = self.last_ct.to_dict() if self.last_ct else None
+        data["unrecorded_move"] = self.unrecorded_move
+        return data
+
+
+def _ms_to_iso(ms: int | None) -> str:
+    if not ms:
+        return ""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+
+
+def _parse_at(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _not_found(err: Exception) -> bool:
+    return getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _versions(client: Any, name: str) -> list[Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except MlflowException as err:
+        if _not_found(err):
+            return []
+        raise
+
+
+def _run_tags(client: Any, run_id: str | None, cache: dict[str, dict[str, str]]) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return {}
+    if run_id not in cache:
+        try:
+            cache[run_id] = dict(client.get_run(run_id).data.tags)
+        except MlflowException as err:
+            if not _not_found(err):
+                raise
+            cache[run_id] = {}
+    return cache[run_id]
+
+
+def ledger(client: Any, name: str, model_tags: dict[str, str] | None = None) -> list[LedgerEntry]:
+    """Every recorded move of ``champion`` of model ``name``, oldest first."""
+    from mlflow.exceptions import MlflowException
+
+    if model_tags is None:
+        try:
+            model_tags = dict(client.get_registered_model(name).tags or {})
+        except MlflowException as err:
+            if not _not_found(err):
+                raise
+            model_tags = {}
+    entries: list[LedgerEntry] = []
+    runs: dict[str, dict[str, str]] = {}
+    sources: dict[str, str | None] = {}
+    for mv in _versions(client, name):
+        tags = dict(mv.tags or {})
+        sources[str(mv.version)] = mv.run_id
+        if not tags.get("mlops.promoted_at"):
+            continue
+        run_tags = _run_tags(client, mv.run_id, runs)
+        entries.append(
+            LedgerEntry(
+                at=tags["mlops.promoted_at"],
+                op="promote",
+                from_version=tags.get("mlops.gate.champion_version") or None,
+                to_version=str(mv.version),
+                dag_id=tags.get(TAG_DAG_ID, ""),
+                run_id=tags.get(TAG_RUN_ID, ""),
+                user=None,
+                reason=tags.get("mlops.promotion_reason", ""),
+                trigger=_trigger_text(run_tags),
+                source_run_id=mv.run_id,
+            )
+        )
+    for key, raw in model_tags.items():
+        if not key.startswith(DONE_PREFIX):
+            continue
+        try:
+            move = json.loads(raw)
+        except ValueError:
+            continue
+        to = str(move.get("to"))
+        entries.append(
+            LedgerEntry(
+                at=str(move.get("at", "")),
+                op="rollback",
+                from_version=None if move.get("from") is None else str(move["from"]),
+                to_version=to,
+                dag_id=str(move.get("dag_id", "")),
+                run_id=str(move.get("run_id", "")),
+                user=move.get("user") or None,
+                reason=str(move.get("reason", "")),
+                trigger="manual",
+                source_run_id=sources.get(to),
+            )
+        )
+    # The registry's own ledger tag (bounded, the newest moves) adds any move the tags above do not hold.
+    seen = {(x.op, x.to_version, x.dag_id, x.run_id) for x in entries}
+    for move in _tag_ledger(model_tags):
+        move_key = (str(move.get("op")), str(move.get("to")), str(move.get("dag_id", "")), str(move.get("run_id", "")))
+        if move_key in seen:
+            continue
+        seen.add(move_key)
+        entries.append(
+            LedgerEntry(
+                at=str(move.get("at", "")),
+                op=move_key[0],
+                from_version=None if move.get("from") is None else str(move["from"]),
+                to_version=move_key[1],
+                dag_id=move_key[2],
+                run_id=move_key[3],
+                user=None,
+                reason="",
+                source_run_id=sources.get(move_key[1]),
+            )
+        )
+    # Moves are serialised by the registry pool; equal timestamps (one second) keep promote before rollback.
+    return sorted(entries, key=lambda e: (_parse_at(e.at) if e.at else dt.datetime.min.replace(tzinfo=dt.UTC), e.op))
+
+
+def _tag_ledger(model_tags: dict[str, str]) -> list[dict[str, Any]]:
+    try:
+        moves = json.loads(model_tags.get(TAG_LEDGER) or "[]")
+    except ValueError:
+        return []
+    return [m for m in moves if isinstance(m, dict) and m.get("to")] if isinstance(moves, list) else []
+
+
+def served_at(entries: list[LedgerEntry], at: dt.datetime) -> LedgerEntry | None:
+    """The move that put the version serving at ``at`` in place (None: nothing served yet)."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    current = None
+    for entry in entries:
+        if entry.at and _parse_at(entry.at) <= at:
+            current = entry
+    return current
+
+
+def _trigger_text(tags: dict[str, str]) -> str | None:
+    trigger = tags.get("mlops.trigger")
+    reason = tags.get("mlops.trigger.reason")
+    if trigger and reason:
+        return f"{trigger}: {reason}"
+    return trigger or reason or None
+
+
+def _experiment_id(client: Any, name: str) -> str | None:
+    found = client.get_experiment_by_name(name)
+    return None if found is None else str(found.experiment_id)
+
+
+def _newest_run(client: Any, experiment_id: str, kind: str) -> Any | None:
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlops.kind` = '{kind}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def last_ct_run(client: Any, experiment_id: str) -> CtRunSummary | None:
+    run = _newest_run(client, experiment_id, "ct")
+    if run is None:
+        return None
+    tags = run.data.tags
+    blessed = tags.get("mlops.gate.blessed")
+    return CtRunSummary(
+        mlflow_run_id=run.info.run_id,
+        dag_id=tags.get(TAG_DAG_ID, ""),
+        run_id=tags.get(TAG_RUN_ID, ""),
+        started_at=_ms_to_iso(run.info.start_time),
+        status=str(run.info.status),
+        trigger=tags.get("mlops.trigger"),
+        trigger_reason=tags.get("mlops.trigger.reason"),
+        validation=tags.get("mlops.validation"),
+        blessed=None if blessed is None else blessed == "true",
+        gate_reason=tags.get("mlops.gate.reason"),
+        promotion=tags.get("mlops.promotion"),
+        registered_version=tags.get("mlops.registered_version"),
+    )
+
+
+def last_monitor_run(client: Any, experiment_id: str, primary_metric: str) -> MonitorSummary | None:
+    run = _newest_run(client, experiment_id, "monitor")
+    if run is None:
+        return None
+    tags, metrics = run.data.tags, run.data.metrics
+    report = read_json_artifact(client, run.info.run_id, DRIFT_REPORT) or {}
+    return MonitorSummary(
+        mlflow_run_id=run.info.run_id,
+        run_id=tags.get(TAG_RUN_ID, ""),
+        started_at=_ms_to_iso(run.info.start_time),
+        champion_version=tags.get("mlops.champion_version"),
+        drift_share=metrics.get("drift_share"),
+        drifted_features=[str(f) for f in report.get("drifted_features", [])],
+        live_metric=metrics.get(f"live_{primary_metric}"),
+        retrain_requested=tags.get("mlops.retrain_requested") == "true",
+        retrain_reason=tags.get("mlops.retrain_reason"),
+        plots=image_artifacts(client, run.info.run_id, DRIFT_PLOTS),
+    )
+
+
+def model_status(client: Any, name: str, primary_metric: str) -> ModelStatus:
+    """Everything the models overview and the head of the model's page show."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registered = client.get_registered_model(name)
+        model_tags, aliases = dict(registered.tags or {}), dict(registered.aliases or {})
+    except MlflowException as err:
+        if not _not_found(err):
+            raise
+        model_tags, aliases = {}, {}
+    entries = ledger(client, name, model_tags)
+    champion = None if aliases.get(CHAMPION) is None else str(aliases[CHAMPION])
+    last_move = next((e for e in reversed(entries) if e.to_version == champion), None)
+    pin_info = None
+    if model_tags.get(TAG_PIN_INFO):
+        try:
+            pin_info = json.loads(model_tags[TAG_PIN_INFO])
+        except ValueError:
+            pin_info = None
+    experiment_id = _experiment_id(client, name)
+    return ModelStatus(
+        name=name,
+        champion=champion,
+        champion_since=last_move.at if last_move else None,
+        champion_why=(f"{last_move.op}: {last_move.reason}" if last_move else None),
+        pinned=model_tags.get(TAG_PINNED) or None,
+        pinned_by=pin_info,
+        previous_champion=None if aliases.get(PREVIOUS_CHAMPION) is None else str(aliases[PREVIOUS_CHAMPION]),
+        challenger=None if aliases.get(CHALLENGER) is None else str(aliases[CHALLENGER]),
+        ledger=entries,
+        last_ct=last_ct_run(client, experiment_id) if experiment_id else None,
+        last_monitor=last_monitor_run(client, experiment_id, primary_metric) if experiment_id else None,
+        experiment_id=experiment_id,
+    )
+
+
+def run_in_experiment(client: Any, run_id: str, experiment_id: str | None) -> bool:
+    """Whether ``run_id`` is a run of the model's experiment (the page serves no other run's artifacts)."""
+    from mlflow.exceptions import MlflowException
+
+    if not experiment_id:
+        return False
+    try:
+        return str(client.get_run(run_id).info.experiment_id) == experiment_id
+    except MlflowException as err:
+        if _not_found(err) or getattr(err, "error_code", "") == "INVALID_PARAMETER_VALUE":
+            return False
+        raise
+
+
+def _download(client: Any, run_id: str, path: str) -> bytes | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(run_id, path, tmp)
+            return Path(local).read_bytes()
+    except (MlflowException, OSError):
+        return None
+
+
+def read_text_artifact(client: Any, run_id: str, path: str) -> str | None:
+    data = _download(client, run_id, path)
+    return None if data is None else data.decode("utf-8", errors="replace")
+
+
+def read_json_artifact(client: Any, run_id: str, path: str) -> dict[str, Any] | None:
+    text = read_text_artifact(client, run_id, path)
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def gate_report(client: Any, run_id: str) -> str | None:
+    """The gate's Markdown report of a CT run (None when the run never reached the gate)."""
+    return read_text_artifact(client, run_id, GATE_REPORT)
+
+
+def gate_decision(client: Any, run_id: str) -> dict[str, Any] | None:
+    return read_json_artifact(client, run_id, DECISION_ARTIFACT)
+
+
+def image_artifacts(client: Any, run_id: str, folder: str) -> list[str]:
+    """PNG artifacts directly under ``folder`` of a run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.list_artifacts(run_id, folder)
+    except MlflowException:
+        return []
+    return sorted(f.path for f in found if not f.is_dir and f.path.endswith(".png"))
+
+
+def image_artifact(client: Any, run_id: str, path: str) -> bytes | None:
+    """A PNG of the run, only from :data:`IMAGE_FOLDERS` (no other artifact, no path outside them)."""
+    parts = path.split("/")
+    if ".." in parts or not path.endswith(".png") or "/".join(parts[:-1]) not in IMAGE_FOLDERS:
+        return None
+    return _download(client, run_id, path)
