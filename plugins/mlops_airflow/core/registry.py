@@ -14,6 +14,17 @@ Trust rules (DESIGN.md 7):
   judged against, and not while a rollback pins another version.
 * Every move writes an intent (registered-model tag) first; a retry after a crash at any point finishes
   the move from the intent, so it happens exactly once.
+
+Alias lifecycle:
+
+* ``challenger``: the version a CT run registered and is smoke-testing; cleared when that version becomes
+  ``champion`` (it then is no longer a challenger).
+* ``champion``: what serves. Every move of it is appended to the champion ledger (registered-model tag
+  ``mlops.champion.ledger``: op, from, to, when, which DAG run).
+* ``previous_champion``: the version that held ``champion`` right before the current one (audit).
+* A rollback's default target is the last *good* champion before the current one, read from the ledger: the
+  newest version that held ``champion`` and has not been rolled away from since. After v1 -> v2 -> rollback
+  to v1, a second default rollback has no target (v2 was rolled away from) instead of re-serving v2.
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ TAG_PINNED = "mlops.champion.pinned"  # the version a rollback pinned (authorita
 TAG_PIN_INFO = "mlops.champion.pinned_by"  # JSON: who, why, when, which DAG run
 TAG_UNPINNED = "mlops.champion.unpinned"  # JSON: the last unpin
 TAG_INTENT = "mlops.champion.intent"  # JSON: the alias move in progress
+TAG_LEDGER = "mlops.champion.ledger"  # JSON list: the last LEDGER_SIZE champion moves, oldest first
+LEDGER_SIZE = 40  # a registered-model tag holds 5,000 characters; one entry takes about 110
 DONE_PREFIX = "mlops.rollback.done."  # + digest of the rollback's DAG run: JSON of the finished move
 DECISION_ARTIFACT = "gate/decision.json"
 
@@ -238,6 +251,13 @@ class ModelRegistry:
         except MlflowException as err:
             raise self._fail(f"setting alias {alias!r}", err, version) from err
 
+    def delete_alias(self, alias: str) -> None:
+        try:
+            self.client.delete_registered_model_alias(self.name, alias)
+        except MlflowException as err:
+            if err.error_code not in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+                raise self._fail(f"deleting alias {alias!r}", err) from err
+
     def tag(self, version: str, tags: dict[str, str]) -> None:
         try:
             for key, value in tags.items():
@@ -271,6 +291,70 @@ class ModelRegistry:
     def pinned(self) -> str | None:
         """The version a rollback pinned as champion, or None."""
         return self.model_tags().get(TAG_PINNED) or None
+
+    # ------------------------------------------------------------------------------ the champion ledger
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """Every recorded move of ``champion``, oldest first: ``op`` (promote|rollback), ``from``, ``to``,
+        ``at``, ``dag_id``, ``run_id``."""
+        raw = self.model_tags().get(TAG_LEDGER)
+        if not raw:
+            return []
+        try:
+            entries = json.loads(raw)
+        except ValueError as err:
+            raise RegistryError(
+                f"model registry: tag {TAG_LEDGER} of {self.name!r} is not JSON: {raw[:200]!r}"
+            ) from err
+        if not isinstance(entries, list):
+            raise RegistryError(f"model registry: tag {TAG_LEDGER} of {self.name!r} is not a JSON list")
+        return [e for e in entries if isinstance(e, dict) and e.get("to")]
+
+    def _record_move(self, intent: dict[str, Any]) -> None:
+        """Append the move to the ledger once (a retry finishing the same intent appends nothing)."""
+        entry = {k: intent.get(k) for k in ("op", "from", "to", "at", "dag_id", "run_id")}
+        entries = self.ledger()
+        if entry in entries:
+            return
+        self._set_model_tag(TAG_LEDGER, json.dumps([*entries, entry][-LEDGER_SIZE:], separators=(",", ":")))
+
+    def rollback_target(self) -> str | None:
+        """The default version a rollback serves: the last good champion before the current one.
+
+        Good = it held ``champion`` and no rollback has moved away from it since it last did. Without a
+        ledger (a registry older than it), ``previous_champion``.
+        """
+        current = self._champion_version()
+        entries = self.ledger()
+        if not entries:
+            previous = self.by_alias(PREVIOUS_CHAMPION)
+            return None if previous is None or str(previous.version) == current else str(previous.version)
+        good: dict[str, bool] = {}
+        for entry in entries:
+            if entry["op"] == "rollback" and entry.get("from"):
+                good[str(entry["from"])] = False
+            good[str(entry["to"])] = True
+        for entry in reversed(entries):
+            # a promotion's "from" covers a champion set before the ledger began
+            for version in (entry["to"], entry.get("from") if entry["op"] == "promote" else None):
+                if version is not None and str(version) != current and good.get(str(version), True):
+                    return str(version)
+        return None
+
+    def blessed_versions(self, limit: int = 20) -> list[str]:
+        """The newest ``limit`` versions proven blessed (those a rollback may serve), newest first."""
+        try:
+            found = self.client.search_model_versions(f"name = '{self.name}'")
+        except MlflowException as err:
+            raise self._fail("search", err) from err
+        blessed = []
+        for version in sorted((str(v.version) for v in found), key=int, reverse=True)[:limit]:
+            try:
+                self.verify_blessed(version)
+            except UnblessedVersionError:
+                continue
+            blessed.append(version)
+        return blessed
 
     # ------------------------------------------------------------------------------------- provenance
 
@@ -420,8 +504,9 @@ class ModelRegistry:
         return self._apply({**intent, **asdict(actor), "at": at})
 
     def rollback(self, reason: str, actor: Actor, version: str | None = None) -> AliasMove:
-        """Move ``champion`` to ``version`` (default: ``previous_champion``), which must be proven blessed,
-        and pin it there. Exactly once per DAG run, whatever crashed before."""
+        """Move ``champion`` to ``version`` (default: :meth:`rollback_target`, the last good champion before
+        the current one), which must be proven blessed, and pin it there. Exactly once per DAG run, whatever
+        crashed before."""
         pending = self._finish_pending()
         if pending:
             intent, move = pending
@@ -439,17 +524,29 @@ class ModelRegistry:
                 self.name, CHAMPION, record["to"], record["from"], False, _now(), "already done by this run"
             )
         if version in (None, "", PREVIOUS_CHAMPION):
-            target = self.by_alias(PREVIOUS_CHAMPION)
-            if target is None:
-                raise RegistryError(f"rollback of {self.name!r}: no version holds alias 'previous_champion'")
+            target_version = self.rollback_target()
+            if target_version is None:
+                raise RegistryError(
+                    f"rollback of {self.name!r}: no good champion before the current one "
+                    f"({self._champion_version()}) in the champion ledger (tag {TAG_LEDGER}); choose a version: "
+                    f"blessed versions are {self._blessed_list()}"
+                )
         else:
-            target = self.version(str(version))
-            if target is None:
-                raise RegistryError(f"rollback of {self.name!r}: version {version} does not exist")
-        target_version = str(target.version)
-        self.verify_blessed(target_version)
+            if self.version(str(version)) is None:
+                raise RegistryError(
+                    f"rollback of {self.name!r}: version {version} does not exist; blessed versions are "
+                    f"{self._blessed_list()}"
+                )
+            target_version = str(version)
+        try:
+            self.verify_blessed(target_version)
+        except UnblessedVersionError as err:
+            raise UnblessedVersionError(f"{err}; blessed versions are {self._blessed_list()}") from None
         intent = {"op": "rollback", "from": self._champion_version(), "to": target_version, "reason": reason}
         return self._apply({**intent, **asdict(actor), "at": _now()})
+
+    def _blessed_list(self) -> str:
+        return ", ".join(self.blessed_versions()) or "(none)"
 
     def unpin(self, reason: str, actor: Actor) -> str | None:
         """Remove a rollback's pin (a person's decision); returns the version that was pinned, or None."""
@@ -527,10 +624,14 @@ class ModelRegistry:
                 self._release_pin({"version": frm, **who, "reason": f"gate against pinned version: {who['reason']}"})
             if frm is not None:
                 self.tag(frm, {"mlops.demoted_at": at, "mlops.demoted_by_version": to})
+            challenger = self.by_alias(CHALLENGER)
+            if challenger is not None and str(challenger.version) == to:  # it serves now: no challenger left
+                self.delete_alias(CHALLENGER)
             self.tag(
                 to, {"mlops.promoted_at": at, "mlops.promotion_reason": intent["reason"], TAG_PROMOTION: "promoted"}
             )
             outcome = "promoted"
+        self._record_move(intent)
         self._delete_model_tag(TAG_INTENT)
         return AliasMove(self.name, CHAMPION, to, frm, frm != to, at, outcome)
 
