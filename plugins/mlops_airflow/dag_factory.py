@@ -59,6 +59,15 @@ def ct_schedule(spec: ModelSpec) -> Any:
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=retrain_asset(spec))
 
 
+def notified(spec: ModelSpec, event: str, hook: str = "on_success_callback") -> dict[str, Any]:
+    """Task kwargs that send ``event`` through the spec's ``notify`` section (none without one)."""
+    if spec.notify is None or event not in spec.notify.events:
+        return {}
+    from mlops_airflow.operators.notify import ModelEventNotifier
+
+    return {hook: ModelEventNotifier(event=event, model_name=spec.name)}
+
+
 def ct_doc(spec: ModelSpec) -> str:
     return f"""### Continuous training of `{spec.name}`
 
@@ -107,7 +116,12 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
     ) as dag:
         common = {"model_name": spec.name}
         snapshot = SnapshotOperator(task_id="snapshot", data_uri="{{ params.data_uri or '' }}", **common)
-        validate = ValidateDataOperator(task_id="validate_data", snapshot=snapshot.output, **common)
+        validate = ValidateDataOperator(
+            task_id="validate_data",
+            snapshot=snapshot.output,
+            **notified(spec, "validation_failed", "on_failure_callback"),
+            **common,
+        )
         grid = [{"index": i, "params": p} for i, p in enumerate(candidate_grid(spec))]
         train = TrainCandidateOperator.partial(
             task_id="train", snapshot=snapshot.output, map_index_template=CANDIDATE_MAP_INDEX_TEMPLATE, **common
@@ -118,7 +132,9 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
         evaluate = EvaluateVsChampionOperator(
             task_id="evaluate_vs_champion", snapshot=snapshot.output, candidate=select.output, **common
         )
-        gate = GateOperator(task_id="gate", evaluation=evaluate.output, retries=0, **common)
+        gate = GateOperator(
+            task_id="gate", evaluation=evaluate.output, retries=0, **notified(spec, "gate_rejected"), **common
+        )
         register = RegisterChallengerOperator(
             task_id="register_challenger",
             snapshot=snapshot.output,
@@ -127,7 +143,13 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
             **common,
         )
         smoke = SmokeTestOperator(task_id="smoke_test", snapshot=snapshot.output, registered=register.output, **common)
-        promote = PromoteOperator(task_id="promote", registered=register.output, pool=REGISTRY_POOL, **common)
+        promote = PromoteOperator(
+            task_id="promote",
+            registered=register.output,
+            pool=REGISTRY_POOL,
+            **notified(spec, "promotion"),
+            **common,
+        )
         snapshot >> validate >> train >> select >> evaluate >> gate >> register >> smoke
         if spec.gate.require_approval:
             from airflow.providers.standard.operators.hitl import ApprovalOperator
@@ -140,6 +162,7 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
                     "MLflow (artifact gate/report.md of this run) before approving."
                 ),
                 execution_timeout=dt.timedelta(days=2),
+                notifiers=list(notified(spec, "approval_waiting").values()),
             )
             smoke >> approve >> promote
         else:
@@ -178,6 +201,7 @@ this DAG with `unpin: true` or a gate blesses a candidate judged against the pin
             unpin="{{ params.unpin }}",
             pool=REGISTRY_POOL,
             retries=0,
+            **notified(spec, "rollback"),
         )
     return dag
 
@@ -238,6 +262,7 @@ at most once per {d.cooldown_hours:g} h; otherwise it is skipped.
             model_name=spec.name,
             decision=monitor.output,
             outlets=[retrain_asset(spec)],
+            **notified(spec, "retrain_requested"),
         )
     return dag
 

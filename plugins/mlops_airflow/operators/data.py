@@ -80,6 +80,13 @@ class SnapshotOperator(MlopsBaseOperator):
     def __init__(self, *, data_uri: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.data_uri = data_uri
+        self.written_snapshot: Any = None  # for OpenLineage, after execute
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the landed batches read -> the snapshot, with its content hash."""
+        from mlops_airflow.operators.lineage import snapshot_lineage
+
+        return snapshot_lineage(self.written_snapshot)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import settings, tracking
@@ -95,6 +102,7 @@ class SnapshotOperator(MlopsBaseOperator):
         except DataError as err:  # no data to train on is a data failure: fail closed, no retry
             raise AirflowFailException(str(err)) from None
         self.log.info("snapshot %s: %s", snapshot.uri, snapshot.summary())
+        self.written_snapshot = snapshot
 
         run_id = tracking.get_or_create_run(
             self.client,

@@ -381,6 +381,14 @@ class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
         super().__init__(**kwargs)
         self.registered = registered
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the snapshot the version was trained on -> the model version now ``champion``."""
+        from mlops_airflow.core.registry import CHAMPION
+        from mlops_airflow.operators.lineage import promotion_lineage
+
+        version = self.registry.version(str(self.registered["version"]))
+        return promotion_lineage(self.hook.tracking_uri, self.model_name, version, CHAMPION)
+
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import tracking
         from mlops_airflow.core.registry import UnblessedVersionError

@@ -48,6 +48,13 @@ class PredictOperator(MlopsBaseOperator):
     def __init__(self, *, data_uri: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.data_uri = data_uri
+        self.lineage_io: tuple[str | None, list[str], list[str]] = (None, [], [])  # for OpenLineage
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the champion version and the batches it scored -> the prediction files."""
+        from mlops_airflow.operators.lineage import prediction_lineage
+
+        return prediction_lineage(self.hook.tracking_uri, self.model_name, *self.lineage_io)
 
     def execute(self, context: Context) -> dict[str, Any]:
         import datetime as dt
@@ -66,7 +73,7 @@ class PredictOperator(MlopsBaseOperator):
         out_dir = self.storage_root() / spec.name / "predictions"
         out_dir.mkdir(parents=True, exist_ok=True)
         model = None
-        written, skipped = [], []
+        written, skipped, scored = [], [], []
         for batch in _batches(uri, spec.scoring.format):
             target = out_dir / f"{batch.name.rsplit('.', 1)[0]}.parquet"
             if target.exists():
@@ -90,6 +97,8 @@ class PredictOperator(MlopsBaseOperator):
                 out.to_parquet(fh, index=False)
             tmp.rename(target)  # readers never see a half-written prediction file
             written.append(str(target))
+            scored.append(str(batch))
+        self.lineage_io = (version, scored, written)
         self.log.info("scored %d batch(es) with %s v%s; %d already scored", len(written), spec.name, version,
                       len(skipped))  # fmt: skip
         if written:
