@@ -234,7 +234,6 @@ class Follower:
                 if loaded is not None:
                     slot.current = loaded  # the swap: one reference assignment
                     slot.swaps += 1
-                    slot.last_error = None
                     log.info("%s: now serving version %s (was %s)", name, champion,
                              current.version if current else None)  # fmt: skip
                     self._release(current)
