@@ -19,7 +19,7 @@ export GX_ANALYTICS_ENABLED ?= false
 MLFLOW_STORE := sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
 DEMO_DATA := $(MLOPS_HOME)/data/landing/credit_default
 
-.PHONY: help setup data demo-day airflow-db demo up test lint typecheck pytest test-cluster bench bench-cluster requirements clean
+.PHONY: help setup data demo-day airflow-db demo up test lint typecheck pytest test-cluster bench bench-cluster requirements clean browser screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,7 +63,16 @@ typecheck: setup ## mypy over the package
 pytest: setup ## the test suite (unit, DAG integrity, end to end, cluster)
 	$(RUN) pytest -q $(PYTEST_ARGS)
 
-test: lint typecheck pytest ## lint, types and tests: what CI runs
+browser: ## Debian's headless Chromium for the model page's browser test (installed when run as root)
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: /usr/bin/chromium"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "!!! NO BROWSER: /usr/bin/chromium is missing and this is not root; run 'sudo apt-get install chromium'"; \
+	  echo "!!! the model page's browser test (tests/ui) will be SKIPPED"; fi
+
+screenshots: setup browser ## re-take the README's model page screenshots (docs/*.png) in the browser test
+	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs $(RUN) pytest -q tests/ui/test_model_page.py -k person
+
+test: lint typecheck browser pytest ## lint, types and tests: what CI runs
 
 test-cluster: setup ## only the native cluster tests (CeleryExecutor, MLflow server, S3 on loopback)
 	$(RUN) pytest -q tests/cluster
