@@ -19,7 +19,7 @@ export GX_ANALYTICS_ENABLED ?= false
 MLFLOW_STORE := sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
 DEMO_DATA := $(MLOPS_HOME)/data/landing/credit_default
 
-.PHONY: help setup data demo-day airflow-db demo up test lint typecheck pytest test-cluster bench bench-cluster requirements clean browser screenshots
+.PHONY: help setup data demo-day airflow-db demo up serve test lint typecheck pytest test-cluster bench bench-cluster requirements clean browser screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,6 +52,14 @@ up: data airflow-db ## start Airflow (api-server, scheduler, dag-processor, trig
 	@trap 'kill 0' INT TERM EXIT; \
 	  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(RUN) mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port 5000 & \
 	  $(RUN) airflow standalone
+
+SERVE_PORT ?= 8000
+serve: setup ## the model server on :8000 for every model's champion (after make demo); token in .local/serving_token
+	@test -n "$$MLOPS_SERVING_TOKEN" || test -s $(LOCAL)/serving_token || (mkdir -p $(LOCAL) && umask 077 && \
+	  python3 -c 'import secrets; print(secrets.token_hex(24))' > $(LOCAL)/serving_token)
+	@echo "Model server: http://127.0.0.1:$(SERVE_PORT)  bearer token: $${MLOPS_SERVING_TOKEN:+\$$MLOPS_SERVING_TOKEN}$${MLOPS_SERVING_TOKEN:-$(LOCAL)/serving_token}"
+	MLOPS_SERVING_TOKEN="$${MLOPS_SERVING_TOKEN:-$$(cat $(LOCAL)/serving_token)}" MLFLOW_TRACKING_URI=$(MLFLOW_STORE) \
+	  $(RUN) python -m mlops_airflow.serving --host 127.0.0.1 --port $(SERVE_PORT)
 
 lint: setup ## ruff lint and format check
 	$(RUN) ruff check .

@@ -14,6 +14,7 @@ Environment (secrets from .env; nothing here has a default):
 ``MLFLOW_TRACKING_URL``                            host of connection ``mlflow_default``
 ``MLFLOW_ADMIN_USERNAME`` / ``..._PASSWORD``       MLflow's admin (basic auth), to manage the service user
 ``MLFLOW_SERVICE_USERNAME`` / ``..._PASSWORD``     MLflow user of Airflow: login of ``mlflow_default``
+``MLFLOW_SERVING_USERNAME`` / ``..._PASSWORD``     MLflow user of the model server (READ only; optional)
 ``OBJECT_STORE_ENDPOINT_URL``                      S3 endpoint (MinIO, moto, or empty for AWS)
 ``OBJECT_STORE_ACCESS_KEY`` / ``..._SECRET_KEY``   object-store credentials of the connection
 ``MLOPS_STORAGE_CONN_ID``                          its id (deploy/airflow.env: ``aws_default``)
@@ -58,15 +59,30 @@ def write_admin_password() -> None:
 SERVICE_USER_GRANTS = (("experiment", "*", "MANAGE"), ("registered_model", "*", "MANAGE"))
 
 
+# The model server's MLflow user: it reads aliases, versions and model artifacts, and writes nothing.
+SERVING_USER_GRANTS = (("registered_model", "*", "READ"), ("experiment", "*", "READ"))
+
+
 def mlflow_service_user(timeout: float = 300) -> None:
     """Create (or reset the password of) Airflow's MLflow user and grant it :data:`SERVICE_USER_GRANTS`."""
+    mlflow_user(required("MLFLOW_SERVICE_USERNAME"), required("MLFLOW_SERVICE_PASSWORD"), SERVICE_USER_GRANTS, timeout)
+
+
+def mlflow_serving_user(timeout: float = 300) -> None:
+    """The model server's user (:data:`SERVING_USER_GRANTS`), when ``MLFLOW_SERVING_USERNAME`` is set."""
+    if os.environ.get("MLFLOW_SERVING_USERNAME"):
+        mlflow_user(required("MLFLOW_SERVING_USERNAME"), required("MLFLOW_SERVING_PASSWORD"), SERVING_USER_GRANTS,
+                    timeout)  # fmt: skip
+
+
+def mlflow_user(user: str, password: str, grants: tuple[tuple[str, str, str], ...], timeout: float = 300) -> None:
+    """Create (or reset the password of) an MLflow user and grant it ``grants``."""
     import time
 
     import requests
 
     url = required("MLFLOW_TRACKING_URL").rstrip("/")
     admin = (required("MLFLOW_ADMIN_USERNAME"), required("MLFLOW_ADMIN_PASSWORD"))
-    user, password = required("MLFLOW_SERVICE_USERNAME"), required("MLFLOW_SERVICE_PASSWORD")
     deadline = time.monotonic() + timeout
     while True:  # the server may still be starting
         try:
@@ -91,7 +107,7 @@ def mlflow_service_user(timeout: float = 300) -> None:
         updated = call("PATCH", "/api/2.0/mlflow/users/update-password", {"username": user, "password": password})
         if not updated.ok:
             sys.exit(f"airflow_init: password of MLflow user {user!r}: {updated.status_code} {updated.text[:300]}")
-    for resource_type, resource_id, permission in SERVICE_USER_GRANTS:
+    for resource_type, resource_id, permission in grants:
         grant = {"username": user, "resource_type": resource_type, "resource_id": resource_id}
         granted = call("POST", "/api/3.0/mlflow/users/permissions/grant", {**grant, "permission": permission})
         if not granted.ok and "RESOURCE_ALREADY_EXISTS" not in granted.text:
@@ -125,6 +141,7 @@ def connections() -> dict[str, dict[str, object]]:
 def main() -> None:
     write_admin_password()
     mlflow_service_user()
+    mlflow_serving_user()
     airflow("db", "migrate")
     with tempfile.TemporaryDirectory() as tmp:  # the connections file holds secrets: private, deleted
         pools, conns = Path(tmp) / "pools.json", Path(tmp) / "connections.json"
