@@ -13,7 +13,7 @@ from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
 from mlops_airflow.core.config import ModelSpec, ModelSpecError, candidate_grid, load_specs_tolerant
 
-START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # only the invalid-spec stand-in DAG (never scheduled)
 REGISTRY_POOL = "mlflow_registry"
 
 
@@ -29,10 +29,14 @@ def default_args(spec: ModelSpec) -> dict[str, Any]:
 
 
 def model_dag(spec: ModelSpec, dag_id: str, kind: str, **kwargs: Any) -> DAG:
-    """A DAG of the model: settings every one shares (no backfill, one run at a time, retries, tags)."""
+    """A DAG of the model: settings every one shares (no backfill, one run at a time, retries, tags).
+
+    No ``start_date``: with one, a paused DAG's next run is its latest *past* cron slot, which starts the
+    moment a person unpauses it, e.g. with "unpause on trigger" in the trigger form, so one click gave two
+    runs. Without it, :func:`cron_timetable` decides: the first run is the next slot in the future.
+    """
     return DAG(
         dag_id=dag_id,
-        start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         default_args=default_args(spec),
@@ -45,18 +49,38 @@ def retrain_asset(spec: ModelSpec) -> Asset:
     return Asset(uri=spec.retrain_asset_uri, name=f"{spec.name}_retrain_request")
 
 
-def ct_schedule(spec: ModelSpec) -> Any:
-    """The spec's cron OR a retrain request from ``monitor_<model>`` (or an operator)."""
+def cron_timetable(cron: str) -> CronTriggerTimetable:
+    """``cron`` in UTC; a DAG with no run yet first runs at the next slot, never at one already past
+    (``run_immediately`` of zero: unpausing starts nothing by itself)."""
+    return CronTriggerTimetable(cron, timezone="UTC", run_immediately=dt.timedelta(0))
+
+
+def ct_cron(spec: ModelSpec) -> str | None:
+    """The CT DAG's cron (a preset resolved), or None when it only runs on retrain requests."""
     if spec.schedule is None:
-        return retrain_asset(spec)
+        return None
     if spec.schedule.startswith("@"):
         presets = {"@daily": "0 0 * * *", "@hourly": "0 * * * *", "@weekly": "0 0 * * 0"}
         cron = presets.get(spec.schedule)
         if cron is None:
             raise ValueError(f"{spec.name}: schedule {spec.schedule!r} is not a supported preset")
-    else:
-        cron = spec.schedule
-    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=retrain_asset(spec))
+        return cron
+    return spec.schedule
+
+
+def ct_schedule(spec: ModelSpec) -> Any:
+    """The spec's cron OR a retrain request from ``monitor_<model>`` (or an operator)."""
+    cron = ct_cron(spec)
+    if cron is None:
+        return retrain_asset(spec)
+    return AssetOrTimeSchedule(timetable=cron_timetable(cron), assets=retrain_asset(spec))
+
+
+def ct_description(spec: ModelSpec) -> str:
+    """The DAG list shows the asset of an asset-or-cron schedule only: the description names both."""
+    cron = ct_cron(spec)
+    when = f"cron {cron} (UTC) or a retrain request" if cron else "on retrain requests only"
+    return f"Continuous training of {spec.name}: {when}"
 
 
 def notified(spec: ModelSpec, event: str, hook: str = "on_success_callback") -> dict[str, Any]:
@@ -102,7 +126,7 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
         spec,
         f"ct_{spec.name}",
         "continuous-training",
-        description=f"Continuous training of {spec.name}",
+        description=ct_description(spec),
         doc_md=ct_doc(spec),
         schedule=ct_schedule(spec),
         params={
@@ -111,7 +135,11 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
                 type=["null", "string"],
                 description="Landing zone (path or URI) to train on instead of the spec's source.uri",
             ),
-            "reason": Param("", type="string", description="Why this run was started (recorded in MLflow)"),
+            "reason": Param(
+                "",
+                type="string",
+                description="Why this run was started (optional; recorded in MLflow as mlops.trigger.reason)",
+            ),
         },
     ) as dag:
         common = {"model_name": spec.name}
@@ -177,19 +205,32 @@ def build_rollback_dag(spec: ModelSpec) -> DAG:
         spec,
         f"rollback_{spec.name}",
         "rollback",
-        description=f"Move the champion of {spec.name} back (manual only)",
+        description=f"Move the champion of {spec.name} back to its last good champion (manual only)",
         doc_md=f"""### Rollback of `{spec.name}`
 
-Moves alias `champion` to `previous_champion` (default) or to the chosen `version`, which must exist and
-have been blessed by the gate (proven from its own CT run, not from a tag). The reason is kept as tags
-on both versions. The version rolled back to is pinned: no CT run moves `champion` until a person runs
+Moves alias `champion` to the last *good* champion before the current one (default: the newest version in
+the champion ledger that served and was not rolled away from since) or to the chosen `version`, which must
+exist and have been blessed by the gate (proven from its own CT run, not from a tag). `reason` is required
+and kept as tags on both versions. The version rolled back to is pinned: no CT run moves `champion` until a person runs
 this DAG with `unpin: true` or a gate blesses a candidate judged against the pinned version. Runs in pool
 `{REGISTRY_POOL}`, so it never races a promotion.
 """,
         schedule=None,
         params={
-            "version": Param(None, type=["null", "string"], description="Version to serve; empty = previous_champion"),
-            "reason": Param("", type="string", minLength=1, description="Why (kept as audit on the versions)"),
+            "version": Param(
+                None,
+                type=["null", "string"],
+                description=(
+                    "Version to serve; empty = the last good champion before the current one (champion ledger). "
+                    "It must be a version the gate blessed: a wrong one fails and lists the blessed versions"
+                ),
+            ),
+            "reason": Param(
+                "",
+                type="string",
+                minLength=1,
+                description="Required (Trigger stays disabled until filled): why, kept as audit on the versions",
+            ),
             "unpin": Param(False, type="boolean", description="Only remove a rollback's pin; move nothing"),
         },
     ) as dag:
@@ -253,7 +294,7 @@ report and plots go to MLflow. `request_retrain` emits `{spec.retrain_asset_uri}
 `ct_{spec.name}`) when drift share >= {d.drift_share} or the metric fell by more than {d.max_metric_drop},
 at most once per {d.cooldown_hours:g} h; otherwise it is skipped.
 """,
-        schedule="0 6 * * *",
+        schedule=cron_timetable("0 6 * * *"),
         params={"data_uri": Param(None, type=["null", "string"], description="Landing zone to monitor")},
     ) as dag:
         monitor = MonitorOperator(task_id="monitor", model_name=spec.name, data_uri="{{ params.data_uri or '' }}")

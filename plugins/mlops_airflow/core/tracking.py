@@ -113,6 +113,27 @@ def model_url(name: str, version: str | int) -> str:
     return f"{settings.mlflow_ui_url()}/#/models/{name}/versions/{version}"
 
 
+TAG_VERDICT = "mlops.verdict"
+TAG_AIRFLOW_URL = "mlops.airflow_url"
+
+
+def source_tags(airflow_url: str) -> dict[str, str]:
+    """Tags that make the MLflow run's "Source" the Airflow DAG run that wrote it."""
+    return {"mlflow.source.name": airflow_url, "mlflow.source.type": "JOB", TAG_AIRFLOW_URL: airflow_url}
+
+
+def record_verdict(client: MlflowClient, run_id: str, verdict: str, detail: str) -> None:
+    """The CT run's outcome where the MLflow UI shows it: tag ``mlops.verdict`` (a column of the runs list)
+    and the run's description (one line: trigger and verdict, then the detail and the Airflow run)."""
+    tags = client.get_run(run_id).data.tags
+    trigger = tags.get("mlops.trigger", "manual")
+    note = f"**{trigger}** run: **{verdict}**. {detail}"
+    if tags.get(TAG_AIRFLOW_URL):
+        note += f"\n\nAirflow run: {tags[TAG_AIRFLOW_URL]}"
+    client.set_tag(run_id, TAG_VERDICT, verdict)
+    client.set_tag(run_id, "mlflow.note.content", note[:5000])
+
+
 def log_json(client: MlflowClient, run_id: str, data: Any, artifact_file: str) -> None:
     client.log_dict(run_id, data, artifact_file)
 

@@ -69,6 +69,16 @@ def describe_trigger(context: Context) -> dict[str, str]:
     return info
 
 
+def airflow_run_url(dag_id: str, run_id: str) -> str:
+    """The DAG run's page in the Airflow UI (``[api] base_url``, else the embedded default's address)."""
+    from urllib.parse import quote
+
+    from airflow.sdk import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "http://127.0.0.1:8080").rstrip("/")
+    return f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
 class SnapshotOperator(MlopsBaseOperator):
     """Write the run's immutable Parquet snapshot and open the DAG run's MLflow run.
 
@@ -117,6 +127,7 @@ class SnapshotOperator(MlopsBaseOperator):
                 "mlops.git_commit": settings.git_commit(),
                 "mlops.model": spec.name,
                 **describe_trigger(context),
+                **tracking.source_tags(airflow_run_url(self.dag_id, context["run_id"])),
             },
             run_name=f"ct-{safe_name(context['run_id'])}",
         )
@@ -152,7 +163,8 @@ class ValidateDataOperator(MlopsBaseOperator):
         snapshot = read_manifest(storage_path(self.snapshot["snapshot_uri"]))
         if snapshot is None:
             raise AirflowFailException(f"{self.snapshot['snapshot_uri']}: snapshot manifest is missing")
-        summary = validate_snapshot(self.spec, snapshot)
+        # Landed files are immutable: a file's passing verdict is reused by its hash (and the suite's).
+        summary = validate_snapshot(self.spec, snapshot, cache=self.storage_root() / self.spec.name / "validation")
         run_id = self.parent_run_id(context)
         tracking.log_json(self.client, run_id, summary.to_dict(), "validation/summary.json")
         self.client.set_tag(run_id, "mlops.validation", "passed" if summary.success else "failed")

@@ -179,12 +179,58 @@ class GateOperator(MlopsBaseOperator, SkipMixin):
         super().__init__(**kwargs)
         self.evaluation = evaluation
 
+    def _nothing_new(self, parent: str) -> dict[str, Any] | None:
+        """A "nothing new" decision when this run's snapshot hash and code (git commit) equal those of the
+        champion it was evaluated against: a new version would only duplicate the champion. None otherwise,
+        and when a commit is unknown (the same code cannot be proven then)."""
+        from mlops_airflow.core.registry import ModelRegistry
+
+        champion_version = self.evaluation.get("champion_version")
+        if not champion_version:
+            return None
+        champion = ModelRegistry(self.client, self.model_name).version(str(champion_version))
+        if champion is None:
+            return None
+        run_tags = self.client.get_run(parent).data.tags
+        mine = (run_tags.get("mlops.data_hash"), run_tags.get("mlops.git_commit"))
+        theirs = ((champion.tags or {}).get("mlops.data_hash"), (champion.tags or {}).get("mlops.git_commit"))
+        if None in mine or "unknown" in mine or mine != theirs:
+            return None
+        reason = (
+            f"nothing new: snapshot hash {str(mine[0])[:16]}... and code {str(mine[1])[:12]} are those of "
+            f"champion v{champion_version}; nothing registered, champion stays"
+        )
+        return {
+            "blessed": False,
+            "nothing_new": True,
+            "reason": reason,
+            "champion_version": str(champion_version),
+            "primary_metric": self.evaluation.get("primary_metric"),
+        }
+
+    def _skip_downstream(self, context: Context) -> None:
+        downstream = list(context["task"].get_flat_relatives(upstream=False))
+        if downstream:
+            self.skip(ti=context["ti"], tasks=downstream)
+
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import tracking
         from mlops_airflow.core.explain import report_markdown
         from mlops_airflow.core.gate import BootstrapResult, decide
 
         ev = self.evaluation
+        same = self._nothing_new(self.parent_run_id(context))
+        if same is not None:  # the same data and code as the champion: nothing to gate, nothing to register
+            parent = self.parent_run_id(context)
+            self.client.set_tag(parent, "mlops.gate.blessed", "false")
+            self.client.set_tag(parent, "mlops.gate.reason", same["reason"])
+            tracking.record_verdict(self.client, parent, "nothing new", same["reason"])
+            tracking.log_json(self.client, parent, same, "gate/decision.json")
+            context["ti"].xcom_push(key="gate_decision", value=same)
+            self.client.set_terminated(parent, "FINISHED")
+            self.log.warning("NOTHING NEW: %s", same["reason"])
+            self._skip_downstream(context)
+            return same
         boot = ev.get("bootstrap")
         decision = decide(
             self.spec.gate,
@@ -206,6 +252,7 @@ class GateOperator(MlopsBaseOperator, SkipMixin):
         context["ti"].xcom_push(key="gate_decision", value=data)
         self.log.info("gate decision for %s:\n%s", self.model_name, report)
         if not decision.blessed:
+            tracking.record_verdict(self.client, parent, "not blessed", decision.reason)
             self.client.set_terminated(parent, "FINISHED")
             self.log.warning("NOT BLESSED: %s; champion stays where it is", decision.reason)
             downstream = [t for t in context["task"].get_flat_relatives(upstream=False)]
@@ -404,6 +451,12 @@ class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
             raise AirflowFailException(str(err)) from None
         self.log.info("champion of %s: %s", self.model_name, move)
         self.client.set_tag(parent, "mlops.promotion", move.outcome)
+        tracking.record_verdict(
+            self.client,
+            parent,
+            f"promoted v{version}" if move.outcome in {"promoted", "already champion"} else "not promoted",
+            f"champion of {self.model_name}: {move.outcome} (v{version}, was v{move.from_version})",
+        )
         self.client.set_terminated(parent, "FINISHED")
         if move.outcome.startswith(("stale", "pinned")):
             from airflow.sdk.exceptions import AirflowSkipException

@@ -26,10 +26,17 @@ def _champion(client: Any, name: str) -> Any:
     return champion
 
 
-def _batches(uri: str, fmt: str) -> list[Any]:
-    from mlops_airflow.core.data import list_batches
+def _batches(uri: str, fmt: str, what: str = "landing zone") -> list[Any]:
+    """The batch files under ``uri``; a zone that does not exist fails the task at once, without retries
+    (a retry does not make a folder appear), saying what to land where."""
+    from mlops_airflow.core.data import DataError, list_batches
 
-    return list_batches(storage_path(uri), fmt)
+    try:
+        return list_batches(storage_path(uri), fmt)
+    except DataError:
+        raise AirflowFailException(
+            f"{what} {uri} does not exist: land {fmt} batch files there (or pass param data_uri)"
+        ) from None
 
 
 class PredictOperator(MlopsBaseOperator):
@@ -74,7 +81,10 @@ class PredictOperator(MlopsBaseOperator):
         out_dir.mkdir(parents=True, exist_ok=True)
         model = None
         written, skipped, scored = [], [], []
-        for batch in _batches(uri, spec.scoring.format):
+        batches = _batches(uri, spec.scoring.format, "scoring zone")
+        if not batches:
+            self.log.info("scoring zone %s holds no batch: nothing to score", uri)
+        for batch in batches:
             target = out_dir / f"{batch.name.rsplit('.', 1)[0]}.parquet"
             if target.exists():
                 skipped.append(batch.name)
