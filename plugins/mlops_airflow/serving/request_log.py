@@ -3,7 +3,8 @@
 Layout and columns: :mod:`mlops_airflow.core.request_log`. A request hands its rows over (a few references,
 no copy, no I/O on the response path); a background thread writes them every ``flush_seconds`` or once
 ``flush_rows`` are waiting. Memory is bounded: a request that finds ``max_rows`` waiting writes them itself
-before it answers (back-pressure, never a dropped row). :meth:`RequestLog.close` (the app's shutdown) writes
+before it answers (back-pressure: no row is dropped while storage takes writes; only if writes keep failing
+beyond twice ``max_rows`` are the oldest rows dropped, and counted in ``dropped_rows``). :meth:`RequestLog.close` (the app's shutdown) writes
 whatever is left, so a clean stop loses nothing. A write that fails keeps its rows for the next attempt.
 """
 
@@ -69,6 +70,7 @@ class RequestLog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self.written_rows = 0
+        self.dropped_rows = 0
         self.files = 0
         self.last_error: str | None = None
 
@@ -112,6 +114,11 @@ class RequestLog:
                     with self._lock:
                         self._pending[:0] = entries
                         self._rows += sum(len(e.rows) for e in entries)
+                        # storage down for long: memory stays bounded, the oldest rows go (and are counted)
+                        while self._rows > 2 * self.max_rows and len(self._pending) > 1:
+                            dropped = self._pending.pop(0)
+                            self._rows -= len(dropped.rows)
+                            self.dropped_rows += len(dropped.rows)
             self.written_rows += written
             return written
 
@@ -133,4 +140,4 @@ class RequestLog:
 
     def describe(self) -> dict[str, Any]:
         return {"pending_rows": self._rows, "written_rows": self.written_rows, "files": self.files,
-                "last_error": self.last_error}  # fmt: skip
+                "dropped_rows": self.dropped_rows, "last_error": self.last_error}  # fmt: skip
