@@ -4,8 +4,9 @@ Layout and columns: :mod:`mlops_airflow.core.request_log`. A request hands its r
 no copy, no I/O on the response path); a background thread writes them every ``flush_seconds`` or once
 ``flush_rows`` are waiting. Memory is bounded: a request that finds ``max_rows`` waiting writes them itself
 before it answers (back-pressure: no row is dropped while storage takes writes; only if writes keep failing
-beyond twice ``max_rows`` are the oldest rows dropped, and counted in ``dropped_rows``). :meth:`RequestLog.close` (the app's shutdown) writes
-whatever is left, so a clean stop loses nothing. A write that fails keeps its rows for the next attempt.
+beyond twice ``max_rows`` are the oldest rows dropped, and counted in ``dropped_rows``).
+:meth:`RequestLog.close` (the app's shutdown) writes whatever is left, so a clean stop loses nothing. A write
+that fails keeps its rows for the next attempt.
 """
 
 from __future__ import annotations
