@@ -61,3 +61,31 @@ def test_each_corruption_is_named(spec, tmp_path, corrupt, column, expectation, 
 def test_parquet_batches_validate_too(spec, tmp_path):
     summary = validate_snapshot(spec, snapshot_with(tmp_path, "out_of_range", fmt="parquet"))
     assert [f.file for f in summary.failed] == ["batch_2026-01-04.parquet"]
+
+
+def test_a_file_too_sparse_on_its_own_fails_though_all_files_together_pass(spec, tmp_path):
+    """Files are validated together for speed; a ``mostly`` rule still holds per file, naming the file."""
+    landing = tmp_path / "landing"
+    demo_data.write_batches(landing, range(3), n_rows=300)
+    sparse = demo_data.generate_batch(3, n_rows=300)
+    sparse.loc[sparse.index[:90], "income"] = None  # 30% missing here (max 20%), under 15% over all files
+    sparse.to_csv(landing / demo_data.batch_file_name(3), index=False)
+    summary = validate_snapshot(spec, write_snapshot(spec_for_window(), str(landing), str(tmp_path / "snap")))
+    assert [(f.file, f.column, f.expectation) for f in summary.failed] == [
+        ("batch_2026-01-04.csv", "income", "expect_column_values_to_not_be_null")
+    ]
+
+
+def test_a_passing_file_is_validated_once_and_a_changed_or_failing_one_again(spec, tmp_path):
+    cache = tmp_path / "storage" / "credit_default" / "validation"
+    first = validate_snapshot(spec, snapshot_with(tmp_path), cache=cache)
+    assert first.success and first.reused == 0 and first.evaluated > 0
+    again = validate_snapshot(spec, snapshot_with(tmp_path), cache=cache)
+    assert again.success and again.reused == 4 and again.evaluated == 0 and again.rows == 1200
+
+    landing = tmp_path / "landing"
+    demo_data.write_batch(landing, 3, n_rows=300, corrupt="out_of_range")  # same name, new bytes
+    snapshot = write_snapshot(spec_for_window(), str(landing), str(tmp_path / "snap2"))
+    for _ in range(2):  # a failing verdict is never reused
+        summary = validate_snapshot(spec, snapshot, cache=cache)
+        assert summary.reused == 3 and [f.file for f in summary.failed] == ["batch_2026-01-04.csv"]

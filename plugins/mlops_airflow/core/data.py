@@ -4,12 +4,15 @@ A snapshot is the immutable, content-hashed copy of one run's training window an
 as Parquet under the run's own prefix. Every later task reads the snapshot, never the landing zone, so a
 retry sees exactly the data the first try saw. ``manifest.json`` is written last: a prefix without it is
 an unfinished snapshot and is removed before a new attempt.
+
+Landed files go to the snapshot as Arrow tables (pyarrow's multi-threaded CSV reader, no pandas in between),
+and each file's SHA-256 is taken from the bytes already read: the snapshot's content hash needs no re-read,
+and a landed file's verdict can be reused by its hash (:mod:`~mlops_airflow.core.validation`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -64,6 +67,8 @@ class BatchFile:
     snapshot_file: str | None = None
     #: Why the file could not be read as a table (validation fails on it).
     read_error: str | None = None
+    #: SHA-256 of the landed file's bytes (``None`` in snapshots written before it was recorded).
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,30 +123,55 @@ def list_batches(source_uri: Any, fmt: str) -> list[Any]:
     return sorted(files, key=lambda p: p.name)
 
 
-def read_batch(path: Any, fmt: str) -> pd.DataFrame:
-    """Read one batch; a file that is not a readable CSV/Parquet table raises :class:`DataError`."""
+#: Bumped when the way a landed file becomes a table changes: a verdict about a file read the old way is not
+#: reused (part of the validation cache key).
+READER_VERSION = "arrow-1"
+
+
+def _csv_table(raw: bytes) -> Any:
+    """A CSV file as an Arrow table, typed as ``pandas.read_csv`` would type it.
+
+    Multi-threaded pyarrow reader; an empty text field is missing (not ``""``), dates stay text (the
+    timestamp column is compared as ISO text) and an all-missing column is float (as pandas reads it).
+    """
+    import pyarrow as pa
+    from pyarrow import csv
+
+    table = csv.read_csv(pa.py_buffer(raw), convert_options=csv.ConvertOptions(strings_can_be_null=True))
+    for index, column in enumerate(table.schema):
+        kind = column.type
+        if pa.types.is_date(kind) or pa.types.is_timestamp(kind) or pa.types.is_time(kind):
+            table = table.set_column(index, column.name, table.column(index).cast(pa.string()))
+        elif pa.types.is_null(kind):
+            table = table.set_column(index, column.name, table.column(index).cast(pa.float64()))
+    return table
+
+
+def read_table(path: Any, fmt: str) -> tuple[Any, str]:
+    """One batch as an Arrow table and the SHA-256 of its bytes; an unreadable file raises :class:`DataError`."""
     suffix = "." + path.name.rsplit(".", 1)[-1].lower() if "." in path.name else ""
     kind = SUPPORTED_SUFFIXES.get(suffix, fmt)
     raw = path.read_bytes()
     if not raw:
         raise DataError(f"{path}: file is empty (0 bytes)")
+    digest = hashlib.sha256(raw).hexdigest()
     try:
         if kind == "parquet":
-            return pd.read_parquet(io.BytesIO(raw))
-        text = raw.decode("utf-8")
-        return pd.read_csv(io.StringIO(text))
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            return pq.read_table(pa.py_buffer(raw)), digest
+        raw.decode("utf-8")  # the reader's own message about bad UTF-8 names no byte offset
+        return _csv_table(raw), digest
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a {kind.upper()} file (bytes are not UTF-8 text)") from None
-    except Exception as err:  # pandas/pyarrow raise many parser error types
+    except Exception as err:  # pyarrow raises many parser error types
         raise DataError(f"{path}: not a readable {kind.upper()} file: {err}") from None
 
 
-def frame_hash(frame: pd.DataFrame) -> str:
-    """SHA-256 over a frame's full content: column names, dtypes and every value."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return digest.hexdigest()
+def read_batch(path: Any, fmt: str) -> pd.DataFrame:
+    """Read one batch; a file that is not a readable CSV/Parquet table raises :class:`DataError`."""
+    return read_table(path, fmt)[0].to_pandas()
 
 
 def write_snapshot(
@@ -188,7 +218,7 @@ def write_snapshot(
         for part, group in (("train", train_files), ("eval", eval_files)):
             for path in group:
                 try:
-                    frame = read_batch(path, spec.source.format)
+                    table, file_hash = read_table(path, spec.source.format)
                 except DataError as err:
                     batches.append(BatchFile(path.name, str(path), part, read_error=str(err)))
                     digest.update(f"{path.name}:unreadable".encode())
@@ -196,13 +226,22 @@ def write_snapshot(
                 target = f"{part}/{path.name.rsplit('.', 1)[0]}.parquet"
                 out = dest / target
                 out.parent.mkdir(parents=True, exist_ok=True)
-                with out.open("wb") as fh:
-                    frame.to_parquet(fh, index=False)
+                write_parquet(table, out)
+                # The landed bytes' hash: every value, name and type is in them, and they are read once.
                 digest.update(f"{part}/{path.name}:".encode())
-                digest.update(frame_hash(frame).encode())
+                digest.update(file_hash.encode())
                 batches.append(
-                    BatchFile(path.name, str(path), part, len(frame), [str(c) for c in frame.columns], target)
+                    BatchFile(
+                        path.name,
+                        str(path),
+                        part,
+                        table.num_rows,
+                        [str(c) for c in table.column_names],
+                        target,
+                        sha256=file_hash,
+                    )
                 )
+                del table
         snapshot = Snapshot(
             uri=str(dest_uri),
             content_hash=digest.hexdigest(),
@@ -218,6 +257,14 @@ def write_snapshot(
         remove_tree(dest, within=within)  # never leave a partial snapshot behind
         raise
     return snapshot
+
+
+def write_parquet(table: Any, out: Any) -> None:
+    """Write an Arrow table to ``out`` (a path object of any filesystem) as one Parquet file."""
+    import pyarrow.parquet as pq
+
+    with out.open("wb") as fh:
+        pq.write_table(table, fh)
 
 
 def read_manifest(dest_uri: Any) -> Snapshot | None:
@@ -265,25 +312,38 @@ def remove_tree(path: Any, *, within: Any) -> None:
         shutil.rmtree(path)
 
 
-def load_part(snapshot: Snapshot, part: str) -> pd.DataFrame:
-    """The training (``train``) or evaluation (``eval``) set of a snapshot as one frame."""
-    root = snapshot.path()
-    frames = []
-    for batch in snapshot.batches:
-        if batch.part != part:
-            continue
-        if batch.snapshot_file is None:
-            raise DataError(f"{batch.source}: {batch.read_error}")
-        with (root / batch.snapshot_file).open("rb") as fh:
-            frames.append(pd.read_parquet(fh))
-    if not frames:
+def read_snapshot_file(snapshot: Snapshot, batch: BatchFile, columns: list[str] | None = None) -> Any:
+    """One snapshot file as an Arrow table (only ``columns`` when given: Parquet reads no other)."""
+    import pyarrow.parquet as pq
+
+    if batch.snapshot_file is None:
+        raise DataError(f"{batch.source}: {batch.read_error}")
+    with (snapshot.path() / batch.snapshot_file).open("rb") as fh:
+        return pq.read_table(fh, columns=columns)
+
+
+def concat_frame(tables: list[Any]) -> pd.DataFrame:
+    """Arrow tables as one pandas frame, converted once; tables whose types differ go through pandas."""
+    import pyarrow as pa
+
+    if len({t.schema.remove_metadata() for t in tables}) == 1:
+        return pa.concat_tables(tables).to_pandas(split_blocks=True, self_destruct=True)
+    return pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+
+
+def load_part(snapshot: Snapshot, part: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """The training (``train``) or evaluation (``eval``) set of a snapshot as one frame.
+
+    :param columns: read only these columns (the others are never read from the Parquet files).
+    """
+    tables = [read_snapshot_file(snapshot, b, columns) for b in snapshot.batches if b.part == part]
+    if not tables:
         raise DataError(f"{snapshot.uri}: snapshot has no {part} batches")
-    return pd.concat(frames, ignore_index=True)
+    return concat_frame(tables)
 
 
 def load_batch(snapshot: Snapshot, batch: BatchFile) -> pd.DataFrame:
-    with (snapshot.path() / str(batch.snapshot_file)).open("rb") as fh:
-        return pd.read_parquet(fh)
+    return read_snapshot_file(snapshot, batch).to_pandas()
 
 
 def split_xy(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:

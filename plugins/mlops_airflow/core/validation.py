@@ -1,19 +1,33 @@
 """Data validation with Great Expectations 1.x (ephemeral context, suite built from the model spec).
 
-Each snapshot batch is validated on its own so that a failure names the landed file it came from. The
-result is a small summary (counts and failed expectations, never the unexpected rows), fit for XCom and
+The suite holds for each landed file on its own, and a failure names the file it came from. GX does the
+checking; what it is fed is arranged so that its fixed cost per validation is paid once, not once per file:
+
+- A landed file's verdict is reused by the file's SHA-256 and the suite's hash (landed files are immutable;
+  a passing verdict is kept under ``<storage>/<model>/validation/<suite hash>/``), so a daily run validates
+  the newly landed file only.
+- The files still to validate, when they share one schema and none is empty, go through GX together: every
+  row-wise expectation (a column map expectation without ``mostly``, column existence) in one run over the
+  concatenated rows, which passes if and only if it passes on each file; the expectations whose verdict
+  depends on the file as a whole (row counts, ``mostly``) run per file. When the combined run fails, every
+  file is validated on its own, so that the failures name their files.
+
+The result is a small summary (counts and failed expectations, never the unexpected rows), fit for XCom and
 MLflow; :class:`DataValidationError` carries it and fails the task closed.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlops_airflow.core.config import ModelSpec
-from mlops_airflow.core.data import Snapshot, load_batch
+from mlops_airflow.core.data import READER_VERSION, BatchFile, Snapshot, concat_frame, read_snapshot_file
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +77,8 @@ class ValidationSummary:
     expectations: int
     evaluated: int = 0
     failed: list[FailedExpectation] = field(default_factory=list)
+    #: Files whose passing verdict was reused (same bytes, same suite) instead of validated again.
+    reused: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -149,8 +165,62 @@ def _failed_from(file: str, result: Any) -> list[FailedExpectation]:
     return failed
 
 
-def validate_snapshot(spec: ModelSpec, snapshot: Snapshot) -> ValidationSummary:
-    """Validate every batch of a snapshot; unreadable files and a too-small training set fail too."""
+def suite_hash(suite: Any) -> str:
+    """What a verdict depends on besides the file: the expectations, the GX version and the file reader."""
+    import great_expectations as gx
+
+    rules = [{"type": e.expectation_type, "kwargs": e.configuration.kwargs} for e in suite.expectations]
+    text = json.dumps([rules, gx.__version__, READER_VERSION], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _rowwise(expectation: Any) -> bool:
+    """True when the expectation holds on a concatenation of same-schema files iff it holds on each file."""
+    from great_expectations.expectations.expectation import ColumnMapExpectation
+
+    if expectation.expectation_type == "expect_column_to_exist":
+        return True  # the files share their columns (checked before they are combined)
+    mostly = getattr(expectation, "mostly", 1)
+    return isinstance(expectation, ColumnMapExpectation) and (mostly is None or mostly >= 1)
+
+
+class VerdictCache:
+    """Passing verdicts of landed files by SHA-256, one JSON file each, under ``root/<suite hash>/``."""
+
+    def __init__(self, root: Any, key: str) -> None:
+        self.folder = root / key
+
+    def _file(self, batch: BatchFile) -> Any:
+        return self.folder / f"{batch.sha256}.json"
+
+    def passed(self, batch: BatchFile) -> bool:
+        if not batch.sha256:
+            return False
+        path = self._file(batch)
+        try:
+            if not path.exists():
+                return False
+            verdict = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return verdict.get("success") is True and verdict.get("rows") == batch.rows
+
+    def record(self, batch: BatchFile) -> None:
+        if not batch.sha256:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            verdict = {"file": batch.name, "sha256": batch.sha256, "rows": batch.rows, "success": True}
+            self._file(batch).write_text(json.dumps(verdict))
+        except OSError as err:  # a verdict not kept is validated again next time
+            log.warning("validation verdict of %s not kept: %s", batch.name, err)
+
+
+def validate_snapshot(spec: ModelSpec, snapshot: Snapshot, *, cache: Any = None) -> ValidationSummary:
+    """Validate every batch of a snapshot; unreadable files and a too-small training set fail too.
+
+    :param cache: folder of reusable passing verdicts (a path object); ``None`` validates every file.
+    """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     # GX logs ~200 INFO lines about its own API docs registry on import; the task log is for the data.
     logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
@@ -159,23 +229,59 @@ def validate_snapshot(spec: ModelSpec, snapshot: Snapshot) -> ValidationSummary:
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    suite = context.suites.add(build_suite(spec, gx))
+    full = build_suite(spec, gx)
+    verdicts = VerdictCache(cache, suite_hash(full)) if cache is not None else None
+    suite = context.suites.add(full)
     asset = context.data_sources.add_pandas("snapshot").add_dataframe_asset("batch")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole")
 
     summary = ValidationSummary(success=True, files=len(snapshot.batches), rows=0, expectations=0)
     summary.expectations = len(suite.expectations)
+    todo: list[BatchFile] = []
     for batch in snapshot.batches:
         if batch.snapshot_file is None:
             summary.failed.append(
                 FailedExpectation(batch.name, "readable_table", None, f"readable_table: {batch.read_error}")
             )
-            continue
-        frame = load_batch(snapshot, batch)
-        summary.rows += len(frame)
-        result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
+        elif verdicts is not None and verdicts.passed(batch):
+            summary.rows += batch.rows
+            summary.reused += 1
+        else:
+            todo.append(batch)
+
+    def run(frame: Any, on: Any) -> Any:
+        result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(on)
         summary.evaluated += len(result.results)
-        summary.failed.extend(_failed_from(batch.name, result))
+        return result
+
+    tables = [read_snapshot_file(snapshot, b) for b in todo]
+    summary.rows += sum(t.num_rows for t in tables)
+    combined = len(todo) > 1 and all(t.num_rows > 0 for t in tables)
+    combined = combined and len({t.schema.remove_metadata() for t in tables}) == 1
+    failed: list[FailedExpectation] = []
+    if combined:
+        rowwise = [copy.copy(e) for e in suite.expectations if _rowwise(e)]
+        per_file = [copy.copy(e) for e in suite.expectations if not _rowwise(e)]
+        rows_suite = context.suites.add(gx.ExpectationSuite(name=f"{spec.name}_rows", expectations=rowwise))
+        frame = concat_frame(tables)
+        combined = run(frame, rows_suite).success
+        del frame
+        if combined and per_file:
+            file_suite = context.suites.add(gx.ExpectationSuite(name=f"{spec.name}_file", expectations=per_file))
+            for batch, table in zip(todo, tables, strict=True):
+                failed.extend(_failed_from(batch.name, run(table.to_pandas(), file_suite)))
+        if not combined:
+            log.info("combined validation of %d files failed: validating each file to name it", len(todo))
+    if not combined:  # one file, files of different schemas or an empty one, or the combined run failed
+        failed = []
+        for batch, table in zip(todo, tables, strict=True):
+            failed.extend(_failed_from(batch.name, run(table.to_pandas(), suite)))
+    summary.failed.extend(failed)
+    if verdicts is not None:
+        broken = {f.file for f in failed}
+        for batch in todo:
+            if batch.name not in broken:
+                verdicts.record(batch)
     if snapshot.train_rows < spec.min_rows and not summary.failed:
         summary.failed.append(
             FailedExpectation(
@@ -187,5 +293,10 @@ def validate_snapshot(spec: ModelSpec, snapshot: Snapshot) -> ValidationSummary:
             )
         )
     summary.success = not summary.failed
-    log.info(summary.message())
+    log.info(
+        "%s (%d file verdict(s) reused, %d expectation result(s) evaluated)",
+        summary.message(),
+        summary.reused,
+        summary.evaluated,
+    )
     return summary
