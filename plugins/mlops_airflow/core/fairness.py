@@ -32,7 +32,13 @@ from fairlearn.metrics import (
     true_positive_rate,
 )
 
-from mlops_airflow.core.config import DIFFERENCE_SUFFIX, FairnessCriterion, ModelSpec, finite_or_none
+from mlops_airflow.core.config import (
+    DIFFERENCE_SUFFIX,
+    GROUP_FAIRNESS_METRICS,
+    FairnessCriterion,
+    ModelSpec,
+    finite_or_none,
+)
 from mlops_airflow.core.evaluation import Target, as_encoded, as_scores, metric_value, predicted_index
 
 #: Group label of rows whose attribute is null (the same as the gate's slices).
@@ -51,35 +57,35 @@ def _predicted_positive(target: Target, score: np.ndarray, threshold: float) -> 
 
 
 def per_group(
-    spec: ModelSpec, y: Any, score: Any, groups: np.ndarray, *, threshold: float = 0.5
+    spec: ModelSpec, y: Any, score: Any, groups: np.ndarray, *, threshold: float = 0.5, also: tuple[str, ...] = ()
 ) -> dict[str, dict[str, float | int | None]]:
     """The primary metric per group (a MetricFrame), and for binary models the rates fairness metrics use.
 
+    :param also: further metrics of the model's kind to compute per group.
     :return: ``{group: {"n": rows, <primary>: value, "selection_rate": ..., "true_positive_rate": ...,
         "false_positive_rate": ...}}``; ``None`` where a value is undefined in the group.
     """
     target = Target.of(spec)
     y_enc = as_encoded(target, y)
     s = as_scores(target, score, len(y_enc))
-    primary = spec.primary
-    # The metric functions see row indices and look the scores up: a multiclass score is an (n, k) matrix.
-    metrics: dict[str, Any] = {
-        "n": lambda yt, idx: len(idx),
-        primary: lambda yt, idx: metric_value(primary, yt, s[idx], target, threshold),
-    }
+    cast = "float64" if target.kind != "multiclass" else "int64"
+
+    def model_metric(name: str) -> Any:
+        # The metric sees row indices and looks the scores up: a multiclass score is an (n, k) matrix.
+        return lambda yt, idx: metric_value(name, np.asarray(yt).astype(cast), s[idx], target, threshold)
+
+    metrics: dict[str, Any] = {"n": lambda yt, idx: len(idx)}
+    metrics.update({name: model_metric(name) for name in dict.fromkeys([spec.primary, *also])})
     y_pred: Any = np.arange(len(y_enc))
+    y_true = y_enc
     if target.kind == "binary":
         predicted = _predicted_positive(target, s, threshold)
         y_true = y_enc.astype("int64")
-        metrics = {
-            "n": metrics["n"],
-            primary: lambda yt, idx: metric_value(primary, yt.astype("float64"), s[idx], target, threshold),
+        metrics |= {
             "selection_rate": lambda yt, idx: selection_rate(yt, predicted[idx], pos_label=1),
             "true_positive_rate": lambda yt, idx: _rate(true_positive_rate, yt, predicted[idx], positives=True),
             "false_positive_rate": lambda yt, idx: _rate(false_positive_rate, yt, predicted[idx], positives=False),
         }
-    else:
-        y_true = y_enc
     frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_pred, sensitive_features=pd.Series(groups))
     table = frame.by_group
     out: dict[str, dict[str, float | int | None]] = {}
@@ -124,11 +130,12 @@ def evaluate_criterion(
     labels = group_labels(attribute_values)
     if len(labels) != len(y_enc):
         raise ValueError(f"fairness attribute {criterion.attribute!r} has {len(labels)} values for {len(y_enc)} rows")
-    groups = per_group(spec, y_enc, s, labels, threshold=threshold)
+    metric = criterion.metric
+    also = () if metric in GROUP_FAIRNESS_METRICS else (metric.removesuffix(DIFFERENCE_SUFFIX),)
+    groups = per_group(spec, y_enc, s, labels, threshold=threshold, also=also)
     excluded = sorted(g for g, v in groups.items() if int(v["n"] or 0) < criterion.min_group_size)
     keep = ~np.isin(labels, excluded)
     eligible = {g: v for g, v in groups.items() if g not in excluded}
-    metric = criterion.metric
     value: float | None = None
     rate = metric
     pair: tuple[str, float, str, float] | None = None
