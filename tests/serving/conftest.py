@@ -1,15 +1,19 @@
-"""A real MLflow server, models registered the way ``select_candidate`` logs them, and the model server as a
-uvicorn subprocess (``python -m mlops_airflow.serving``)."""
+"""A real MLflow server with basic auth (the test writes as its admin, the model server reads as ``serving``,
+the READ-only user deploy/airflow_init.py creates), versions made the way ``ct_<model>`` makes them
+(``select_candidate``'s logging, the gate's blessing, ``register_challenger``'s registration and signature),
+and the model server as a uvicorn subprocess (``python -m mlops_airflow.serving``)."""
 
 from __future__ import annotations
 
+import configparser
 import contextlib
+import importlib.util
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from serving_support import FEATURES, MODEL, REPO, TOKEN
+from serving_support import FEATURES, MODEL, REPO, SIGNING_KEY, TOKEN, ct_version, log_pipeline
 
 from mlops_airflow.core import demo_data
 from mlops_airflow.core.config import load_model_spec
@@ -50,26 +54,57 @@ def stop(proc: subprocess.Popen[Any]) -> int:
     return proc.wait(timeout=120)
 
 
+ADMIN = ("admin", secrets.token_hex(16))
+SERVING_USER = ("serving", secrets.token_hex(16))
+
+
+def airflow_init() -> Any:
+    """deploy/airflow_init.py as a module (it creates the cluster's MLflow users and their grants)."""
+    spec = importlib.util.spec_from_file_location("airflow_init", REPO / "deploy" / "airflow_init.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture
 def mlflow_server(mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An ``mlflow server`` process (SQLite backend, proxied artifacts)."""
+    """``mlflow server --app-name basic-auth`` (deploy/mlflow/basic_auth.ini with a SQLite user database; SQLite
+    backend, proxied artifacts). The test process is its admin; user ``serving`` gets exactly the cluster's
+    grants (``airflow_init.SERVING_USER_GRANTS``, made by ``airflow_init.mlflow_user``)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     root = mlops_home / "mlflow-server"
     root.mkdir(parents=True)
+    auth = configparser.ConfigParser()
+    auth.read(REPO / "deploy" / "mlflow" / "basic_auth.ini")
+    auth["mlflow"]["database_uri"] = f"sqlite:///{root / 'auth.db'}"
+    assert auth["mlflow"]["admin_username"] == ADMIN[0] and auth["mlflow"]["default_permission"] == "READ"
+    with (root / "basic_auth.ini").open("w") as out:
+        auth.write(out)
     cmd = [
-        sys.executable, "-m", "mlflow", "server",
+        sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
         "--artifacts-destination", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"), "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}  # fmt: skip
     log = root / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(f"{url}/health", proc, log, "mlflow server")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
+        with monkeypatch.context() as init_env:
+            for key, value in (("MLFLOW_TRACKING_URL", url), ("MLFLOW_ADMIN_USERNAME", ADMIN[0]),
+                               ("MLFLOW_ADMIN_PASSWORD", ADMIN[1])):  # fmt: skip
+                init_env.setenv(key, value)
+            init = airflow_init()
+            init.mlflow_user(*SERVING_USER, init.SERVING_USER_GRANTS, timeout=60)
         yield url
     finally:
         stop(proc)
@@ -91,46 +126,28 @@ def training_rows(days: range, shift: float = 0.0, seed: int = 0) -> Any:
 
 
 class Registrar:
-    """Logs and registers versions of the demo model as ``select_candidate`` + ``register_challenger`` do."""
+    """Makes versions of the demo model as ``ct_<model>`` makes them (:func:`serving_support.ct_version`),
+    and, for the trust tests, versions made by hand."""
 
     def __init__(self, client: Any, spec_path: Path) -> None:
         self.client = client
         self.spec = load_model_spec(spec_path)
 
-    def register(self, params: dict[str, Any] | None = None, *, seed: int = 0, alias: str | None = "champion") -> str:
-        import mlflow
-        import skops.io
-        from mlflow.models import infer_signature
-
-        from mlops_airflow.core import served_model
-        from mlops_airflow.core.scoring import model_config, model_input
+    def register(
+        self, params: dict[str, Any] | None = None, *, seed: int = 0, alias: str | None = "champion", sign: bool = True
+    ) -> str:
+        """A blessed version (signed with :data:`SIGNING_KEY` unless ``sign`` is false), trained on the demo data."""
         from mlops_airflow.core.training import fit_final
-        from mlops_airflow.operators.training import quiet_skops_scan, serving_requirements, trusted_types
 
-        spec = self.spec
         train = training_rows(range(3), seed=seed)
-        pipeline = fit_final(spec, params or {}, train)
-        config = model_config(spec, 0.5, trusted_types(pipeline))
-        example = model_input(spec, train.head(5))
-        mlflow.set_experiment(spec.name)
-        with tempfile.TemporaryDirectory() as scratch, mlflow.start_run() as run:
-            pipeline_file = Path(scratch) / "pipeline.skops"
-            with quiet_skops_scan():
-                skops.io.dump(pipeline, pipeline_file)
-            os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=served_model.__file__,
-                artifacts={"pipeline": str(pipeline_file)},
-                model_config=config,
-                signature=infer_signature(example, served_model.model_output(pipeline, example, config)),
-                input_example=example,
-                pip_requirements=serving_requirements(),
-            )
-        return self._register(info.model_uri, run.info.run_id, alias)
+        pipeline = fit_final(self.spec, params or {}, train)
+        key = SIGNING_KEY.encode() if sign else None
+        version = ct_version(self.client, self.spec, lambda: log_pipeline(self.spec, pipeline, train),
+                             signing_key=key)  # fmt: skip
+        return self._alias(alias, version)
 
     def register_broken(self, tmp: Path, *, alias: str | None = "champion") -> str:
-        """A version that loads but fails its warm-up: its predict raises (a real fault, no mock)."""
+        """A blessed version that loads but fails its warm-up: its predict raises (a real fault, no mock)."""
         import mlflow
 
         code = tmp / "broken_model.py"
@@ -143,26 +160,47 @@ class Registrar:
             "mlflow.models.set_model(Broken())\n"
         )
         example = training_rows(range(1)).head(3)[FEATURES]
-        mlflow.set_experiment(self.spec.name)
-        with mlflow.start_run() as run:
+
+        def log_broken() -> str:
             info = mlflow.pyfunc.log_model(name="model", python_model=str(code), input_example=example,
                                            pip_requirements=["mlflow"])  # fmt: skip
-        return self._register(info.model_uri, run.info.run_id, alias)
+            return str(info.model_uri)
 
-    def _register(self, model_uri: str, run_id: str, alias: str | None) -> str:
-        from mlflow.exceptions import MlflowException
+        return self._alias(alias, ct_version(self.client, self.spec, log_broken, signing_key=SIGNING_KEY.encode()))
 
-        with contextlib.suppress(MlflowException):
-            self.client.create_registered_model(self.spec.name)
-        tags = {"mlops.data_hash": f"hash-{run_id[:8]}", "mlops.gate.blessed": "true",
-                "mlops.gate.reason": "test registration"}  # fmt: skip
-        # a tracking server takes a logged model's models:/<model_id> source only with its model_id
-        mv = self.client.create_model_version(
-            self.spec.name, model_uri, run_id=run_id, tags=tags, model_id=model_uri.removeprefix("models:/")
+    def register_by_hand(self, tmp: Path, *, alias: str | None = "champion") -> str:
+        """A version someone with MLflow write access registered from their own run, with a forged
+        ``mlops.gate.blessed=true`` tag. Its model's code, if it ever runs, writes the file named by env
+        ``FORGED_MODEL_MARKER`` (so a test can tell it was never loaded)."""
+        import mlflow
+
+        code = tmp / "forged_model.py"
+        code.write_text(
+            "import os\n\n"
+            "import mlflow\n"
+            "from mlflow.pyfunc import PythonModel\n\n"
+            "if os.environ.get('FORGED_MODEL_MARKER'):\n"
+            "    open(os.environ['FORGED_MODEL_MARKER'], 'w').write('the forged model ran')\n\n\n"
+            "class Forged(PythonModel):\n"
+            "    def predict(self, context, model_input, params=None):\n"
+            "        return model_input.assign(prediction=1, proba_0=0.0, proba_1=1.0)\n\n\n"
+            "mlflow.models.set_model(Forged())\n"
         )
+        mlflow.set_experiment(self.spec.name)
+        with mlflow.start_run() as run:
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(code), pip_requirements=["mlflow"])
+        with contextlib.suppress(Exception):
+            self.client.create_registered_model(self.spec.name)
+        tags = {"mlops.data_hash": "hash-forged", "mlops.gate.blessed": "true", "mlops.gate.reason": "trust me"}
+        # a tracking server takes a logged model's models:/<model_id> source only with its model_id
+        mv = self.client.create_model_version(self.spec.name, info.model_uri, run_id=run.info.run_id, tags=tags,
+                                              model_id=info.model_uri.removeprefix("models:/"))  # fmt: skip
+        return self._alias(alias, str(mv.version))
+
+    def _alias(self, alias: str | None, version: str) -> str:
         if alias:
-            self.set_alias(alias, str(mv.version))
-        return str(mv.version)
+            self.set_alias(alias, version)
+        return version
 
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.spec.name, alias, version)
@@ -240,7 +278,10 @@ def model_server(mlflow_server: str, mlops_home: Path, tmp_path: Path) -> Iterat
         environment = {
             **os.environ,
             "MLFLOW_TRACKING_URI": mlflow_server,
+            "MLFLOW_TRACKING_USERNAME": SERVING_USER[0],  # READ only, as on the cluster
+            "MLFLOW_TRACKING_PASSWORD": SERVING_USER[1],
             "MLOPS_SERVING_TOKEN": TOKEN,
+            "MLOPS_SIGNING_KEY": SIGNING_KEY,
             "MLOPS_SERVING_POLL_SECONDS": "600",  # moves are learnt from notifications unless a test says so
             "MLOPS_SERVING_LOG_FLUSH_SECONDS": "0.5",
             "OMP_NUM_THREADS": "1",

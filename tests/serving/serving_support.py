@@ -1,7 +1,11 @@
-"""Constants and row makers shared by the model server tests and their fixtures."""
+"""Constants, row makers and version makers shared by the model server tests, their fixtures and
+``benchmarks/serving*.py``."""
 
 from __future__ import annotations
 
+import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,7 @@ from mlops_airflow.core import demo_data
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "credit_default"
 TOKEN = "test-serving-token-0123456789"
+SIGNING_KEY = "test-signing-key-only-airflow-holds"
 FEATURES = ["age", "income", "debt_ratio", "credit_lines", "late_payments", "utilization", "employment_type",
             "region", "home_ownership"]  # fmt: skip
 
@@ -17,3 +22,74 @@ FEATURES = ["age", "income", "debt_ratio", "credit_lines", "late_payments", "uti
 def rows(n: int, day: int = 20, shift: float = 0.0) -> list[dict[str, Any]]:
     frame = demo_data.generate_batch(day, n_rows=n, seed=day, feature_shift=shift)[FEATURES]
     return [{k: (None if v != v else v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
+
+
+def log_pipeline(spec: Any, pipeline: Any, train: Any) -> str:
+    """Log a fitted pipeline in the active run exactly as ``select_candidate`` does; its model URI."""
+    import os
+
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from mlops_airflow.core import served_model
+    from mlops_airflow.core.scoring import model_config, model_input
+    from mlops_airflow.operators.training import quiet_skops_scan, serving_requirements, trusted_types
+
+    config = model_config(spec, 0.5, trusted_types(pipeline))
+    example = model_input(spec, train.head(5))
+    with tempfile.TemporaryDirectory() as scratch:
+        pipeline_file = Path(scratch) / "pipeline.skops"
+        with quiet_skops_scan():
+            served_model.import_skops_io().dump(pipeline, pipeline_file)
+        os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=served_model.__file__,
+            artifacts={"pipeline": str(pipeline_file)},
+            model_config=config,
+            signature=infer_signature(example, served_model.model_output(pipeline, example, config)),
+            input_example=example,
+            pip_requirements=serving_requirements(),
+        )
+    return str(info.model_uri)
+
+
+def ct_version(
+    client: Any,
+    spec: Any,
+    log_model: Callable[[], str],
+    *,
+    signing_key: bytes | None,
+    judged_against: str | None = None,
+) -> str:
+    """A version as ``ct_<model>`` leaves it after a blessing gate, without Airflow: a ``ct_<model>`` parent
+    run (tags, ``data_hash`` param), the model logged in it by ``log_model``, the gate's blessing (run tag and
+    ``gate/decision.json``), the version registered with ``register_challenger``'s tags and, given a key,
+    signed. Nothing moves an alias."""
+    import mlflow
+
+    from mlops_airflow.core.registry import DECISION_ARTIFACT, TAG_BLESSED, TAG_DAG_ID, TAG_RUN_ID, ModelRegistry
+    from mlops_airflow.core.tracking import experiment_id
+
+    airflow_run = f"manual__{uuid.uuid4().hex[:12]}"
+    dag_id = f"ct_{spec.name}"
+    tags = {TAG_DAG_ID: dag_id, TAG_RUN_ID: airflow_run, "mlops.kind": "ct"}
+    parent = client.create_run(experiment_id(client, spec.name), tags=tags).info.run_id
+    data_hash = f"hash-{uuid.uuid4().hex}"
+    client.log_param(parent, "data_hash", data_hash)
+    with mlflow.start_run(run_id=parent):
+        model_uri = log_model()
+    client.set_tag(parent, "mlops.candidate_model_uri", model_uri)
+    reason = "first run" if judged_against is None else f"no worse than v{judged_against}"
+    decision = {"blessed": True, "champion_version": judged_against, "first_run": judged_against is None,
+                "reason": reason}  # fmt: skip
+    client.set_tag(parent, TAG_BLESSED, "true")
+    client.log_dict(parent, decision, DECISION_ARTIFACT)
+    client.set_terminated(parent, "FINISHED")
+    registry = ModelRegistry(client, spec.name, signing_key=signing_key)
+    version_tags = {TAG_DAG_ID: dag_id, TAG_RUN_ID: airflow_run, "mlops.data_hash": data_hash, TAG_BLESSED: "true",
+                    "mlops.gate.reason": reason, "mlops.gate.champion_version": judged_against or "",
+                    "mlops.mlflow_run_id": parent}  # fmt: skip
+    version = str(registry.register(model_uri, parent, version_tags).version)
+    registry.sign(version, decision)
+    return version

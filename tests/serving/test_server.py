@@ -1,5 +1,6 @@
-"""The model server as a process against a real MLflow server: predict, bad input, auth, hot swap under load,
-a broken version kept out, shadow scoring and the request log read back (with labels joined later)."""
+"""The model server as a process against a real MLflow server (basic auth; the server reads as the READ-only
+``serving`` user): predict, bad input, auth, hot swap under load, a broken version kept out, a version no gate
+blessed refused, shadow scoring and the request log read back (with labels joined later)."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def test_predict_answers_and_refuses_bad_input_and_missing_tokens(registrar, mod
 
     page = server.page()
     assert page["version"] == version and page["data_hash"].startswith("hash-")
-    assert page["gate"]["blessed"] == "true" and page["last_load_error"] is None
+    assert page["gate"]["blessed"] is True and page["gate"]["signed"] is True and page["last_load_error"] is None
     assert server.stop()
 
 
@@ -141,6 +142,50 @@ def test_hot_swap_under_load_keeps_every_request_and_refuses_a_broken_version(re
     page = server.page()
     assert page["version"] == v1 and "this version cannot score" in page["last_load_error"]["error"]
     assert page["swaps"] == 3
+    assert server.stop()
+
+
+def test_champion_moved_to_a_version_no_gate_blessed_is_refused(registrar, model_server, tmp_path) -> None:
+    """Someone with MLflow write access moves ``champion`` by hand; the server proves every version blessed
+    (its ct_ run's gate decision and the HMAC signature) before it downloads or runs any of it."""
+    reg = registrar()
+    marker = tmp_path / "forged-model-ran"
+    forged = reg.register_by_hand(tmp_path)  # champion from the start: a cold start on it
+
+    server = model_server(ready=False, FORGED_MODEL_MARKER=str(marker))
+    wait_until("the refusal", lambda: server.page()["last_load_error"] is not None)
+    page = server.page()
+    assert page["ready"] is False and page["version"] is None and page["registry_champion"] == forged
+    refusal = page["last_load_error"]
+    assert (refusal["version"], refusal["alias"], refusal["stage"]) == (forged, "champion", "verify")
+    assert "not proven blessed" in refusal["error"] and f"not a ct_{MODEL} run" in refusal["error"]
+    ready = requests.get(f"{server.url}/ready", timeout=30)
+    assert ready.status_code == 503 and ready.json()["waiting_for"] == [MODEL]
+    refused = server.predict(rows(1))
+    assert refused.status_code == 503 and refused.json()["error_code"] == "NOT_READY"
+    assert f"version {forged} (champion)" in refused.json()["message"] and "not proven blessed" in refused.text
+
+    blessed = reg.register()  # ct_'s own version becomes champion: the server swaps it in
+    requests.post(f"{server.url}/v1/models/{MODEL}/reload", headers=server.headers).raise_for_status()
+    wait_until("the blessed version", lambda: server.page()["version"] == blessed)
+    assert requests.get(f"{server.url}/ready", timeout=30).status_code == 200
+
+    # champion moved by hand again, to the forged version: refused, the blessed one keeps answering
+    reg.set_alias("champion", forged)
+    requests.post(f"{server.url}/v1/models/{MODEL}/reload", headers=server.headers).raise_for_status()
+    wait_until("the second refusal", lambda: server.page()["last_load_error"]["at"] != refusal["at"])
+    assert server.predict(rows(2)).json()["model_version"] == blessed
+
+    # a whole ct_-looking run faked by someone who can write MLflow, but without the signing key
+    unsigned = reg.register(seed=5, sign=False)
+    requests.post(f"{server.url}/v1/models/{MODEL}/reload", headers=server.headers).raise_for_status()
+    wait_until("the unsigned version's refusal", lambda: server.page()["last_load_error"]["version"] == unsigned)
+    page = server.page()
+    assert "mlops.gate.signature is missing" in page["last_load_error"]["error"]
+    assert page["version"] == blessed and page["registry_champion"] == unsigned and page["swaps"] == 1
+    answer = server.predict(rows(2))
+    assert answer.status_code == 200 and answer.json()["model_version"] == blessed
+    assert not marker.exists()  # the forged version's code never ran in the server
     assert server.stop()
 
 

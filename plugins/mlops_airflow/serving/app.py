@@ -57,7 +57,7 @@ class Server:
     def __init__(self, settings: ServingSettings, specs: list[ModelSpec], client: Any, storage_base: str) -> None:
         self.settings = settings
         self.slots = {spec.name: ModelSlot(spec) for spec in specs}
-        self.follower = Follower(client, self.slots, settings.poll_seconds)
+        self.follower = Follower(client, self.slots, settings.poll_seconds, settings.signing_key)
         self.request_log = RequestLog(
             storage_base, settings.log_flush_rows, settings.log_flush_seconds, settings.log_max_rows
         )
@@ -93,7 +93,12 @@ class Server:
         spec = slot.spec
         model = slot.current  # taken once: this request finishes on this version whatever swaps meanwhile
         if model is None:
-            why = slot.last_error or slot.registry_error or "no version holds alias 'champion' yet"
+            failed = slot.last_error
+            why = (
+                f"version {failed['version']} ({failed['alias']}): {failed['error']}"
+                if failed
+                else slot.registry_error or "no version holds alias 'champion' yet"
+            )
             raise ApiError(503, f"{spec.name}: no version loaded ({why})", "NOT_READY")
         try:
             rows = check_rows(spec, parse_body(raw), spec.serving.max_rows)

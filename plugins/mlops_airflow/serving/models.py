@@ -1,13 +1,20 @@
 """Which version answers: one :class:`ModelSlot` per model, kept at ``champion`` by a :class:`Follower`.
 
-A swap never blocks or fails a request. The follower loads a new version in the background (download,
-``mlflow.pyfunc.load_model``), warms it up on the version's own input example (the rows it was logged
-with) through the same path requests take, checks the answer's shape (one row per input, ``prediction``
-and a ``proba_<class>`` per spec class, probabilities in [0, 1]), and only then replaces the slot's
-:class:`LoadedModel` with one reference assignment. A request takes the slot's model once, at its start,
-and finishes on it: requests in flight end on the old version. A version that fails to load or warm up is
-not swapped in; the slot records the error (``GET /v1/models/<model>``) and keeps serving what it had, and
-the follower tries that version again only when notified (``POST /v1/models/<model>/reload``).
+A swap never blocks or fails a request. The follower first proves the new version blessed
+(:meth:`mlops_airflow.core.registry.ModelRegistry.verify_blessed`: the gate decision recorded in the
+version's own ``ct_<model>`` run and, when ``MLOPS_SIGNING_KEY`` is set, its HMAC gate signature; READ access
+to registered models and experiments is enough). Tags are no evidence: ``champion`` moved by hand to a
+version no gate blessed is refused before any of its files are downloaded or its code runs. Then it loads
+the version (download, ``mlflow.pyfunc.load_model``), warms it up on the version's own input example (the
+rows it was logged with) through the same path requests take, checks the answer's shape (one row per input,
+``prediction`` and a ``proba_<class>`` per spec class, probabilities in [0, 1]), and only then replaces the
+slot's :class:`LoadedModel` with one reference assignment. A request takes the slot's model once, at its
+start, and finishes on it: requests in flight end on the old version. A version refused, or that fails to
+load or warm up, is not swapped in; the slot records why (``last_load_error`` of ``GET /v1/models/<model>``)
+and keeps serving what it had. With no version ever proven (a cold start on an unblessed ``champion``),
+``/ready`` stays false and predict answers 503 with the reason. The follower tries a failed version again
+only when notified (``POST /v1/models/<model>/reload``); a registry it cannot read decides nothing and is
+read again at the next poll.
 
 The follower learns of moves by polling the registry every ``MLOPS_SERVING_POLL_SECONDS``, and at once when
 a ``promote``/``rollback`` task notifies the server (:mod:`mlops_airflow.core.serving_client`).
@@ -71,6 +78,9 @@ class ModelSlot:
     failed: dict[str, dict[str, str]] = field(default_factory=dict)
     last_error: dict[str, str] | None = None
     registry_error: str | None = None
+    #: the version the registry's ``champion`` names (it differs from ``current`` while a swap is pending
+    #: or after a refusal)
+    registry_champion: str | None = None
     checked_at: str | None = None
     swaps: int = 0
 
@@ -84,6 +94,7 @@ class ModelSlot:
             "loaded_at": current.loaded_at if current else None,
             **(current.info if current else {}),
             "shadow": {"enabled": self.spec.serving.shadow, "version": shadow.version if shadow else None},
+            "registry_champion": self.registry_champion,
             "last_load_error": self.last_error,
             "registry_error": self.registry_error,
             "checked_at": self.checked_at,
@@ -92,20 +103,22 @@ class ModelSlot:
         }
 
 
-def version_info(mv: Any) -> dict[str, Any]:
-    """What ``GET /v1/models/<model>`` tells of a version: provenance and the gate's summary, from its tags."""
+def version_info(mv: Any, proof: Any) -> dict[str, Any]:
+    """What ``GET /v1/models/<model>`` tells of a version: its proven provenance (``proof``, a
+    :class:`~mlops_airflow.core.registry.Provenance`) and, from its tags, when it was promoted and why."""
     tags = mv.tags or {}
     return {
-        "data_hash": tags.get("mlops.data_hash"),
+        "data_hash": proof.data_hash,
         "promoted_at": tags.get("mlops.rolled_back_to_at") or tags.get("mlops.promoted_at"),
         "promotion": tags.get("mlops.promotion") or ("rolled back to" if tags.get("mlops.rolled_back_to_at") else None),
         "gate": {
-            "blessed": tags.get("mlops.gate.blessed"),
+            "blessed": True,  # proven from the source run, never read from a tag
+            "signed": proof.signed,
             "reason": tags.get("mlops.gate.reason"),
-            "judged_against": tags.get("mlops.gate.champion_version") or None,
+            "judged_against": proof.judged_against,
             "smoke_test": tags.get("mlops.smoke_test"),
         },
-        "source_run": mv.run_id,
+        "source_run": proof.run_id,
         "trained_by": tags.get("airflow.run_id"),
     }
 
@@ -130,8 +143,25 @@ def check_answer(spec: ModelSpec, rows: pd.DataFrame, answer: pd.DataFrame) -> N
         raise WarmUpError("non-finite predictions")
 
 
-def load_version(client: Any, spec: ModelSpec, version: str, alias: str) -> LoadedModel:
-    """Download, load and warm up one version; raises on any failure (nothing is half-loaded)."""
+class RefusedVersionError(RuntimeError):
+    """A version the registry names but that is not proven blessed: it is never downloaded nor loaded."""
+
+
+def prove_blessed(client: Any, spec: ModelSpec, version: str, signing_key: bytes | None) -> Any:
+    """The version's :class:`~mlops_airflow.core.registry.Provenance`, or :class:`RefusedVersionError` naming
+    the trust rule it breaks. A registry that cannot be read raises
+    :class:`~mlops_airflow.core.registry.RegistryError` (retried at the next poll, nothing is decided)."""
+    from mlops_airflow.core.registry import ModelRegistry, UnblessedVersionError
+
+    try:
+        return ModelRegistry(client, spec.name, signing_key=signing_key).verify_blessed(version)
+    except UnblessedVersionError as err:
+        raise RefusedVersionError(f"refused, not proven blessed: {err}") from None
+
+
+def load_version(client: Any, spec: ModelSpec, version: str, alias: str, proof: Any) -> LoadedModel:
+    """Download, load and warm up one version already proven blessed (``proof``); raises on any failure
+    (nothing is half-loaded)."""
     import mlflow
     from mlflow.models import Model
 
@@ -146,8 +176,8 @@ def load_version(client: Any, spec: ModelSpec, version: str, alias: str) -> Load
         example = Model.load(path).load_input_example(path)
         if not isinstance(example, pd.DataFrame) or example.empty:
             raise WarmUpError("the version has no input example to warm up on")
-        loaded = LoadedModel(spec.name, str(version), alias, pyfunc, model_threshold(pyfunc), version_info(mv), _now(),
-                             local)  # fmt: skip
+        info = version_info(mv, proof)
+        loaded = LoadedModel(spec.name, str(version), alias, pyfunc, model_threshold(pyfunc), info, _now(), local)
         rows = example.reset_index(drop=True)
         check_answer(spec, rows, loaded.predict(rows))
         return loaded
@@ -159,15 +189,20 @@ def load_version(client: Any, spec: ModelSpec, version: str, alias: str) -> Load
 class Follower:
     """Keeps every :class:`ModelSlot` at its registry aliases, on one background thread.
 
-    :param client: an ``MlflowClient`` (READ access to registered models is enough).
+    :param client: an ``MlflowClient`` (READ access to registered models and experiments is enough).
     :param slots: model name -> slot.
     :param poll_seconds: how often the registry is read without a notification.
+    :param signing_key: the gate signatures' key (``MLOPS_SIGNING_KEY``); None = blessing is proven by the
+        source run alone.
     """
 
-    def __init__(self, client: Any, slots: dict[str, ModelSlot], poll_seconds: float) -> None:
+    def __init__(
+        self, client: Any, slots: dict[str, ModelSlot], poll_seconds: float, signing_key: bytes | None = None
+    ) -> None:
         self.client = client
         self.slots = slots
         self.poll_seconds = poll_seconds
+        self.signing_key = signing_key
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._notified: set[str] = set()
@@ -224,6 +259,7 @@ class Follower:
             log.warning("registry unreachable for %s: %s", name, slot.registry_error)
             return
         slot.registry_error = None
+        slot.registry_champion = champion
         slot.checked_at = _now()
         if retry_failed:
             slot.failed.clear()
@@ -252,19 +288,30 @@ class Follower:
                 self._release(shadow)
 
     def _load(self, slot: ModelSlot, version: str, alias: str) -> LoadedModel | None:
+        from mlops_airflow.core.registry import RegistryError
+
         name = slot.spec.name
         if version in slot.failed:
             return None
         started = time.perf_counter()
+        stage = "verify"
         try:
-            loaded = load_version(self.client, slot.spec, version, alias)
+            proof = prove_blessed(self.client, slot.spec, version, self.signing_key)
+            stage = "load"
+            loaded = load_version(self.client, slot.spec, version, alias, proof)
+        except RegistryError as err:  # the registry could not be read: nothing decided, retried at the next poll
+            slot.registry_error = f"proving {alias} v{version} blessed: {err}"[:1000]
+            log.warning("%s v%s (%s): %s", name, version, alias, slot.registry_error)
+            return None
         except Exception as err:
-            error = {"version": version, "alias": alias, "error": f"{type(err).__name__}: {err}"[:1000], "at": _now()}
+            error = {"version": version, "alias": alias, "stage": stage, "error": f"{type(err).__name__}: {err}"[:1000],
+                     "at": _now()}  # fmt: skip
             slot.failed[version] = error
             slot.last_error = error
             log.error("%s v%s (%s) not swapped in: %s", name, version, alias, error["error"])
             return None
-        log.info("%s v%s (%s) loaded and warmed up in %.1fs", name, version, alias, time.perf_counter() - started)
+        log.info("%s v%s (%s) proven blessed, loaded and warmed up in %.1fs", name, version, alias,
+                 time.perf_counter() - started)  # fmt: skip
         return loaded
 
     def _release(self, model: LoadedModel | None) -> None:

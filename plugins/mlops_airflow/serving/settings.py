@@ -14,9 +14,13 @@
                                      it full writes it out before answering (default 100000)
 ``MLOPS_SERVING_SHADOW_QUEUE``       shadow requests waiting for ``challenger`` at most; more are
                                      not shadow-scored, and counted (default 1000)
+``MLOPS_SIGNING_KEY``                the gate signatures' key: when set, a version serves only with
+                                     a valid signature (the HMAC ``register_challenger`` tags it
+                                     with); unset, blessing is proven by the source run alone
 ``MLFLOW_TRACKING_URI``              the registry (default: the embedded store); a server reads it
                                      with ``MLFLOW_TRACKING_USERNAME`` / ``..._PASSWORD``, a user with
-                                     READ on registered models only
+                                     READ on registered models and experiments (the proof of a
+                                     blessing is the version's CT run and its gate decision)
 ``MLOPS_STORAGE_BASE``               where the request log goes (``<base>/<model>/serving/``)
 ===================================  ===========================================================
 """
@@ -48,7 +52,7 @@ def _number(name: str, default: float, minimum: float) -> float:
 
 @dataclass(frozen=True)
 class ServingSettings:
-    token: str
+    token: str = field(repr=False)
     models: list[str] = field(default_factory=list)
     default_model: str | None = None
     poll_seconds: float = 30.0
@@ -57,6 +61,7 @@ class ServingSettings:
     log_flush_seconds: float = 10.0
     log_max_rows: int = 100_000
     shadow_queue: int = 1000
+    signing_key: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls) -> ServingSettings:
@@ -77,4 +82,5 @@ class ServingSettings:
             log_flush_seconds=_number("MLOPS_SERVING_LOG_FLUSH_SECONDS", 10.0, 0.05),
             log_max_rows=int(_number("MLOPS_SERVING_LOG_MAX_ROWS", 100_000, 1)),
             shadow_queue=int(_number("MLOPS_SERVING_SHADOW_QUEUE", 1000, 1)),
+            signing_key=os.environ.get("MLOPS_SIGNING_KEY", "").encode() or None,
         )
