@@ -14,10 +14,19 @@ export AIRFLOW__CORE__EXECUTOR ?= LocalExecutor
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS ?= admin:admin
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE ?= $(LOCAL)/airflow/passwords.json
 export MLOPS_HOME ?= $(LOCAL)
-export MLOPS_MLFLOW_UI_URL ?= http://127.0.0.1:5000
+export MLOPS_MLFLOW_UI_URL ?= http://127.0.0.1:$(or $(MLFLOW_UI_PORT),5000)
 export GX_ANALYTICS_ENABLED ?= false
 MLFLOW_STORE := sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
 DEMO_DATA := $(MLOPS_HOME)/data/landing/credit_default
+SCORING_DATA := $(MLOPS_HOME)/data/scoring/credit_default
+# make up: loopback only, and as many task slots as cores (LocalExecutor starts one worker process per slot)
+AIRFLOW_PORT ?= 8080
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+UP_ENV := AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) AIRFLOW__API__WORKERS=1 \
+  AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
+  AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
+  AIRFLOW__CORE__PARALLELISM=$(NPROC)
+MLFLOW_UI_PORT ?= 5000
 
 .PHONY: help setup data demo-day airflow-db demo up serve test lint typecheck pytest test-cluster bench bench-cluster requirements clean browser screenshots
 
@@ -30,28 +39,42 @@ $(UV):
 setup: $(UV) ## install the locked environment (uv is installed first if missing)
 	$(UV) sync --frozen
 
-data: setup ## generate 15 days of demo batches for credit_default (offline, deterministic)
+data: setup ## generate 15 days of demo batches for credit_default, and one scoring batch (offline, deterministic)
 	@test -n "$$(ls -A $(DEMO_DATA) 2>/dev/null)" || $(RUN) python -m mlops_airflow.core.demo_data $(DEMO_DATA) --days 15
+	@test -n "$$(ls -A $(SCORING_DATA) 2>/dev/null)" || \
+	  $(RUN) python -m mlops_airflow.core.demo_data $(SCORING_DATA) --first-day 15 --days 1
 
 demo-day: data ## land the next day's batch for credit_default (DEMO_DAY_ARGS="--feature-shift 1" drifts it)
 	$(RUN) python -m mlops_airflow.core.demo_data $(DEMO_DATA) --next --days 1 $(DEMO_DAY_ARGS)
+	$(RUN) python -m mlops_airflow.core.demo_data $(SCORING_DATA) --next --days 1 $(DEMO_DAY_ARGS)
 
 airflow-db: setup ## migrate the SQLite metadata DB and create the mlflow_registry pool
 	$(RUN) airflow db migrate > $(LOCAL)/airflow-db.log 2>&1 || (cat $(LOCAL)/airflow-db.log; exit 1)
 	$(RUN) airflow pools set mlflow_registry 1 "promotion and rollback, one at a time" > /dev/null
 
-demo: data airflow-db ## run ct_credit_default once end to end on the embedded default
-	$(RUN) python -m mlops_airflow.demo
+demo: data airflow-db ## run ct_credit_default once (through Airflow when make up runs, else in this process)
+	MLOPS_AIRFLOW_URL=http://127.0.0.1:$(AIRFLOW_PORT) $(RUN) python -m mlops_airflow.demo
 
 up: data airflow-db ## start Airflow (api-server, scheduler, dag-processor, triggerer) and the MLflow UI
 	@test -s $(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE) || python3 -c 'import json, secrets, sys; \
 	  json.dump({"admin": secrets.token_urlsafe(12)}, open(sys.argv[1], "w"))' $(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE)
-	@echo "Airflow UI: http://127.0.0.1:8080  login: admin / $$(python3 -c 'import json, sys; \
+	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT)  login: admin / $$(python3 -c 'import json, sys; \
 	  print(json.load(open(sys.argv[1]))["admin"])' $(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE))"
 	@echo "MLflow UI:  $(MLOPS_MLFLOW_UI_URL)"
-	@trap 'kill 0' INT TERM EXIT; \
-	  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(RUN) mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port 5000 & \
-	  $(RUN) airflow standalone
+	@echo "Task slots: $(NPROC) (AIRFLOW__CORE__PARALLELISM); stop with Ctrl-C"
+	@# One process per role, no `airflow standalone` (it binds 0.0.0.0 and sizes workers to 32 slots). On
+	@# Ctrl-C or TERM each role gets SIGTERM and is waited for, so none dies mid-shutdown.
+	@cd $(LOCAL) && source $(CURDIR)/.venv/bin/activate && export $(UP_ENV) && pids=(); \
+	  stop() { trap - INT TERM EXIT; kill -TERM "$${pids[@]}" 2>/dev/null; wait "$${pids[@]}" 2>/dev/null; }; \
+	  trap stop INT TERM EXIT; \
+	  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 \
+	    --port $(MLFLOW_UI_PORT) --workers 1 > $(LOCAL)/mlflow-ui.log 2>&1 & pids+=($$!); \
+	  airflow api-server > $(LOCAL)/api-server.log 2>&1 & pids+=($$!); \
+	  airflow dag-processor > $(LOCAL)/dag-processor.log 2>&1 & pids+=($$!); \
+	  airflow triggerer > $(LOCAL)/triggerer.log 2>&1 & pids+=($$!); \
+	  airflow scheduler > $(LOCAL)/scheduler.log 2>&1 & pids+=($$!); \
+	  echo "logs: $(LOCAL)/{api-server,scheduler,dag-processor,triggerer,mlflow-ui}.log"; \
+	  wait -n "$${pids[@]}"; echo "a process of make up ended; stopping the others"
 
 SERVE_PORT ?= 8000
 serve: setup ## the model server on :8000 for every model's champion (after make demo); token in .local/serving_token
