@@ -88,11 +88,12 @@ class CtRunSummary:
         """What the run decided, as a person reads it."""
         if self.validation == "failed":
             return "REJECTED: data validation failed"
+        reason = (self.gate_reason or "").removeprefix("blessed: ").removeprefix("not blessed: ")
         if self.blessed is True:
             outcome = f"; promotion: {self.promotion}" if self.promotion else ""
-            return f"BLESSED: {self.gate_reason or ''}{outcome}".strip()
+            return f"BLESSED: {reason}{outcome}".strip()
         if self.blessed is False:
-            return f"NOT BLESSED: {self.gate_reason or ''}".strip()
+            return f"NOT BLESSED: {reason}".strip()
         if self.status == "RUNNING":
             return "running: no gate decision yet"
         return f"no gate decision (run {self.status.lower()})"
