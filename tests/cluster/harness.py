@@ -76,6 +76,9 @@ WORKER_KEYS = (
     "MLOPS_MLFLOW_UI_URL",
     "PYTHONPATH",
 )
+# How promote and rollback reach the model server (core/serving_client.py); here no model server runs unless a
+# test starts one on ``ports["serving"]``, and a notification nobody hears never fails a task.
+SERVING_CLIENT_KEYS = ("MLOPS_SERVING_URL", "MLOPS_SERVING_TOKEN")
 PASSWORDS_FILE_KEY = "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
 INIT_KEYS = (
     "AIRFLOW_ADMIN_PASSWORD",
@@ -96,7 +99,7 @@ ROLE_KEYS: dict[str, tuple[str, ...]] = {
     "airflow-scheduler": DB_ROLE_KEYS,
     "airflow-dag-processor": DB_ROLE_KEYS,
     "airflow-triggerer": DB_ROLE_KEYS,
-    "airflow-worker": (*WORKER_KEYS, "MLOPS_SIGNING_KEY"),
+    "airflow-worker": (*WORKER_KEYS, "MLOPS_SIGNING_KEY", *SERVING_CLIENT_KEYS),
 }
 # Only here because every process shares one machine (in Compose: image defaults, one container each).
 LOCAL_ONLY_KEYS = {
@@ -191,8 +194,9 @@ class NativeCluster:
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(32),
             "MLOPS_SIGNING_KEY": secrets.token_hex(32),
+            "MLOPS_SERVING_TOKEN": secrets.token_hex(24),
         }
-        self.ports = {name: free_port() for name in ("s3", "mlflow", "api", "health", "trigger_logs")}
+        self.ports = {name: free_port() for name in ("s3", "mlflow", "api", "health", "trigger_logs", "serving")}
         if self.models_dir is None:
             self.models_dir = _specs_without_cron(REPO / "include" / "models", self.base / "models")
         self.redis_db: int | None = None
@@ -239,6 +243,7 @@ class NativeCluster:
             "OBJECT_STORE_ENDPOINT_URL": self.s3_url,
             "OBJECT_STORE_ACCESS_KEY": S3_KEY,
             "OBJECT_STORE_SECRET_KEY": S3_KEY,
+            "MLOPS_SERVING_URL": f"http://127.0.0.1:{self.ports['serving']}",
             **self.secrets,
         }
         return {**read_env_file(), **{key: values[key] for key in ROLE_KEYS[role]}}

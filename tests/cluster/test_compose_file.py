@@ -251,9 +251,9 @@ def test_shared_settings_mark_a_cluster_and_turn_mlflow_telemetry_off(monkeypatc
     assert deployment() == "cluster"
 
 
-def test_signing_key_is_held_by_the_workers_only(services: dict[str, Any]) -> None:
+def test_signing_key_is_held_by_the_workers_and_the_model_server_only(services: dict[str, Any]) -> None:
     holders = {name for name, service in services.items() if "MLOPS_SIGNING_KEY" in environment(service)}
-    assert holders == {"airflow-worker"}, holders
+    assert holders == {"airflow-worker", "model-server"}, holders  # the model server checks signatures
     assert "MLOPS_SIGNING_KEY" not in read_env_file(), "a secret, from .env only"
 
 
