@@ -64,7 +64,7 @@ def test_parquet_batches_validate_too(spec, tmp_path):
 
 
 def test_a_file_too_sparse_on_its_own_fails_though_all_files_together_pass(spec, tmp_path):
-    """Files are validated together for speed; a ``mostly`` rule still holds per file, naming the file."""
+    """A ``mostly`` rule holds per file (not over the whole window), and the failure names the file."""
     landing = tmp_path / "landing"
     demo_data.write_batches(landing, range(3), n_rows=300)
     sparse = demo_data.generate_batch(3, n_rows=300)

@@ -1,16 +1,8 @@
 """Data validation with Great Expectations 1.x (ephemeral context, suite built from the model spec).
 
-The suite holds for each landed file on its own, and a failure names the file it came from. GX does the
-checking; what it is fed is arranged so that its fixed cost per validation is paid once, not once per file:
-
-- A landed file's verdict is reused by the file's SHA-256 and the suite's hash (landed files are immutable;
-  a passing verdict is kept under ``<storage>/<model>/validation/<suite hash>/``), so a daily run validates
-  the newly landed file only.
-- The files still to validate, when they share one schema and none is empty, go through GX together: every
-  row-wise expectation (a column map expectation without ``mostly``, column existence) in one run over the
-  concatenated rows, which passes if and only if it passes on each file; the expectations whose verdict
-  depends on the file as a whole (row counts, ``mostly``) run per file. When the combined run fails, every
-  file is validated on its own, so that the failures name their files.
+Each file is validated on its own, so that a failure names the landed file it came from. Landed files are
+immutable: a file's passing verdict is reused by the file's SHA-256 and the suite's hash (kept under
+``<storage>/<model>/validation/<suite hash>/``), so a daily run validates the newly landed file only.
 
 The result is a small summary (counts and failed expectations, never the unexpected rows), fit for XCom and
 MLflow; :class:`DataValidationError` carries it and fails the task closed.
@@ -18,7 +10,6 @@ MLflow; :class:`DataValidationError` carries it and fails the task closed.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -27,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlops_airflow.core.config import ModelSpec
-from mlops_airflow.core.data import READER_VERSION, BatchFile, Snapshot, concat_frame, read_snapshot_file
+from mlops_airflow.core.data import READER_VERSION, BatchFile, Snapshot, read_snapshot_file
 
 log = logging.getLogger(__name__)
 
@@ -165,23 +156,21 @@ def _failed_from(file: str, result: Any) -> list[FailedExpectation]:
     return failed
 
 
-def suite_hash(suite: Any) -> str:
-    """What a verdict depends on besides the file: the expectations, the GX version and the file reader."""
-    import great_expectations as gx
+def suite_hash(spec: ModelSpec) -> str:
+    """What a verdict depends on besides the file: the suite (the spec's rules and the code building it), the
+    GX version and the file reader. Computed without importing GX."""
+    import inspect
+    from importlib.metadata import version
 
-    rules = [{"type": e.expectation_type, "kwargs": e.configuration.kwargs} for e in suite.expectations]
-    text = json.dumps([rules, gx.__version__, READER_VERSION], sort_keys=True, default=str)
+    rules = {
+        "features": [f.model_dump(mode="json") for f in spec.features],
+        "label": spec.label.model_dump(mode="json"),
+        "timestamp": spec.source.timestamp_column,
+        "code": [inspect.getsource(build_suite), inspect.getsource(label_types)],
+        "types": [NUMERIC_TYPES, TEXT_TYPES, BOOLEAN_TYPES, DATETIME_TYPES],
+    }
+    text = json.dumps([rules, version("great_expectations"), READER_VERSION], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _rowwise(expectation: Any) -> bool:
-    """True when the expectation holds on a concatenation of same-schema files iff it holds on each file."""
-    from great_expectations.expectations.expectation import ColumnMapExpectation
-
-    if expectation.expectation_type == "expect_column_to_exist":
-        return True  # the files share their columns (checked before they are combined)
-    mostly = getattr(expectation, "mostly", 1)
-    return isinstance(expectation, ColumnMapExpectation) and (mostly is None or mostly >= 1)
 
 
 class VerdictCache:
@@ -221,22 +210,8 @@ def validate_snapshot(spec: ModelSpec, snapshot: Snapshot, *, cache: Any = None)
 
     :param cache: folder of reusable passing verdicts (a path object); ``None`` validates every file.
     """
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    # GX logs ~200 INFO lines about its own API docs registry on import; the task log is for the data.
-    logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    full = build_suite(spec, gx)
-    verdicts = VerdictCache(cache, suite_hash(full)) if cache is not None else None
-    suite = context.suites.add(full)
-    asset = context.data_sources.add_pandas("snapshot").add_dataframe_asset("batch")
-    batch_definition = asset.add_batch_definition_whole_dataframe("whole")
-
+    verdicts = VerdictCache(cache, suite_hash(spec)) if cache is not None else None
     summary = ValidationSummary(success=True, files=len(snapshot.batches), rows=0, expectations=0)
-    summary.expectations = len(suite.expectations)
     todo: list[BatchFile] = []
     for batch in snapshot.batches:
         if batch.snapshot_file is None:
@@ -249,39 +224,28 @@ def validate_snapshot(spec: ModelSpec, snapshot: Snapshot, *, cache: Any = None)
         else:
             todo.append(batch)
 
-    def run(frame: Any, on: Any) -> Any:
-        result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(on)
-        summary.evaluated += len(result.results)
-        return result
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    # GX logs ~200 INFO lines about its own API docs registry on import; the task log is for the data.
+    logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    tables = [read_snapshot_file(snapshot, b) for b in todo]
-    summary.rows += sum(t.num_rows for t in tables)
-    combined = len(todo) > 1 and all(t.num_rows > 0 for t in tables)
-    combined = combined and len({t.schema.remove_metadata() for t in tables}) == 1
-    failed: list[FailedExpectation] = []
-    if combined:
-        rowwise = [copy.copy(e) for e in suite.expectations if _rowwise(e)]
-        per_file = [copy.copy(e) for e in suite.expectations if not _rowwise(e)]
-        rows_suite = context.suites.add(gx.ExpectationSuite(name=f"{spec.name}_rows", expectations=rowwise))
-        frame = concat_frame(tables)
-        combined = run(frame, rows_suite).success
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    suite = context.suites.add(build_suite(spec, gx))
+    summary.expectations = len(suite.expectations)
+    asset = context.data_sources.add_pandas("snapshot").add_dataframe_asset("batch")
+    batch_definition = asset.add_batch_definition_whole_dataframe("whole")
+    for batch in todo:
+        frame = read_snapshot_file(snapshot, batch).to_pandas()
+        summary.rows += len(frame)
+        result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
         del frame
-        if combined and per_file:
-            file_suite = context.suites.add(gx.ExpectationSuite(name=f"{spec.name}_file", expectations=per_file))
-            for batch, table in zip(todo, tables, strict=True):
-                failed.extend(_failed_from(batch.name, run(table.to_pandas(), file_suite)))
-        if not combined:
-            log.info("combined validation of %d files failed: validating each file to name it", len(todo))
-    if not combined:  # one file, files of different schemas or an empty one, or the combined run failed
-        failed = []
-        for batch, table in zip(todo, tables, strict=True):
-            failed.extend(_failed_from(batch.name, run(table.to_pandas(), suite)))
-    summary.failed.extend(failed)
-    if verdicts is not None:
-        broken = {f.file for f in failed}
-        for batch in todo:
-            if batch.name not in broken:
-                verdicts.record(batch)
+        summary.evaluated += len(result.results)
+        failed = _failed_from(batch.name, result)
+        summary.failed.extend(failed)
+        if verdicts is not None and not failed:
+            verdicts.record(batch)
     if snapshot.train_rows < spec.min_rows and not summary.failed:
         summary.failed.append(
             FailedExpectation(
