@@ -22,6 +22,7 @@ import json
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mlops_airflow.core.config import ModelSpec
@@ -198,16 +199,26 @@ def check_rows(spec: ModelSpec, columns: dict[str, list[Any]], max_rows: int) ->
         raise InputError(
             422, f"{spec.name}: column {first['column']!r}, row {first['row']}: {first['rule']}{more}", problems
         )
-    frame = pd.DataFrame(out)
+    return typed_frame(spec, out)
+
+
+def typed_frame(spec: ModelSpec, columns: dict[str, list[Any]]) -> pd.DataFrame:
+    """Checked values -> the model's input frame, built once from typed arrays (numeric float64 with NaN for
+    null, datetime as ISO text, the rest object): a per-column pandas conversion after the frame exists
+    cost more than the 1-row model call itself (benchmarks/serving_profile.py)."""
+    arrays: dict[str, Any] = {}
     for feature in spec.features:
         if feature.use == "drop":
             continue
+        values = columns[feature.name]
         if feature.type == "numeric":
-            frame[feature.name] = pd.to_numeric(frame[feature.name]).astype("float64")
+            arrays[feature.name] = np.array([np.nan if v is None else v for v in values], dtype="float64")
         elif feature.type == "datetime":
-            moments = pd.to_datetime(frame[feature.name], errors="coerce", utc=True, format="ISO8601")
+            moments = pd.to_datetime(pd.Series(values, dtype="object"), errors="coerce", utc=True, format="ISO8601")
             text = moments.dt.strftime("%Y-%m-%dT%H:%M:%S%z").astype("object")
-            frame[feature.name] = text.where(moments.notna(), None)
+            arrays[feature.name] = text.where(moments.notna(), None).to_numpy(dtype="object")
         else:
-            frame[feature.name] = frame[feature.name].astype("object")
-    return frame[spec.model_features]
+            objects = np.empty(len(values), dtype="object")
+            objects[:] = values
+            arrays[feature.name] = objects
+    return pd.DataFrame({name: arrays[name] for name in spec.model_features}, copy=False)

@@ -1,0 +1,44 @@
+"""The model input a request becomes (serving/inputs.py), for every feature type, without a server."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from serving_support import REPO
+
+from mlops_airflow.core.config import load_model_spec
+from mlops_airflow.serving.inputs import InputError, check_rows
+
+
+def test_checked_rows_are_typed_per_feature_type() -> None:
+    spec = load_model_spec(REPO / "include" / "examples" / "product_tier.yaml")
+    kinds = {f.name: f.type for f in spec.features if f.use != "drop"}
+    assert set(kinds.values()) == {"numeric", "categorical", "boolean", "datetime"}
+    samples = {"numeric": [3, 2.5], "categorical": ["a", 7], "boolean": ["yes", False],
+               "datetime": ["2024-01-02T03:04:05Z", "2024-05-06"]}  # fmt: skip
+    frame = check_rows(spec, {name: list(samples[kind]) for name, kind in kinds.items()}, 10)
+    assert list(frame.columns) == spec.model_features and len(frame) == 2
+    for name, kind in kinds.items():
+        values = frame[name].tolist()
+        if kind == "numeric":
+            assert frame[name].dtype == "float64" and values == [3.0, 2.5]
+        elif kind == "categorical":
+            assert frame[name].dtype == object and values == ["a", "7"]
+        elif kind == "boolean":
+            assert frame[name].dtype == object and values == [True, False]
+        else:
+            assert frame[name].dtype == object and values == ["2024-01-02T03:04:05+0000", "2024-05-06T00:00:00+0000"]
+
+
+def test_nulls_become_nan_or_none_where_allowed_and_are_refused_elsewhere() -> None:
+    spec = load_model_spec(REPO / "include" / "models" / "credit_default.yaml")
+    columns = {f.name: [None] if f.nullable else ([1] if f.type == "numeric" else ["x"]) for f in spec.features}
+    frame = check_rows(spec, columns, 10)
+    for feature in spec.features:
+        if feature.nullable and feature.use != "drop":
+            value = frame[feature.name].iloc[0]
+            assert math.isnan(value) if feature.type == "numeric" else value is None, feature.name
+    refused = next(f for f in spec.features if not f.nullable and f.use != "drop")
+    with pytest.raises(InputError, match=f"'{refused.name}'.*nullable: false"):
+        check_rows(spec, {**columns, refused.name: [None]}, 10)
