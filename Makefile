@@ -28,7 +28,7 @@ UP_ENV := AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) AIRFLO
   AIRFLOW__CORE__PARALLELISM=$(NPROC)
 MLFLOW_UI_PORT ?= 5000
 
-.PHONY: help setup data demo-day airflow-db demo up serve test lint typecheck pytest test-cluster bench bench-cluster requirements clean browser screenshots
+.PHONY: help setup data demo-day airflow-db demo up serve test lint typecheck pytest test-cluster bench bench-cluster bench-scale requirements clean browser screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -113,6 +113,9 @@ bench: setup ## benchmarks: parse time, CT task timings, closed-loop simulation
 
 bench-cluster: setup ## train-step wall time with two Celery workers against one (about 8 minutes)
 	$(RUN) python benchmarks/cluster_parallelism.py
+
+bench-scale: setup ## ct_credit_default at 1M rows against bare pandas + scikit-learn (ROWS_PER_DAY=666667: 10M)
+	$(RUN) python benchmarks/scale.py --rows-per-day $(or $(ROWS_PER_DAY),66667)
 
 requirements: setup ## export the pinned requirements.txt for platforms that take one (e.g. the image)
 	$(UV) export --frozen --no-hashes --no-dev --extra cluster --no-emit-project -o requirements.txt
