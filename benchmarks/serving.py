@@ -27,6 +27,7 @@ from typing import Any
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "serving"))  # serving_support: versions made as ct_<model> makes them
 RESULTS = REPO / "benchmarks" / "results" / "serving.json"
 TOKEN = "benchmark-token-0123456789abcdef"
 MODEL = "credit_default"
@@ -39,40 +40,24 @@ def free_port() -> int:
 
 
 def register(home: Path) -> str:
-    """One version of the demo model, logged as ``select_candidate`` logs it, as ``champion``."""
-    import mlflow
-    import skops.io
-    from mlflow.models import infer_signature
+    """One version of the demo model, made as ``ct_<model>`` makes it (``select_candidate``'s logging, the
+    gate's blessing, ``register_challenger``'s registration: the server serves proven versions only), as
+    ``champion``."""
+    import pandas as pd
+    from serving_support import ct_version, log_pipeline
 
-    from mlops_airflow.core import demo_data, served_model, settings
+    from mlops_airflow.core import demo_data, settings
     from mlops_airflow.core.config import get_spec
-    from mlops_airflow.core.registry import ModelRegistry
-    from mlops_airflow.core.scoring import model_config, model_input
     from mlops_airflow.core.tracking import client_for
     from mlops_airflow.core.training import fit_final
-    from mlops_airflow.operators.training import serving_requirements, trusted_types
 
     spec = get_spec(MODEL)
     client = client_for(settings.default_tracking_uri())
-    import pandas as pd
-
     train = pd.concat([demo_data.generate_batch(d, n_rows=1000, seed=d) for d in range(14)], ignore_index=True)
     pipeline = fit_final(spec, {"learning_rate": 0.1, "max_leaf_nodes": 31}, train)
-    config = model_config(spec, 0.5, trusted_types(pipeline))
-    example = model_input(spec, train.head(5))
-    mlflow.set_experiment(spec.name)
-    os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
-    with tempfile.TemporaryDirectory() as scratch, mlflow.start_run() as run:
-        skops.io.dump(pipeline, Path(scratch) / "pipeline.skops")
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=served_model.__file__,
-            artifacts={"pipeline": str(Path(scratch) / "pipeline.skops")}, model_config=config,
-            signature=infer_signature(example, served_model.model_output(pipeline, example, config)),
-            input_example=example, pip_requirements=serving_requirements(),
-        )  # fmt: skip
-    mv = ModelRegistry(client, spec.name).register(info.model_uri, run.info.run_id, {"mlops.data_hash": "bench"})
-    client.set_registered_model_alias(spec.name, "champion", str(mv.version))
-    return str(mv.version)
+    version = ct_version(client, spec, lambda: log_pipeline(spec, pipeline, train), signing_key=None)
+    client.set_registered_model_alias(spec.name, "champion", version)
+    return version
 
 
 def start(cmd: list[str], env: dict[str, str], probe: str, log: Path) -> subprocess.Popen[Any]:
@@ -137,6 +122,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="mlops-bench-serving-"))
     os.environ.update({"MLOPS_HOME": str(home), "MLOPS_MODELS_DIR": str(REPO / "include" / "models")})
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLOPS_SIGNING_KEY", None)
     from mlops_airflow.core import demo_data, settings
 
     version = register(home)
