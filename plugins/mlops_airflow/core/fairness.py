@@ -86,11 +86,18 @@ def per_group(
             "true_positive_rate": lambda yt, idx: _rate(true_positive_rate, yt, predicted[idx], positives=True),
             "false_positive_rate": lambda yt, idx: _rate(false_positive_rate, yt, predicted[idx], positives=False),
         }
-    frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_pred, sensitive_features=pd.Series(groups))
-    table = frame.by_group
+
+    def all_of_group(yt: np.ndarray, idx: np.ndarray) -> dict[str, Any]:
+        # One MetricFrame metric returning every value: fairlearn hands each metric its columns row by row
+        # (np.stack), so one metric instead of five is what keeps a large evaluation set affordable.
+        return {name: function(yt, idx) for name, function in metrics.items()}
+
+    frame = MetricFrame(
+        metrics={"group": all_of_group}, y_true=y_true, y_pred=y_pred, sensitive_features=pd.Series(groups)
+    )
     out: dict[str, dict[str, float | int | None]] = {}
-    for group, row in table.iterrows():
-        out[str(group)] = {name: int(row["n"]) if name == "n" else finite_or_none(row[name]) for name in table.columns}
+    for group, values in frame.by_group["group"].items():
+        out[str(group)] = {name: int(v) if name == "n" else finite_or_none(v) for name, v in values.items()}
     return out
 
 
