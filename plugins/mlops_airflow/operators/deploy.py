@@ -427,14 +427,15 @@ class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
     def __init__(self, *, registered: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.registered = registered
+        self.promoted: tuple[str, Any] | None = None  # (tracking URI, model version) for OpenLineage
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the snapshot the version was trained on -> the model version now ``champion``."""
         from mlops_airflow.core.registry import CHAMPION
         from mlops_airflow.operators.lineage import promotion_lineage
 
-        version = self.registry.version(str(self.registered["version"]))
-        return promotion_lineage(self.hook.tracking_uri, self.model_name, version, CHAMPION)
+        tracking_uri, version = self.promoted or ("", None)
+        return promotion_lineage(tracking_uri, self.model_name, version, CHAMPION)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import tracking
@@ -465,6 +466,7 @@ class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
             self.log.warning("NOT PROMOTED: %s; champion stays at %s", move.outcome, move.from_version)
             raise AirflowSkipException(f"{self.model_name} v{version} not promoted: {move.outcome}")
         self.client.set_tag(parent, "mlops.promoted_version", version)
+        self.promoted = (self.hook.tracking_uri, self.registry.version(version))
         notify_model_server(self.model_name, "promote", version, logger=self.log)
         return move.to_dict()
 

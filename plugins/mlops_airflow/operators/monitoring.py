@@ -55,13 +55,14 @@ class PredictOperator(MlopsBaseOperator):
     def __init__(self, *, data_uri: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.data_uri = data_uri
-        self.lineage_io: tuple[str | None, list[str], list[str]] = (None, [], [])  # for OpenLineage
+        self.lineage_io: tuple[str, str | None, list[str], list[str]] = ("", None, [], [])  # for OpenLineage
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the champion version and the batches it scored -> the prediction files."""
         from mlops_airflow.operators.lineage import prediction_lineage
 
-        return prediction_lineage(self.hook.tracking_uri, self.model_name, *self.lineage_io)
+        tracking_uri, version, batches, written = self.lineage_io
+        return prediction_lineage(tracking_uri, self.model_name, version, batches, written)
 
     def execute(self, context: Context) -> dict[str, Any]:
         import datetime as dt
@@ -108,7 +109,7 @@ class PredictOperator(MlopsBaseOperator):
             tmp.rename(target)  # readers never see a half-written prediction file
             written.append(str(target))
             scored.append(str(batch))
-        self.lineage_io = (version, scored, written)
+        self.lineage_io = (self.hook.tracking_uri, version, scored, written)
         self.log.info("scored %d batch(es) with %s v%s; %d already scored", len(written), spec.name, version,
                       len(skipped))  # fmt: skip
         if written:
