@@ -31,6 +31,7 @@ from mlops_airflow.core.registry import (
     DONE_PREFIX,
     PREVIOUS_CHAMPION,
     TAG_DAG_ID,
+    TAG_LEDGER,
     TAG_PIN_INFO,
     TAG_PINNED,
     TAG_RUN_ID,
@@ -42,8 +43,6 @@ DRIFT_PLOTS = "drift/plots"
 EVALUATION_PLOTS = "evaluation"
 #: Artifact folders the model page may show as images (nothing else of a run is served).
 IMAGE_FOLDERS = (DRIFT_PLOTS, EVALUATION_PLOTS)
-#: The registry's bounded ledger of champion moves (registered-model tag, JSON list of op/from/to/at/run).
-TAG_LEDGER = "mlops.champion.ledger"
 
 
 @dataclass(frozen=True)
