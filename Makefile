@@ -62,7 +62,8 @@ up: data airflow-db ## start Airflow (api-server, scheduler, dag-processor, trig
 	  print(json.load(open(sys.argv[1]))["admin"])' $(AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE))"
 	@echo "MLflow UI:  $(MLOPS_MLFLOW_UI_URL)"
 	@echo "Task slots: $(NPROC) (AIRFLOW__CORE__PARALLELISM); stop with Ctrl-C"
-	@# One process per role, no `airflow standalone` (it binds 0.0.0.0 and sizes workers to 32 slots). On
+	@# One process per role, no `airflow standalone` (it binds 0.0.0.0 and sizes workers to 32 slots), no
+	@# log servers (they bind every interface; the api-server reads the task logs from the local files). On
 	@# Ctrl-C or TERM each role gets SIGTERM and is waited for, so none dies mid-shutdown.
 	@cd $(LOCAL) && source $(CURDIR)/.venv/bin/activate && export $(UP_ENV) && pids=(); \
 	  stop() { trap - INT TERM EXIT; kill -TERM "$${pids[@]}" 2>/dev/null; wait "$${pids[@]}" 2>/dev/null; }; \
@@ -71,8 +72,8 @@ up: data airflow-db ## start Airflow (api-server, scheduler, dag-processor, trig
 	    --port $(MLFLOW_UI_PORT) --workers 1 > $(LOCAL)/mlflow-ui.log 2>&1 & pids+=($$!); \
 	  airflow api-server > $(LOCAL)/api-server.log 2>&1 & pids+=($$!); \
 	  airflow dag-processor > $(LOCAL)/dag-processor.log 2>&1 & pids+=($$!); \
-	  airflow triggerer > $(LOCAL)/triggerer.log 2>&1 & pids+=($$!); \
-	  airflow scheduler > $(LOCAL)/scheduler.log 2>&1 & pids+=($$!); \
+	  airflow triggerer --skip-serve-logs > $(LOCAL)/triggerer.log 2>&1 & pids+=($$!); \
+	  airflow scheduler --skip-serve-logs > $(LOCAL)/scheduler.log 2>&1 & pids+=($$!); \
 	  echo "logs: $(LOCAL)/{api-server,scheduler,dag-processor,triggerer,mlflow-ui}.log"; \
 	  wait -n "$${pids[@]}"; echo "a process of make up ended; stopping the others"
 

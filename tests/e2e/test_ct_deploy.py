@@ -50,13 +50,13 @@ def test_first_run_promotes_then_a_good_day_promotes_again_and_rollback_returns(
     decision = second.xcom("gate", key="gate_decision")
     assert decision["blessed"] and not decision["first_run"] and decision["champion_version"] == "1"
     assert {c["name"] for c in decision["checks"]} >= {"non_inferiority"}
-    assert aliases(mlflow_client) == {"champion": "2", "challenger": "2", "previous_champion": "1"}
+    assert aliases(mlflow_client) == {"champion": "2", "previous_champion": "1"}  # challenger cleared on promotion
 
     # clearing a finished run re-runs every task under the same run id: no new version, no alias move
     again = run_dag(CT, same_as=second)
     assert again.state == "success", again.tasks
     assert versions(mlflow_client) == ["1", "2"]
-    assert aliases(mlflow_client) == {"champion": "2", "challenger": "2", "previous_champion": "1"}
+    assert aliases(mlflow_client) == {"champion": "2", "previous_champion": "1"}  # challenger cleared on promotion
     assert again.xcom("promote")["changed"] is False
     runs = mlflow_client.search_runs(
         [mlflow_client.get_experiment_by_name(MODEL).experiment_id],
