@@ -79,10 +79,12 @@ def promotion(model: str, move: dict[str, Any], *, base_url: str, dag_id: str, r
 
 
 def rollback(model: str, move: dict[str, Any], reason: str, *, base_url: str, dag_id: str, run_id: str) -> Notification:
+    to, was = move["to_version"], move.get("from_version")
+    headline = f"champion moved from v{was} back to v{to} and pinned there" if was != to else f"champion v{to} pinned"
     return Notification(
         "rollback",
         model,
-        f"champion moved from v{move.get('from_version')} back to v{move['to_version']} and pinned there",
+        headline,
         [f"reason: {reason}", f"at {move.get('at', '')}", f"outcome: {move.get('outcome', '')}"],
         _links(base_url, model, dag_id, run_id),
     )
