@@ -85,6 +85,10 @@ def ops_state(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         state.runs["ct1"] = run_dag(f"ct_{MODEL}")
         demo_data.write_batches(landing, range(15, 16))
         state.runs["ct2"] = run_dag(f"ct_{MODEL}")
+        # the ledger's times have one-second resolution: the rollback starts in a later second than the promotion
+        promoted = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        while dt.datetime.now(dt.UTC).replace(microsecond=0) <= promoted:
+            time.sleep(0.05)
         state.runs["rollback"] = run_dag(f"rollback_{MODEL}", {"reason": "v2 misprices self-employed applicants"})
         demo_data.write_batches(landing, range(16, 17), feature_shift=1.0)
         state.runs["monitor"] = run_dag(f"monitor_{MODEL}")

@@ -7,6 +7,7 @@ they are copied there too (the README's are in docs/).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 from pathlib import Path
@@ -70,10 +71,12 @@ def test_model_api_answers_the_ledger_after_two_promotions_and_a_rollback(api_se
     from mlops_airflow.core.ledger import LedgerEntry, _parse_at
 
     entries = [LedgerEntry(**e) for e in data["ledger"]]
-    rollback_at = _parse_at(entries[2].at)
-    assert served_at(entries, rollback_at).to_version == "1"
-    assert served_at(entries, _parse_at(entries[1].at)).to_version == "2"
-    assert served_at(entries, _parse_at(entries[0].at).replace(year=2000)) is None
+    first, second, rollback = (_parse_at(e.at) for e in entries)
+    assert first < second < rollback  # the fixture starts the rollback a clock second after the promotion
+    assert served_at(entries, first - dt.timedelta(seconds=1)) is None
+    assert served_at(entries, first).to_version == "1"
+    assert served_at(entries, rollback - dt.timedelta(seconds=1)).to_version == "2"
+    assert served_at(entries, rollback).to_version == "1"
 
     unknown = httpx.get(f"{api_server.url}/mlops/api/models/no_such_model", headers=headers, timeout=30)
     assert unknown.status_code == 404
@@ -122,7 +125,7 @@ def test_a_person_logs_in_and_reads_champion_ledger_and_verdict(api_server, tmp_
         page.goto(f"{api_server.url}/mlops/models/")
         row = page.locator("tr", has=page.locator(f"a:text-is('{MODEL}')"))
         sync_api.expect(row).to_contain_text("v1")
-        sync_api.expect(row).to_contain_text("pinned v1")
+        sync_api.expect(row.locator(".pill")).to_have_text(["v1", "pinned"])
         sync_api.expect(row).to_contain_text("rollback: v2 misprices self-employed applicants")
         sync_api.expect(row).to_contain_text("BLESSED")
         shots = [tmp_path / "model-overview.png"]
@@ -141,6 +144,7 @@ def test_a_person_logs_in_and_reads_champion_ledger_and_verdict(api_server, tmp_
         sync_api.expect(page.locator("#gate-report table").first).to_contain_text("non_inferiority")
         drift_plots = page.locator("img[src*='/image?run=']")
         assert drift_plots.count() >= 1
+        page.wait_for_function("() => [...document.images].every(img => img.complete)")
         assert all(
             drift_plots.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
             for i in range(drift_plots.count())

@@ -155,7 +155,9 @@ def render_overview(rows: list[tuple[Any, Any]], errors: dict[str, str]) -> str:
     body = []
     for spec, st in rows:
         ct = st.last_ct
-        pin = f" <span class='pill'>pinned v{e(st.pinned)}</span>" if st.pinned else ""
+        pin = ""
+        if st.pinned:
+            pin = " <span class='pill'>pinned</span>" if st.pinned == st.champion else f" (pinned: v{e(st.pinned)})"
         champion = "<span class='muted'>none</span>"
         if st.champion:
             champion = f"<span class='pill'>v{e(st.champion)}</span>{pin}"
