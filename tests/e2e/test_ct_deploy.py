@@ -37,7 +37,7 @@ def test_first_run_promotes_then_a_good_day_promotes_again_and_rollback_returns(
     assert first.state == "success", first.tasks
     decision = first.xcom("gate", key="gate_decision")
     assert decision["blessed"] and decision["first_run"], decision
-    assert aliases(mlflow_client) == {"champion": "1", "challenger": "1"}
+    assert aliases(mlflow_client) == {"champion": "1"}  # challenger cleared on promotion
     v1 = mlflow_client.get_model_version(MODEL, "1")
     assert v1.tags["mlops.gate.blessed"] == "true"
     assert v1.tags["airflow.run_id"] == first.run_id
@@ -90,7 +90,7 @@ def test_candidate_trained_on_shuffled_labels_is_not_blessed(run_dag, demo_batch
     for task in ("register_challenger", "smoke_test", "promote"):
         assert bad.state_of(task) == "skipped"
     assert versions(mlflow_client) == ["1"]
-    assert aliases(mlflow_client) == {"champion": "1", "challenger": "1"}
+    assert aliases(mlflow_client) == {"champion": "1"}  # not blessed: no challenger, champion stays
     parent = mlflow_client.search_runs(
         [mlflow_client.get_experiment_by_name(MODEL).experiment_id],
         f"tags.`airflow.run_id` = '{bad.run_id}'and tags.`mlops.kind` = 'ct'",
