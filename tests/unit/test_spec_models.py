@@ -98,8 +98,9 @@ def test_transformer_factory_is_imported_at_task_time_from_include(monkeypatch):
     from mlops_airflow.core.training import load_transformer
 
     monkeypatch.setenv("MLOPS_INCLUDE_DIR", str(EXAMPLES.parent))
-    assert not any(name.startswith("mlops_include_") for name in sys.modules)
     transformer = load_transformer("transforms.scaling:quantile_normal")
+    loaded = sys.modules["mlops_include_transforms_scaling"]
+    assert Path(loaded.__file__).resolve() == (EXAMPLES.parent / "transforms" / "scaling.py").resolve()
     out = transformer.fit_transform(np.arange(200, dtype=float).reshape(-1, 1) ** 3)
     assert out.shape == (200, 1) and abs(float(out.mean())) < 1e-6
 
