@@ -489,6 +489,10 @@ class ModelRegistry:
         current = self._champion_version()
         at = _now()
         if current == version:  # a retried or cleared task: it is done
+            # A cleared re-run registers nothing new but points challenger at it again for its smoke test.
+            challenger = self.by_alias(CHALLENGER)
+            if challenger is not None and str(challenger.version) == version:
+                self.delete_alias(CHALLENGER)
             return AliasMove(self.name, CHAMPION, version, current, False, at, "already champion")
         if current != expected:
             return self._stopped(version, f"stale: champion moved from {expected or '(none)'} to {current}", at)
