@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -26,32 +25,9 @@ def rows(n: int, day: int = 20, shift: float = 0.0) -> list[dict[str, Any]]:
 
 def log_pipeline(spec: Any, pipeline: Any, train: Any) -> str:
     """Log a fitted pipeline in the active run exactly as ``select_candidate`` does; its model URI."""
-    import os
+    from mlops_airflow.operators.training import log_spec_model
 
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from mlops_airflow.core import served_model
-    from mlops_airflow.core.scoring import model_config, model_input
-    from mlops_airflow.operators.training import quiet_skops_scan, serving_requirements, trusted_types
-
-    config = model_config(spec, 0.5, trusted_types(pipeline))
-    example = model_input(spec, train.head(5))
-    with tempfile.TemporaryDirectory() as scratch:
-        pipeline_file = Path(scratch) / "pipeline.skops"
-        with quiet_skops_scan():
-            served_model.import_skops_io().dump(pipeline, pipeline_file)
-        os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=served_model.__file__,
-            artifacts={"pipeline": str(pipeline_file)},
-            model_config=config,
-            signature=infer_signature(example, served_model.model_output(pipeline, example, config)),
-            input_example=example,
-            pip_requirements=serving_requirements(),
-        )
-    return str(info.model_uri)
+    return log_spec_model(spec, pipeline, train, 0.5)
 
 
 def ct_version(

@@ -76,6 +76,53 @@ def trusted_types(pipeline: Any) -> list[str]:
 CANDIDATE_MAP_INDEX_TEMPLATE = "{{ candidate_label }}"
 
 
+def log_spec_model(
+    spec: Any,
+    pipeline: Any,
+    example_rows: Any,
+    threshold: float,
+    *,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+) -> str:
+    """Log a fitted pipeline as the spec's pyfunc model in the active MLflow run; its model URI.
+
+    Logged as code (``core/served_model.py`` travels with the model), so serving it needs no mlops_airflow;
+    the pipeline is a skops artifact that loads with scikit-learn and numpy types only.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from mlops_airflow.core import served_model, tracking
+    from mlops_airflow.core.scoring import model_config, model_input
+
+    config = model_config(spec, threshold, trusted_types(pipeline))
+    example = model_input(spec, example_rows.head(5))
+    with tempfile.TemporaryDirectory(dir=tracking.scratch_dir()) as scratch:
+        pipeline_file = Path(scratch) / "pipeline.skops"
+        with quiet_skops_scan():
+            served_model.import_skops_io().dump(pipeline, pipeline_file)
+        # MLflow would also copy the working directory's uv.lock/pyproject.toml (Airflow and all) when it is a
+        # uv project; the pinned requirements are what serving needs.
+        os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=served_model.__file__,
+            artifacts={"pipeline": str(pipeline_file)},
+            model_config=config,
+            signature=infer_signature(example, served_model.model_output(pipeline, example, config)),
+            input_example=example,
+            params=params,
+            tags=tags,
+            pip_requirements=serving_requirements(),
+        )
+    return str(info.model_uri)
+
+
 class TrainCandidateOperator(MlopsBaseOperator):
     """Fit one candidate of the search space as a nested MLflow run; a retry reuses a finished run.
 
@@ -188,12 +235,7 @@ class SelectCandidateOperator(MlopsBaseOperator):
         }
 
     def _refit_and_log(self, parent: str, best: Any) -> tuple[str, dict[str, float]]:
-        import os
-        import tempfile
-        from pathlib import Path
-
         import mlflow
-        from mlflow.models import infer_signature
 
         from mlops_airflow.core import served_model, tracking
         from mlops_airflow.core.data import load_part
@@ -207,52 +249,40 @@ class SelectCandidateOperator(MlopsBaseOperator):
         train, evaluation = load_part(snapshot, "train"), load_part(snapshot, "eval")
         self._remove_unrecorded_models(parent)
         pipeline = fit_final(spec, best.params, train)
-        config = model_config(spec, best.threshold, trusted_types(pipeline))
-        example = model_input(spec, train.head(5))
+        config = model_config(spec, best.threshold, [])
         eval_output = served_model.model_output(pipeline, model_input(spec, evaluation), config)
         score = output_scores(eval_output, spec)
         y_eval = encode_labels(spec, evaluation[spec.label.name])
         target = Target.of(spec)
         eval_metrics = compute_metrics(target, y_eval, score, threshold=best.threshold)
 
-        with tempfile.TemporaryDirectory(dir=tracking.scratch_dir()) as scratch:
-            pipeline_file = Path(scratch) / "pipeline.skops"
-            with quiet_skops_scan():
-                served_model.import_skops_io().dump(pipeline, pipeline_file)
-            with mlflow.start_run(run_id=parent):
-                for part, frame in (("train", train), ("eval", evaluation)):
-                    dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
-                        frame,
-                        source=f"{snapshot.uri}/{part}",
-                        targets=spec.label.name,
-                        name=f"{spec.name}-{part}",
-                        digest=snapshot.content_hash[:36],
-                    )
-                    mlflow.log_input(dataset, context="training" if part == "train" else "evaluation")
-                # Logged as code: the file travels with the model, so serving it needs no mlops_airflow.
-                # MLflow would also copy the task's uv.lock/pyproject.toml (Airflow and all) when the
-                # working directory is a uv project; the pinned requirements are what serving needs.
-                os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=served_model.__file__,
-                    artifacts={"pipeline": str(pipeline_file)},
-                    model_config=config,
-                    signature=infer_signature(example, served_model.model_output(pipeline, example, config)),
-                    input_example=example,
-                    params={**spec.estimator.params, **best.params},
-                    tags={"mlops.data_hash": snapshot.content_hash, "mlops.candidate_index": str(best.index)},
-                    pip_requirements=serving_requirements(),
+        with mlflow.start_run(run_id=parent):
+            for part, frame in (("train", train), ("eval", evaluation)):
+                dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                    frame,
+                    source=f"{snapshot.uri}/{part}",
+                    targets=spec.label.name,
+                    name=f"{spec.name}-{part}",
+                    digest=snapshot.content_hash[:36],
                 )
-                mlflow.log_params({f"selected.{k}": v for k, v in best.params.items()})
+                mlflow.log_input(dataset, context="training" if part == "train" else "evaluation")
+            model_uri = log_spec_model(
+                spec,
+                pipeline,
+                train,
+                best.threshold,
+                params={**spec.estimator.params, **best.params},
+                tags={"mlops.data_hash": snapshot.content_hash, "mlops.candidate_index": str(best.index)},
+            )
+            mlflow.log_params({f"selected.{k}": v for k, v in best.params.items()})
         tracking.log_metrics(self.client, parent, eval_metrics, prefix="eval_")
         tracking.log_metrics(self.client, parent, best.metrics, prefix="val_")
         tracking.log_metrics(self.client, parent, {"decision_threshold": best.threshold})
         figures = evaluation_figures(target, y_eval, score, threshold=best.threshold)
         tracking.log_figures(self.client, parent, figures, "plots")
-        self.client.set_tag(parent, "mlops.candidate_model_uri", info.model_uri)
+        self.client.set_tag(parent, "mlops.candidate_model_uri", model_uri)
         self.client.set_tag(parent, "mlops.selected_candidate", str(best.index))
-        return str(info.model_uri), eval_metrics
+        return model_uri, eval_metrics
 
     def _remove_unrecorded_models(self, parent: str) -> None:
         """Delete the logged models earlier tries of this task left in the run.
