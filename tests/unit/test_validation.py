@@ -76,12 +76,29 @@ def test_a_file_too_sparse_on_its_own_fails_though_all_files_together_pass(spec,
     ]
 
 
+def test_a_file_with_extra_columns_is_judged_on_the_columns_the_suite_names(spec, tmp_path):
+    """Only the suite's columns are read: an extra column (any content) neither fails nor hides a failure."""
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    for day in range(4):
+        frame = demo_data.generate_batch(day, n_rows=300)
+        frame["free_text"] = ["x" * 50] * len(frame)
+        if day == 2:
+            frame.loc[frame.index[:7], "region"] = "atlantis"
+        frame.to_csv(landing / demo_data.batch_file_name(day), index=False)
+    summary = validate_snapshot(spec, write_snapshot(spec_for_window(), str(landing), str(tmp_path / "snap")))
+    assert [(f.file, f.column, f.unexpected_count, f.element_count) for f in summary.failed] == [
+        ("batch_2026-01-03.csv", "region", 7, 300)
+    ]
+
+
 def test_a_passing_file_is_validated_once_and_a_changed_or_failing_one_again(spec, tmp_path):
     cache = tmp_path / "storage" / "credit_default" / "validation"
     first = validate_snapshot(spec, snapshot_with(tmp_path), cache=cache)
     assert first.success and first.reused == 0 and first.evaluated > 0
     again = validate_snapshot(spec, snapshot_with(tmp_path), cache=cache)
     assert again.success and again.reused == 4 and again.evaluated == 0 and again.rows == 1200
+    assert again.expectations == first.expectations  # the summary still says what was checked
 
     landing = tmp_path / "landing"
     demo_data.write_batch(landing, 3, n_rows=300, corrupt="out_of_range")  # same name, new bytes
