@@ -43,6 +43,15 @@ def category_text(value: Any) -> str | None:
     return str(value)
 
 
+def _category_texts(values: pd.Series) -> pd.Series:
+    """:func:`category_text` of every value, computed once per distinct value (missing -> ``None``)."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    texts = np.empty(len(uniques) + 1, dtype=object)
+    texts[:-1] = [category_text(u) for u in uniques]
+    texts[-1] = None  # code -1: missing
+    return pd.Series(texts[codes], index=values.index, dtype=object)
+
+
 def _boolean(values: pd.Series) -> pd.Series:
     if values.dtype == bool:
         return values.astype("float64")
@@ -78,7 +87,7 @@ def prepare_features(frame: pd.DataFrame, config: dict[str, Any]) -> pd.DataFram
         if kind == "numeric":
             columns[name] = pd.to_numeric(values, errors="coerce").astype("float64")
         elif kind == "categorical":
-            columns[name] = values.astype("object").map(category_text)
+            columns[name] = _category_texts(values)
         elif kind == "boolean":
             columns[name] = _boolean(values)
         else:

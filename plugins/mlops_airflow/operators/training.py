@@ -258,7 +258,7 @@ class SelectCandidateOperator(MlopsBaseOperator):
 
         with mlflow.start_run(run_id=parent):
             for part, frame in (("train", train), ("eval", evaluation)):
-                dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                dataset = tracking.pandas_dataset(
                     frame,
                     source=f"{snapshot.uri}/{part}",
                     targets=spec.label.name,
