@@ -107,14 +107,23 @@ class RssSampler(threading.Thread):
         return max(values) if values else None
 
 
-def run_project(out: Path) -> None:
-    """Child process: one ``dag.test()`` of the CT DAG; per-task walls, peak RSS and XCom sizes to ``out``."""
+def run_project(out: Path, use_executor: bool = False) -> None:
+    """Child process: one ``dag.test()`` of the CT DAG; per-task walls, peak RSS and XCom sizes to ``out``.
+
+    ``use_executor``: the tasks go to the LocalExecutor of the environment (``AIRFLOW__CORE__PARALLELISM``
+    worker processes, each task a process of its own), as under ``make up``; the driver runs the api-server
+    they report to. Otherwise every task runs in this process, one after the other.
+    """
     sampler = RssSampler()
     sampler.start()
     from mlops_airflow.dag_factory import build_dags
 
+    dag = build_dags()[DAG_ID]
+    # Executor workers load the DAG from the file that defines it in the DAGs folder (as the scheduler
+    # parsed it), not from the factory module that built it.
+    dag.fileloc = str(REPO / "dags" / "mlops_dags.py")
     started = time.perf_counter()
-    dag_run = build_dags()[DAG_ID].test()
+    dag_run = dag.test(use_executor=use_executor)
     wall = time.perf_counter() - started
     sampler.stopped.set()
 
@@ -131,7 +140,7 @@ def run_project(out: Path) -> None:
             if not (ti.start_date and ti.end_date):
                 continue
             key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
-            peak = sampler.peak_between(ti.start_date.timestamp(), ti.end_date.timestamp())
+            peak = None if use_executor else sampler.peak_between(ti.start_date.timestamp(), ti.end_date.timestamp())
             tasks[key] = {
                 "wall_s": round((ti.end_date - ti.start_date).total_seconds(), 2),
                 "state": str(ti.state),
@@ -285,10 +294,65 @@ def run_bare(landing: Path, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- driver
+def executor_env(env: dict[str, str], port: int) -> dict[str, str]:
+    """The embedded default's LocalExecutor: one task slot per core, tasks reporting to a local api-server."""
+    import secrets
+
+    return {
+        **env,
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": str(os.cpu_count() or 2),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API_AUTH__JWT_SECRET": env.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_hex(32),
+        "AIRFLOW__API__WORKERS": "1",
+    }
+
+
+class ApiServer:
+    """``airflow api-server`` on a free loopback port, for the executor's task processes."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.env = executor_env(env, self.port)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ApiServer:
+        import urllib.request
+
+        cmd = [sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", timeout=2)
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("api-server exited") from None
+                time.sleep(1)
+        raise RuntimeError("api-server did not start in 180 s")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+
 def child(kind: str, home: Path, env: dict[str, str]) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as fh:
         out = Path(fh.name)
     extra = [str(landing_of(home))] if kind == "bare" else []
+    if kind == "project-executor":
+        with ApiServer(env) as server:
+            proc = timed([sys.executable, __file__, "_project", str(out), "--use-executor"], server.env)
+        detail = json.loads(out.read_text()) if out.stat().st_size else {}
+        out.unlink()
+        return {**proc, **detail}
     proc = timed([sys.executable, __file__, f"_{kind}", str(out), *extra], env)
     detail = json.loads(out.read_text()) if out.stat().st_size else {}
     out.unlink()
@@ -427,7 +491,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_project":
-        run_project(Path(sys.argv[2]))
+        run_project(Path(sys.argv[2]), use_executor="--use-executor" in sys.argv)
     elif len(sys.argv) > 1 and sys.argv[1] == "_bare":
         run_bare(Path(sys.argv[3]), Path(sys.argv[2]))
     else:

@@ -577,6 +577,12 @@ class ModelSpec(_Strict):
         return [f.name for f in self.features]
 
     @property
+    def input_columns(self) -> list[str]:
+        """The columns training and evaluation read from a snapshot (the timestamp, every feature, the label);
+        slices and fairness attributes are features. Other landed columns (ids, free text) are never read."""
+        return list(dict.fromkeys([self.source.timestamp_column, *self.feature_names, self.label.name]))
+
+    @property
     def model_features(self) -> list[str]:
         """The columns the model takes as input (features not dropped)."""
         return [f.name for f in self.features if f.use != "drop"]

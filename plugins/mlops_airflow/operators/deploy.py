@@ -97,7 +97,7 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
         spec = self.spec
         target = Target.of(spec)
         parent = self.parent_run_id(context)
-        evaluation = load_part(load_snapshot(self.snapshot), "eval")
+        evaluation = load_part(load_snapshot(self.snapshot), "eval", self.spec.input_columns)
         y = encode_labels(spec, evaluation[spec.label.name])
         candidate_model = load_model(self.candidate["model_uri"])
         candidate_threshold = model_threshold(candidate_model)
@@ -368,7 +368,7 @@ class SmokeTestOperator(MlopsBaseOperator):
 
         spec = self.spec
         parent = self.parent_run_id(context)
-        x = model_input(spec, load_part(load_snapshot(self.snapshot), "eval"))
+        x = model_input(spec, load_part(load_snapshot(self.snapshot), "eval", spec.input_columns))
         scratch = Path(tracking.scratch_dir())
         rows_file = scratch / "rows.parquet"
         x.head(spec.smoke_test.rows).to_parquet(rows_file, index=False)
