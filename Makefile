@@ -92,8 +92,11 @@ lint: setup ## ruff lint and format check
 typecheck: setup ## mypy over the package
 	$(RUN) mypy
 
+# Test modules spread over PYTEST_WORKERS processes (pytest-xdist), a module's tests in one process (module
+# fixtures start servers once). Most end-to-end time is spent waiting on subprocesses and servers.
+PYTEST_WORKERS ?= 2
 pytest: setup ## the test suite (unit, DAG integrity, end to end, cluster)
-	$(RUN) pytest -q $(PYTEST_ARGS)
+	$(RUN) pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 browser: ## Debian's headless Chromium for the model page's browser test (installed when run as root)
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: /usr/bin/chromium"; \

@@ -15,6 +15,11 @@ candidates (the same preprocessing and estimator) on the 13 older training batch
 primary metric, refits the winner on all 14 and scores the newest batch. Nothing else: no tracking, no
 registry, no gate; the ratio is what the project costs on top of the work itself.
 
+With ``--executor`` the project also runs on the embedded default's LocalExecutor (``[core] parallelism`` =
+cores, an ``airflow api-server`` for the task processes, each task a process of its own, the mapped
+candidates side by side with ``cores // slots`` native threads each) in a second home on copies of the same
+files, beside each ``dag.test()`` run.
+
 Per-task walls come from the task instances in the subprocess's metadata DB; per-task peak RSS from a
 sampler thread in the ``dag.test()`` process (every task runs in that one process, so a task's figure
 includes what earlier tasks left allocated: an upper bound). XCom sizes from the XCom table.
@@ -143,6 +148,8 @@ def run_project(out: Path, use_executor: bool = False) -> None:
             peak = None if use_executor else sampler.peak_between(ti.start_date.timestamp(), ti.end_date.timestamp())
             tasks[key] = {
                 "wall_s": round((ti.end_date - ti.start_date).total_seconds(), 2),
+                "start": ti.start_date.timestamp(),
+                "end": ti.end_date.timestamp(),
                 "state": str(ti.state),
                 "peak_rss_mb": round(peak / 2**20, 1) if peak else None,
             }
@@ -423,15 +430,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append("|---|" + "---|" * len(runs))
     for step in runs[0]["bare"]["steps_s"]:
         lines.append(f"| {step} | " + " | ".join(str(r["bare"]["steps_s"].get(step)) for r in runs) + " |")
-    train_tasks = [r["project"]["tasks"] for r in runs]
-    for r, tasks in zip(runs, train_tasks, strict=True):
-        mapped = [t["wall_s"] for n, t in tasks.items() if n.startswith("train[")]
+    lines += ["", "Mapped `train` tasks (4 candidates):", "", "| run | sum of task walls s | train phase wall s |"]
+    lines.append("|---|---|---|")
+    for r in runs:
+        mapped = [t for n, t in r["project"].get("tasks", {}).items() if n.startswith("train[")]
         if mapped:
-            lines.append(
-                f"\n{r['label']}: mapped `train` tasks sum {sum(mapped):.1f} s, longest {max(mapped):.1f} s "
-                f"(what running them side by side could save at most, on {result['cores']} cores already used "
-                "by HistGradientBoosting's OpenMP threads)."
-            )
+            phase = max(t["end"] for t in mapped) - min(t["start"] for t in mapped)
+            lines.append(f"| {r['label']} | {sum(t['wall_s'] for t in mapped):.1f} | {phase:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -441,31 +446,56 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="results file suffix: scale<tag>.json")
     parser.add_argument("--first-run-only", action="store_true", help="skip the run with a champion")
     parser.add_argument("--keep", action="store_true", help="keep the private home (its path is printed)")
+    parser.add_argument(
+        "--executor",
+        action="store_true",
+        help="also run the project on the LocalExecutor (one slot per core, mapped candidates side by side) "
+        "in a second home on the same files, beside each dag.test() run",
+    )
     args = parser.parse_args()
 
     from mlops_airflow.core import demo_data
 
     home = Path(tempfile.mkdtemp(prefix="mlops-scale-"))
-    env = env_for(home)
-    print(f"home {home}", flush=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    homes = {"dag.test()": home}
+    if args.executor:
+        homes["LocalExecutor"] = Path(tempfile.mkdtemp(prefix="mlops-scale-executor-"))
+    print(f"home(s) {[str(h) for h in homes.values()]}", flush=True)
+    for each in homes.values():
+        subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"], env=env_for(each), check=True, capture_output=True
+        )
     started = time.perf_counter()
     demo_data.write_batches(landing_of(home), range(15), n_rows=args.rows_per_day)
     print(f"generated 15 x {args.rows_per_day:,} rows in {time.perf_counter() - started:.0f} s", flush=True)
+    if args.executor:
+        import shutil
 
+        shutil.copytree(landing_of(home), landing_of(homes["LocalExecutor"]))
+
+    def project_run(mode: str, number: int) -> dict[str, Any]:
+        kind = "project" if mode == "dag.test()" else "project-executor"
+        project = child(kind, homes[mode], env_for(homes[mode]))
+        print(f"project run {number} ({mode}): {project['wall_s']} s, {project['peak_rss_mb']} MB", flush=True)
+        return project
+
+    # Alternating: project, bare, [project on the executor]; then the same in reverse order after a day lands.
+    modes = list(homes)
     runs = []
-    project = child("project", home, env)
-    print(f"project run 1: {project['wall_s']} s, {project['peak_rss_mb']} MB", flush=True)
-    bare = child("bare", home, env)
+    first = {modes[0]: project_run(modes[0], 1)}
+    bare = child("bare", home, env_for(home))
     print(f"bare run 1: {bare['wall_s']} s, {bare['peak_rss_mb']} MB", flush=True)
-    runs.append(summarise("run 1 (first)", project, bare))
+    for mode in modes[1:]:
+        first[mode] = project_run(mode, 1)
+    runs += [summarise(f"run 1 (first), {mode}", first[mode], bare) for mode in modes]
     if not args.first_run_only:
-        demo_data.write_batch(landing_of(home), 15, n_rows=args.rows_per_day)
-        bare = child("bare", home, env)
+        for each in homes.values():
+            demo_data.write_batch(landing_of(each), 15, n_rows=args.rows_per_day)
+        second = {mode: project_run(mode, 2) for mode in modes[1:]}
+        bare = child("bare", home, env_for(home))
         print(f"bare run 2: {bare['wall_s']} s, {bare['peak_rss_mb']} MB", flush=True)
-        project = child("project", home, env)
-        print(f"project run 2: {project['wall_s']} s, {project['peak_rss_mb']} MB", flush=True)
-        runs.append(summarise("run 2 (vs champion)", project, bare))
+        second[modes[0]] = project_run(modes[0], 2)
+        runs += [summarise(f"run 2 (vs champion), {mode}", second[mode], bare) for mode in modes]
 
     command = "uv run --frozen python benchmarks/scale.py" + "".join(
         f" {a}" for a in sys.argv[1:] if not a.startswith("--keep")
@@ -486,7 +516,8 @@ def main() -> None:
     if not args.keep:
         import shutil
 
-        shutil.rmtree(home, ignore_errors=True)
+        for each in homes.values():
+            shutil.rmtree(each, ignore_errors=True)
 
 
 if __name__ == "__main__":
