@@ -191,7 +191,7 @@ def pandas_dataset(frame: Any, *, source: str, targets: str, name: str, digest: 
     inferred from all its rows.
     """
     from mlflow.models import infer_signature
-    from mlflow.types.schema import ColSpec, Schema
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
     dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=name, digest=digest)  # type: ignore[attr-defined]
     sample = frame.head(SCHEMA_SAMPLE_ROWS)
@@ -202,7 +202,7 @@ def pandas_dataset(frame: Any, *, source: str, targets: str, name: str, digest: 
     inferred = {spec.name: spec for spec in infer_signature(sample).inputs.inputs}
     if empty:
         inferred.update({spec.name: spec for spec in infer_signature(frame[empty]).inputs.inputs})
-    columns = []
+    columns: list[ColSpec | TensorSpec] = []
     for column in frame.columns:
         spec = inferred[str(column)]
         columns.append(ColSpec(spec.type, spec.name, required=not bool(missing[column])))
