@@ -31,3 +31,9 @@ def test_celery_worker_concurrency_and_the_explicit_setting(monkeypatch):
     assert candidate_threads() == (os.cpu_count() or 1)
     monkeypatch.setenv("MLOPS_TRAIN_THREADS", "3")
     assert candidate_threads() == 3
+
+
+def test_a_thread_count_that_is_not_a_number_is_named(monkeypatch):
+    monkeypatch.setenv("MLOPS_TRAIN_THREADS", "all")
+    with pytest.raises(ValueError, match="MLOPS_TRAIN_THREADS='all'"):
+        candidate_threads()

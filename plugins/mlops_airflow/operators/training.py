@@ -86,6 +86,8 @@ def candidate_threads() -> int | None:
 
     explicit = os.environ.get("MLOPS_TRAIN_THREADS", "").strip()
     if explicit:
+        if not explicit.isdigit():
+            raise ValueError(f"MLOPS_TRAIN_THREADS={explicit!r}: a whole number of threads is expected")
         return max(1, int(explicit))
     if type(getattr(task_runner, "SUPERVISOR_COMMS", None)).__name__ == "InProcessSupervisorComms":
         return None
