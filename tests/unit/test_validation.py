@@ -100,6 +100,13 @@ def test_a_passing_file_is_validated_once_and_a_changed_or_failing_one_again(spe
     assert again.success and again.reused == 4 and again.evaluated == 0 and again.rows == 1200
     assert again.expectations == first.expectations  # the summary still says what was checked
 
+    # A verdict file cut short by a kill, or one that is not a verdict at all, is validated again.
+    verdict_files = sorted(cache.rglob("*.json"))
+    verdict_files[0].write_text('{"success": tr')
+    verdict_files[1].write_text("[true]")
+    mended = validate_snapshot(spec, snapshot_with(tmp_path), cache=cache)
+    assert mended.success and mended.reused == 2 and mended.evaluated > 0
+
     landing = tmp_path / "landing"
     demo_data.write_batch(landing, 3, n_rows=300, corrupt="out_of_range")  # same name, new bytes
     snapshot = write_snapshot(spec_for_window(), str(landing), str(tmp_path / "snap2"))

@@ -182,25 +182,19 @@ class VerdictCache:
     def _file(self, batch: BatchFile) -> Any:
         return self.folder / f"{batch.sha256}.json"
 
-    def passed(self, batch: BatchFile) -> bool:
+    def passed(self, batch: BatchFile) -> dict[str, Any] | None:
+        """The recorded passing verdict of ``batch`` (``None``: none, unreadable, or not for these rows)."""
         if not batch.sha256:
-            return False
+            return None
         path = self._file(batch)
         try:
             if not path.exists():
-                return False
+                return None
             verdict = json.loads(path.read_text())
         except (OSError, ValueError):
-            return False
-        return verdict.get("success") is True and verdict.get("rows") == batch.rows
-
-    def expectations(self, batch: BatchFile) -> int | None:
-        """How many expectations the recorded verdict of ``batch`` passed (``None``: not recorded)."""
-        try:
-            count = json.loads(self._file(batch).read_text()).get("expectations")
-        except (OSError, ValueError):
             return None
-        return count if isinstance(count, int) else None
+        ok = isinstance(verdict, dict) and verdict.get("success") is True and verdict.get("rows") == batch.rows
+        return verdict if ok else None
 
     def record(self, batch: BatchFile, expectations: int) -> None:
         if not batch.sha256:
@@ -232,10 +226,11 @@ def validate_snapshot(spec: ModelSpec, snapshot: Snapshot, *, cache: Any = None)
             summary.failed.append(
                 FailedExpectation(batch.name, "readable_table", None, f"readable_table: {batch.read_error}")
             )
-        elif verdicts is not None and verdicts.passed(batch):
+        elif verdicts is not None and (verdict := verdicts.passed(batch)) is not None:
             summary.rows += batch.rows
             summary.reused += 1
-            summary.expectations = verdicts.expectations(batch) or summary.expectations
+            count = verdict.get("expectations")  # absent in verdicts recorded before it was kept
+            summary.expectations = count if isinstance(count, int) else summary.expectations
         else:
             todo.append(batch)
     if todo or not summary.expectations:
