@@ -48,8 +48,10 @@ demo-day: data ## land the next day's batch for credit_default (DEMO_DAY_ARGS="-
 	$(RUN) python -m mlops_airflow.core.demo_data $(DEMO_DATA) --next --days 1 $(DEMO_DAY_ARGS)
 	$(RUN) python -m mlops_airflow.core.demo_data $(SCORING_DATA) --next --days 1 $(DEMO_DAY_ARGS)
 
-airflow-db: setup ## migrate the SQLite metadata DB and create the mlflow_registry pool
+airflow-db: setup ## migrate the SQLite metadata DB and the MLflow store, create the mlflow_registry pool
 	$(RUN) airflow db migrate > $(LOCAL)/airflow-db.log 2>&1 || (cat $(LOCAL)/airflow-db.log; exit 1)
+	mkdir -p $(MLOPS_HOME)/mlflow
+	$(RUN) mlflow db upgrade $(MLFLOW_STORE) >> $(LOCAL)/airflow-db.log 2>&1 || (cat $(LOCAL)/airflow-db.log; exit 1)
 	$(RUN) airflow pools set mlflow_registry 1 "promotion and rollback, one at a time" > /dev/null
 
 demo: data airflow-db ## run ct_credit_default once (through Airflow when make up runs, else in this process)

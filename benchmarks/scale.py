@@ -461,9 +461,14 @@ def main() -> None:
     if args.executor:
         homes["LocalExecutor"] = Path(tempfile.mkdtemp(prefix="mlops-scale-executor-"))
     print(f"home(s) {[str(h) for h in homes.values()]}", flush=True)
-    for each in homes.values():
+    for each in homes.values():  # both stores exist before the first run, as ``make airflow-db`` makes them
         subprocess.run(
             [sys.executable, "-m", "airflow", "db", "migrate"], env=env_for(each), check=True, capture_output=True
+        )
+        (each / "mlops" / "mlflow").mkdir(parents=True, exist_ok=True)
+        store = f"sqlite:///{each / 'mlops' / 'mlflow' / 'mlflow.db'}"
+        subprocess.run(
+            [sys.executable, "-m", "mlflow", "db", "upgrade", store], env=env_for(each), check=True, capture_output=True
         )
     started = time.perf_counter()
     demo_data.write_batches(landing_of(home), range(15), n_rows=args.rows_per_day)

@@ -37,3 +37,40 @@ def test_a_thread_count_that_is_not_a_number_is_named(monkeypatch):
     monkeypatch.setenv("MLOPS_TRAIN_THREADS", "all")
     with pytest.raises(ValueError, match="MLOPS_TRAIN_THREADS='all'"):
         candidate_threads()
+
+
+_FREED_BUFFER = """
+import sys
+import numpy as np
+if sys.argv[1] == "fixed":
+    from mlops_airflow.core.training import large_buffers_to_os
+    assert large_buffers_to_os()
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+big = np.ones(20 << 17)  # 20 MiB, freed: glibc's own threshold rises to it
+del big
+held = [np.ones(1 << 17) for _ in range(8)]  # 8 x 1 MiB below it, and one 8 MiB buffer between them
+buffer = np.ones(1 << 20)
+tail = [np.ones(1 << 17) for _ in range(2)]
+before = rss()
+del buffer
+print(before - rss())
+"""
+
+
+@pytest.mark.skipif(
+    not (__import__("platform").system() == "Linux" and __import__("platform").libc_ver()[0] == "glibc"),
+    reason="mallopt is glibc's",
+)
+def test_a_training_task_hands_freed_large_buffers_back_to_the_os():
+    """Once glibc has raised its threshold, an 8 MiB buffer freed in the middle of the heap stays in the
+    process; with the training tasks' fixed threshold it goes back to the OS when freed."""
+    import subprocess
+    import sys
+
+    def returned(mode: str) -> int:
+        proc = subprocess.run([sys.executable, "-c", _FREED_BUFFER, mode], capture_output=True, text=True, check=True)
+        return int(proc.stdout.strip())
+
+    assert returned("fixed") >= 7 << 20
+    assert returned("default") < 1 << 20

@@ -19,7 +19,7 @@ from mlops_airflow.core.config import (
     models_dir,
     parse_model_spec,
 )
-from mlops_airflow.core.evaluation import Target, choose_threshold, compute_metrics, metric_value
+from mlops_airflow.core.evaluation import Target, _label_key, choose_threshold, compute_metrics, metric_value
 
 # ------------------------------------------------------------------------------------------------ data
 
@@ -326,3 +326,22 @@ def test_choose_threshold_degenerate_and_edges() -> None:
     assert 0.3 < chosen < 1.0
     with pytest.raises(ValueError, match="not one of"):
         choose_threshold(KNOWN_Y, KNOWN_P, "accuracy")
+
+
+def test_label_lookup_of_one_type_matches_the_value_by_value_rule():
+    """Object arrays of one Python type go through a hash of distinct labels; mixed ones value by value.
+    Both keep ``True``, ``1`` and ``"1"`` apart."""
+    rng = np.random.default_rng(3)
+    cases = [
+        (Target("binary", (0, 1), 1), rng.integers(0, 3, 5_000).astype(object)),  # 2 is not a class
+        (
+            Target("binary", ("benign", "malignant"), 1),
+            rng.choice(["benign", "malignant", "other"], 5_000).astype(object),
+        ),
+        (Target("binary", (False, True), 1), rng.choice([True, False], 5_000).astype(object)),
+        (Target("multiclass", (1, "1", True)), np.array([1, "1", True, 1.0, "x", None] * 50, dtype=object)),
+    ]
+    for target, values in cases:
+        lookup = {_label_key(c): i for i, c in enumerate(target.classes)}
+        expected = np.array([lookup.get(_label_key(v), -1) for v in values], dtype="int64")
+        assert np.array_equal(target.index_of(values), expected), target.classes

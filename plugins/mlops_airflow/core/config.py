@@ -583,6 +583,13 @@ class ModelSpec(_Strict):
         return list(dict.fromkeys([self.source.timestamp_column, *self.feature_names, self.label.name]))
 
     @property
+    def text_columns(self) -> list[str]:
+        """The columns a training task may read as pandas categoricals (``load_part(categorical=...)``):
+        the timestamp and the categorical features. Never the label: its values keep their own type."""
+        names = [self.source.timestamp_column, *(f.name for f in self.features if f.type == "categorical")]
+        return [n for n in dict.fromkeys(names) if n != self.label.name]
+
+    @property
     def model_features(self) -> list[str]:
         """The columns the model takes as input (features not dropped)."""
         return [f.name for f in self.features if f.use != "drop"]

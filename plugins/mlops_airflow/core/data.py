@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -312,14 +313,25 @@ def remove_tree(path: Any, *, within: Any) -> None:
         shutil.rmtree(path)
 
 
-def read_snapshot_file(snapshot: Snapshot, batch: BatchFile, columns: list[str] | None = None) -> Any:
-    """One snapshot file as an Arrow table (only ``columns`` when given: Parquet reads no other)."""
+def read_snapshot_file(
+    snapshot: Snapshot, batch: BatchFile, columns: list[str] | None = None, categorical: Iterable[str] = ()
+) -> Any:
+    """One snapshot file as an Arrow table (only ``columns`` when given: Parquet reads no other).
+
+    :param categorical: text columns to dictionary-encode (pandas reads them as categoricals).
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if batch.snapshot_file is None:
         raise DataError(f"{batch.source}: {batch.read_error}")
     with (snapshot.path() / batch.snapshot_file).open("rb") as fh:
-        return pq.read_table(fh, columns=columns)
+        table = pq.read_table(fh, columns=columns)
+    wanted = set(categorical)
+    for index, column in enumerate(table.schema):
+        if column.name in wanted and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            table = table.set_column(index, column.name, table.column(index).dictionary_encode())
+    return table
 
 
 def concat_frame(tables: list[Any]) -> pd.DataFrame:
@@ -331,15 +343,26 @@ def concat_frame(tables: list[Any]) -> pd.DataFrame:
     return pd.concat([t.to_pandas() for t in tables], ignore_index=True)
 
 
-def load_part(snapshot: Snapshot, part: str, columns: list[str] | None = None) -> pd.DataFrame:
+def load_part(
+    snapshot: Snapshot, part: str, columns: list[str] | None = None, categorical: Iterable[str] = ()
+) -> pd.DataFrame:
     """The training (``train``) or evaluation (``eval``) set of a snapshot as one frame.
 
     :param columns: read only these columns (the others are never read from the Parquet files).
+    :param categorical: text columns that come back as pandas categoricals: one copy of each distinct text
+        instead of one string object per row (a million rows of a text column: ~8 MB instead of ~60 MB).
     """
-    tables = [read_snapshot_file(snapshot, b, columns) for b in snapshot.batches if b.part == part]
+    import pyarrow as pa
+
+    categorical = list(categorical)
+    tables = [read_snapshot_file(snapshot, b, columns, categorical) for b in snapshot.batches if b.part == part]
     if not tables:
         raise DataError(f"{snapshot.uri}: snapshot has no {part} batches")
-    return concat_frame(tables)
+    frame = concat_frame(tables)
+    del tables
+    # The Arrow buffers are gone; hand their pages back rather than keep them pooled for the task's lifetime.
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
 def load_batch(snapshot: Snapshot, batch: BatchFile) -> pd.DataFrame:

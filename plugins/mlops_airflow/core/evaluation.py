@@ -103,6 +103,14 @@ class Target:
             values = values.ravel()
         lookup = {_label_key(c): i for i, c in enumerate(self.classes)}
         if values.dtype.kind == "O":
+            import pandas as pd
+
+            if pd.api.types.infer_dtype(values, skipna=False) in {"string", "integer", "boolean"}:
+                # One Python type throughout (no missing value): hashing cannot confuse True, 1 and "1", so
+                # each distinct label is looked up once instead of once per row.
+                codes, uniques = pd.factorize(values)
+                found = np.array([lookup.get(_label_key(u), -1) for u in uniques.tolist()], dtype="int64")
+                return found[codes] if len(values) else np.empty(0, dtype="int64")
             return np.fromiter((lookup.get(_label_key(v), -1) for v in values), dtype="int64", count=len(values))
         uniques, inverse = np.unique(values, return_inverse=True)
         codes = np.array([lookup.get(_label_key(u), -1) for u in uniques.tolist()], dtype="int64")

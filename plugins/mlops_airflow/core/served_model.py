@@ -85,7 +85,7 @@ def prepare_features(frame: pd.DataFrame, config: dict[str, Any]) -> pd.DataFram
         name, kind = feature["name"], feature["type"]
         values = frame[name]
         if kind == "numeric":
-            columns[name] = pd.to_numeric(values, errors="coerce").astype("float64")
+            columns[name] = pd.to_numeric(values, errors="coerce").astype("float64", copy=False)
         elif kind == "categorical":
             columns[name] = _category_texts(values)
         elif kind == "boolean":

@@ -190,18 +190,24 @@ def pandas_dataset(frame: Any, *, source: str, targets: str, name: str, digest: 
     rows, so the logged schema is the one MLflow would infer. A column missing in the whole sample is
     inferred from all its rows.
     """
+    import pandas as pd
     from mlflow.models import infer_signature
     from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
     dataset = mlflow.data.from_pandas(frame, source=source, targets=targets, name=name, digest=digest)  # type: ignore[attr-defined]
+
+    def plain(rows: Any) -> Any:  # categoricals as the values they hold (a text column read compactly is text)
+        kinds = {c: object for c in rows.columns if isinstance(rows[c].dtype, pd.CategoricalDtype)}
+        return rows.astype(kinds) if kinds else rows
+
     sample = frame.head(SCHEMA_SAMPLE_ROWS)
     empty = [c for c in frame.columns if sample[c].isna().all()]
     if empty:
         sample = frame.drop(columns=empty).head(SCHEMA_SAMPLE_ROWS)
     missing = frame.isna().any()
-    inferred = {spec.name: spec for spec in infer_signature(sample).inputs.inputs}
+    inferred = {spec.name: spec for spec in infer_signature(plain(sample)).inputs.inputs}
     if empty:
-        inferred.update({spec.name: spec for spec in infer_signature(frame[empty]).inputs.inputs})
+        inferred.update({spec.name: spec for spec in infer_signature(plain(frame[empty])).inputs.inputs})
     columns: list[ColSpec | TensorSpec] = []
     for column in frame.columns:
         spec = inferred[str(column)]

@@ -378,9 +378,13 @@ class SmokeTestOperator(MlopsBaseOperator):
                 f"{spec.name}: alias challenger points at version {challenger.version}, this run registered "
                 f"{self.registered['version']}; another run moved it"
             )
+        # The child loads the artifacts of the version checked above, not whatever the alias names by the time
+        # it asks (another run may move it), and needs no registry lookup of its own (a store connection and
+        # schema check, ~1 s on a local store).
+        source = self.client.get_model_version_download_uri(spec.name, str(challenger.version))
         cmd = [
             sys.executable, "-m", "mlops_airflow.core.smoke",
-            "--model-uri", f"models:/{spec.name}@{CHALLENGER}",
+            "--model-uri", source,
             "--rows", str(rows_file),
             "--task", spec.kind,
             "--classes", json.dumps(spec.classes),
@@ -395,7 +399,7 @@ class SmokeTestOperator(MlopsBaseOperator):
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if not lines:
             raise RuntimeError(f"smoke test process gave no result (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        result = json.loads(lines[-1])
+        result = {**json.loads(lines[-1]), "model_uri": f"models:/{spec.name}/{challenger.version}", "source": source}
         tracking.log_json(self.client, parent, result, "smoke_test/result.json")
         self.client.set_model_version_tag(
             spec.name, str(challenger.version), "mlops.smoke_test", str(result["passed"]).lower()

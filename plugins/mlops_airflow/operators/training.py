@@ -196,7 +196,10 @@ class TrainCandidateOperator(MlopsBaseOperator):
         else:
             from threadpoolctl import threadpool_limits
 
-            train = load_part(load_snapshot(self.snapshot), "train", self.spec.input_columns)
+            from mlops_airflow.core.training import large_buffers_to_os
+
+            large_buffers_to_os()
+            train = load_part(load_snapshot(self.snapshot), "train", self.spec.input_columns, self.spec.text_columns)
             threads = candidate_threads()
             self.log.info("fitting candidate %s with %s native thread(s)", index, threads or "all")
             with threadpool_limits(limits=threads):
@@ -277,12 +280,14 @@ class SelectCandidateOperator(MlopsBaseOperator):
         from mlops_airflow.core.evaluation import Target, compute_metrics
         from mlops_airflow.core.reports import evaluation_figures
         from mlops_airflow.core.scoring import encode_labels, model_config, model_input, output_scores
-        from mlops_airflow.core.training import fit_final
+        from mlops_airflow.core.training import fit_final, large_buffers_to_os
 
+        large_buffers_to_os()
         spec = self.spec
         snapshot = load_snapshot(self.snapshot)
         columns = spec.input_columns
-        train, evaluation = load_part(snapshot, "train", columns), load_part(snapshot, "eval", columns)
+        train = load_part(snapshot, "train", columns, spec.text_columns)
+        evaluation = load_part(snapshot, "eval", columns)
         self._remove_unrecorded_models(parent)
         pipeline = fit_final(spec, best.params, train)
         config = model_config(spec, best.threshold, [])
