@@ -261,8 +261,9 @@ def _run_suite(
 ) -> None:
     """Validate the ``todo`` batches with GX (not imported when every verdict was reused).
 
-    Only the columns the suite names are read (Parquet reads no other), and GX is asked for counts
-    (``BASIC``), not for the index of every unexpected row: the summary never carries rows.
+    Only the columns the suite names are read (Parquet reads no other). GX is asked whether each file passes
+    (``BOOLEAN_ONLY``); only for a file that fails, for counts and a few values (``BASIC``), never for the index
+    of every unexpected row: the summary never carries rows.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     # GX logs ~200 INFO lines about its own API docs registry on import; the task log is for the data.
@@ -281,10 +282,13 @@ def _run_suite(
         columns = [c for c in batch.columns if c in named] or None
         frame = read_snapshot_file(snapshot, batch, columns).to_pandas()
         summary.rows += len(frame)
-        result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
-            suite, result_format="BASIC"
-        )
-        del frame
+        gx_batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+        # Pass or fail first (about a third cheaper: no unexpected values are gathered); a file that fails is
+        # validated again for the counts and values its error names.
+        result = gx_batch.validate(suite, result_format="BOOLEAN_ONLY")
+        if not result.success:
+            result = gx_batch.validate(suite, result_format="BASIC")
+        del frame, gx_batch
         summary.evaluated += len(result.results)
         failed = _failed_from(batch.name, result)
         summary.failed.extend(failed)
