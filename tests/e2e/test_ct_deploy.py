@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,6 +46,11 @@ def test_first_run_promotes_then_a_good_day_promotes_again_and_rollback_returns(
     assert v1.tags["airflow.run_id"] == first.run_id
     assert len(v1.tags["mlops.data_hash"]) == 64 and v1.tags["mlops.git_commit"]
     assert first.xcom("smoke_test")["passed"] is True
+    # The smoke test loaded the artifacts of the version it checked the alias against, not "whatever
+    # challenger names now", and says so.
+    smoke = json.loads(Path(mlflow_client.download_artifacts(v1.run_id, "smoke_test/result.json")).read_text())
+    assert smoke["model_uri"] == f"models:/{MODEL}/1" and smoke["passed"] is True
+    assert smoke["source"] == mlflow_client.get_model_version_download_uri(MODEL, "1")
 
     demo_batches(range(15, 16))  # a new day with a good batch
     second = run_dag(CT)

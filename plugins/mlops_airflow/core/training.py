@@ -138,15 +138,19 @@ def large_buffers_to_os(threshold: int = 4 << 20) -> bool:
     glibc raises its mmap threshold as large buffers are freed, after which a training window's
     per-column temporaries (a few MB each at a million rows) come from the heap and stay in the process
     after they are freed: measured, a fit of a million rows peaked ~90 MB higher. Fixing the threshold
-    keeps a training task's peak near what is alive. Process-wide, set once at the start of a training
-    task; a no-op (False) where the C library has no ``mallopt`` (musl, macOS).
+    keeps a training task's peak near what is alive. Process-wide, set at the start of a training task,
+    which also hands back what earlier work in the process freed (``malloc_trim``: tasks that share a process,
+    as under ``dag.test()``). A no-op (False) where the C library has no ``mallopt`` (musl, macOS).
     """
     import ctypes
 
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+        libc = ctypes.CDLL("libc.so.6")
+        fixed = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
+        libc.malloc_trim(0)
     except (OSError, AttributeError):
         return False
+    return fixed
 
 
 def label_values(y: pd.Series) -> np.ndarray:
