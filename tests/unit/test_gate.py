@@ -192,6 +192,16 @@ def test_bootstrap_is_reproducible_and_seed_dependent() -> None:
     assert a != paired_bootstrap(y, s, other, "roc_auc", target=BINARY, n_resamples=200, seed=2)
 
 
+def test_bootstrap_threads_change_nothing_but_the_time() -> None:
+    """Resamples evaluated side by side on threads give the interval one thread gives: every chunk of
+    resamples draws from its own child of the seed. 20,000 rows: many chunks, as on a real evaluation set."""
+    y, s = _classification(20_000, seed=6)
+    other = np.clip(s + np.random.default_rng(1).normal(0, 0.1, 20_000), 0, 1)
+    one = paired_bootstrap(y, s, other, "roc_auc", target=BINARY, n_resamples=300, seed=4)
+    assert one == paired_bootstrap(y, s, other, "roc_auc", target=BINARY, n_resamples=300, seed=4, workers=3)
+    assert one.n_resamples == 300 and one.lower < one.estimate < one.upper
+
+
 def test_bootstrap_skips_resamples_without_both_classes() -> None:
     y = np.array([1, 0, 0, 0, 0, 0])
     s = np.array([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])

@@ -79,6 +79,7 @@ def paired_bootstrap(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    workers: int = 1,
 ) -> BootstrapResult:
     """Paired bootstrap of the oriented metric difference between candidate and champion.
 
@@ -96,7 +97,8 @@ def paired_bootstrap(
     :param thresholds: binary decision thresholds of (candidate, champion), for threshold metrics.
     :param n_resamples: number of bootstrap resamples.
     :param confidence: two-sided coverage of the percentile interval.
-    :param seed: seed of the resampling; the same inputs and seed give the same interval.
+    :param seed: seed of the resampling; the same inputs and seed give the same interval, whatever ``workers``.
+    :param workers: threads evaluating chunks of resamples side by side.
     """
     import numpy as np
 
@@ -122,18 +124,28 @@ def paired_bootstrap(
 
     n = len(y)
     estimate = diff(np.ones((1, n)))[0]
-    rng = np.random.default_rng(seed)
     chunk = max(1, min(n_resamples, _CHUNK_CELLS // n))
-    diffs = []
-    for start in range(0, n_resamples, chunk):
-        size = min(chunk, n_resamples - start)
-        idx = rng.integers(0, n, size=(size, n))
+    sizes = [min(chunk, n_resamples - start) for start in range(0, n_resamples, chunk)]
+
+    def resampled(job: tuple[np.random.SeedSequence, int]) -> np.ndarray:
+        seq, size = job
+        idx = np.random.default_rng(seq).integers(0, n, size=(size, n))
         idx += n * np.arange(size)[:, None]
         # Row b of `w` counts how often each evaluation row was drawn in resample b (shared by both models).
         counts = np.bincount(idx.ravel(), minlength=size * n)
         del idx
-        diffs.append(diff(counts.reshape(size, n).astype("float64")))
-        del counts
+        return diff(counts.reshape(size, n).astype("float64"))
+
+    # Each chunk draws from its own child of the seed: the resamples do not depend on how many threads
+    # evaluate them, and numpy releases the GIL in the sorting and sums that dominate.
+    jobs = list(zip(np.random.SeedSequence(seed).spawn(len(sizes)), sizes, strict=True))
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            diffs = list(pool.map(resampled, jobs))
+    else:
+        diffs = [resampled(job) for job in jobs]
     all_diffs = np.concatenate(diffs)
     valid = all_diffs[np.isfinite(all_diffs)]  # undefined resamples (one class) carry no evidence
     alpha = (1.0 - confidence) / 2.0

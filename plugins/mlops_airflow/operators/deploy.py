@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_airflow.core.serving_client import notify_model_server
 from mlops_airflow.operators.base import MlopsBaseOperator
-from mlops_airflow.operators.training import load_snapshot
+from mlops_airflow.operators.training import candidate_threads, load_snapshot
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -86,6 +86,8 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
         return champion
 
     def execute(self, context: Context) -> dict[str, Any]:
+        import os
+
         from mlops_airflow.core import tracking
         from mlops_airflow.core.data import load_part
         from mlops_airflow.core.evaluation import Target, compute_metrics
@@ -138,6 +140,7 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
                 thresholds=thresholds,
                 n_resamples=gate.n_bootstrap,
                 confidence=gate.confidence,
+                workers=candidate_threads() or os.cpu_count() or 1,  # this task's share of the worker's cores
             ).to_dict()
             if spec.slices:
                 columns = {c: evaluation[c].to_numpy() for c in spec.slices}
