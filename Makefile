@@ -120,8 +120,9 @@ bench: setup ## benchmarks: parse time, CT task timings, closed-loop simulation
 bench-cluster: setup ## train-step wall time with two Celery workers against one (about 8 minutes)
 	$(RUN) python benchmarks/cluster_parallelism.py
 
-bench-scale: setup ## ct_credit_default at 1M rows against bare pandas + scikit-learn (ROWS_PER_DAY=666667: 10M)
+bench-scale: setup ## ct_credit_default at 1M rows against bare pandas + scikit-learn, one train task's memory (ROWS_PER_DAY=666667: 10M)
 	$(RUN) python benchmarks/scale.py --rows-per-day $(or $(ROWS_PER_DAY),66667)
+	$(RUN) python benchmarks/train_memory.py --rows-per-day $(or $(ROWS_PER_DAY),66667)
 
 requirements: setup ## export the pinned requirements.txt for platforms that take one (e.g. the image)
 	$(UV) export --frozen --no-hashes --no-dev --extra cluster --no-emit-project -o requirements.txt
