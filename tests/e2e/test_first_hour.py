@@ -126,6 +126,17 @@ def test_make_demo_in_process_then_again_on_the_same_data(
     assert str(mlflow_client.get_model_version_by_alias("credit_default", "champion").version) == "1"
 
 
+def command_line(process: Any) -> list[str]:
+    """A process's command line; empty for one that ended while the tree was walked (a task process that
+    just exited is a zombie until its parent reaps it)."""
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.NoSuchProcess:  # ZombieProcess is one
+        return []
+
+
 def listening_addresses(pid: int) -> set[str]:
     import psutil
 
@@ -188,9 +199,11 @@ def test_make_demo_with_make_up_running_triggers_through_airflow(tmp_path: Path)
         # 10: loopback only, one LocalExecutor worker per core
         assert listening_addresses(up.pid) <= {"127.0.0.1"}, listening_addresses(up.pid)
         workers = [
-            p for p in psutil.Process(up.pid).children(recursive=True) if "LocalExecutor" in " ".join(p.cmdline())
+            cmdline
+            for p in psutil.Process(up.pid).children(recursive=True)
+            if "LocalExecutor" in " ".join(cmdline := command_line(p))
         ]
-        assert len(workers) == len(os.sched_getaffinity(0)), [p.cmdline() for p in workers]
+        assert len(workers) == len(os.sched_getaffinity(0)), workers
     finally:
         os.killpg(up.pid, signal.SIGTERM) if up.poll() is None else None
         try:

@@ -113,3 +113,18 @@ def test_a_passing_file_is_validated_once_and_a_changed_or_failing_one_again(spe
     for _ in range(2):  # a failing verdict is never reused
         summary = validate_snapshot(spec, snapshot, cache=cache)
         assert summary.reused == 3 and [f.file for f in summary.failed] == ["batch_2026-01-04.csv"]
+
+
+def test_a_row_without_its_time_is_named(spec, tmp_path):
+    """The timestamp column decides the training window's newest day: a row missing it fails validation,
+    naming the file, the column and how many rows."""
+    landing = tmp_path / "landing"
+    demo_data.write_batches(landing, range(3), n_rows=300)
+    frame = demo_data.generate_batch(3, n_rows=300)
+    frame.loc[[5, 17, 200], "event_date"] = None
+    frame.to_csv(landing / "batch_2026-01-04.csv", index=False)
+    summary = validate_snapshot(spec, write_snapshot(spec_for_window(), str(landing), str(tmp_path / "snap")))
+    assert not summary.success
+    assert [(f.file, f.column, f.expectation, f.unexpected_count) for f in summary.failed] == [
+        ("batch_2026-01-04.csv", "event_date", "expect_column_values_to_not_be_null", 3)
+    ]

@@ -100,6 +100,8 @@ def build_suite(spec: ModelSpec, gx: Any) -> Any:
     suite = gx.ExpectationSuite(name=f"{spec.name}_batch")
     suite.add_expectation(e.ExpectTableRowCountToBeBetween(min_value=1))
     suite.add_expectation(e.ExpectColumnToExist(column=spec.source.timestamp_column))
+    # Every row needs its time: the training window's newest day validates the candidates.
+    suite.add_expectation(e.ExpectColumnValuesToNotBeNull(column=spec.source.timestamp_column))
     for feat in spec.features:
         suite.add_expectation(e.ExpectColumnToExist(column=feat.name))
         types = FEATURE_TYPES.get(feat.type, DATETIME_TYPES)
