@@ -223,7 +223,7 @@ def run_bare(landing: Path, out: Path) -> None:
                 problems.append(f"{name}: {feat.name} above max")
             if feat.categories is not None and not values.isin(feat.categories).all():
                 problems.append(f"{name}: {feat.name} outside set")
-        if spec.source.timestamp_column not in frame.columns:
+        if spec.source.timestamp_column not in frame.columns or frame[spec.source.timestamp_column].isna().any():
             problems.append(f"{name}: timestamp missing")
         if frame[label].isna().any() or not pd.api.types.is_integer_dtype(frame[label]):
             problems.append(f"{name}: label nulls or type")
