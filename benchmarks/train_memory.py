@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,20 +48,18 @@ def child(snapshot_dir: str, variant: str) -> None:
 
 
 def measure(snapshot_dir: str, variant: str) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
-        proc = subprocess.run(
-            ["/usr/bin/time", "-v", "-o", report.name, sys.executable, __file__, "_child", snapshot_dir, variant],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        text = Path(report.name).read_text()
-    peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", text)
-    assert wall is not None
-    seconds = int(wall.group(1) or 0) * 3600 + int(wall.group(2)) * 60 + float(wall.group(3))
-    line = [x for x in proc.stdout.splitlines() if x.startswith("{")][-1]
-    return {"variant": variant, "peak_rss_mb": round(peak, 1), "wall_s": round(seconds, 2), **json.loads(line)}
+    """The child under ``/usr/bin/time -v`` (``scale.timed``): its peak RSS, wall time and reported figures."""
+    from scale import timed
+
+    run = timed([sys.executable, __file__, "_child", snapshot_dir, variant], dict(os.environ))
+    if run["returncode"] != 0 or not run["stdout_tail"]:
+        raise SystemExit(f"train_memory child {variant!r} failed (exit {run['returncode']})")
+    return {
+        "variant": variant,
+        "peak_rss_mb": run["peak_rss_mb"],
+        "wall_s": run["wall_s"],
+        **json.loads(run["stdout_tail"][-1]),
+    }
 
 
 def main() -> None:

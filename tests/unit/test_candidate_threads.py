@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 import pytest
 
@@ -59,8 +60,7 @@ print(before - rss())
 
 
 @pytest.mark.skipif(
-    not (__import__("platform").system() == "Linux" and __import__("platform").libc_ver()[0] == "glibc"),
-    reason="mallopt is glibc's",
+    not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"), reason="mallopt is glibc's"
 )
 def test_a_training_task_hands_freed_large_buffers_back_to_the_os():
     """Once glibc has raised its threshold, an 8 MiB buffer freed in the middle of the heap stays in the

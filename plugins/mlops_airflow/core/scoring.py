@@ -88,7 +88,10 @@ def encode_labels(spec: ModelSpec, y: Any) -> np.ndarray:
     """Labels as the metric functions take them (:meth:`~mlops_airflow.core.evaluation.Target.encode`)."""
     from mlops_airflow.core.evaluation import Target
 
-    values = np.asarray(y, dtype=object) if spec.is_classifier else np.asarray(y)
+    # Classes keep each value's own type (never "1" turned into 1): as objects, unless numpy holds the column
+    # as one type already (int, float, bool), which is both exact and much faster to look up.
+    typed = getattr(getattr(y, "dtype", None), "kind", "O") in "biuf"
+    values = np.asarray(y) if typed or not spec.is_classifier else np.asarray(y, dtype=object)
     try:
         return Target.of(spec).encode(values)
     except ValueError as err:

@@ -23,7 +23,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEnc
 from mlops_airflow.core.config import FeatureSpec, ModelSpec, ThresholdOptimize, higher_is_better, module_file
 from mlops_airflow.core.estimators import load_estimator_class
 from mlops_airflow.core.evaluation import Target, compute_metrics
-from mlops_airflow.core.scoring import model_config, output_scores
+from mlops_airflow.core.scoring import encode_labels, model_config, output_scores
 from mlops_airflow.core.served_model import model_output, prepare_features
 
 
@@ -153,12 +153,6 @@ def large_buffers_to_os(threshold: int = 4 << 20) -> bool:
     return fixed
 
 
-def label_values(y: pd.Series) -> np.ndarray:
-    """A label column as :meth:`Target.encode` takes it: typed when numpy holds it as one type (int, float,
-    bool), else as objects, each value with its own type (never ``"1"`` turned into ``1``)."""
-    return y.to_numpy() if y.dtype.kind in "biuf" else y.to_numpy(dtype=object)
-
-
 def validation_split(spec: ModelSpec, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Time-based: the newest training batch validates the candidates, the rest fits them.
 
@@ -191,10 +185,8 @@ def fit(spec: ModelSpec, params: dict[str, Any], rows: pd.DataFrame) -> Pipeline
     pipeline = build_pipeline(spec, params)
     x = prepare_features(rows, model_config(spec, 0.5, []))
     y = rows[spec.label.name]
-    try:  # a label outside label.values fails here, naming it, not deep inside scikit-learn
-        Target.of(spec).encode(label_values(y)) if spec.is_classifier else None
-    except ValueError as err:
-        raise ValueError(f"{spec.name}: label {spec.label.name!r}: {err}") from None
+    if spec.is_classifier:  # a label outside label.values fails here, naming it, not deep inside scikit-learn
+        encode_labels(spec, y)
     fit_params = {}
     if spec.estimator.sample_weight == "balanced":
         from sklearn.utils.class_weight import compute_sample_weight
@@ -230,7 +222,7 @@ def fit_candidate(spec: ModelSpec, params: dict[str, Any], train: pd.DataFrame) 
     pipeline = fit(spec, params, fit_rows)
     seconds = time.perf_counter() - started
     target = Target.of(spec)
-    y_val = target.encode(label_values(valid[spec.label.name]))
+    y_val = encode_labels(spec, valid[spec.label.name])
     score = score_rows(spec, pipeline, valid)
     threshold = decision_threshold(spec, y_val, score)
     metrics = compute_metrics(target, y_val, score, threshold=threshold)
