@@ -56,6 +56,8 @@ def jsonable(value: Any) -> Any:
         return {clean_text(str(k)): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
+    if type(value).__name__ in {"NAType", "NaTType"}:  # pandas' missing markers (NaT is a datetime)
+        return None
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, bytes):
