@@ -136,6 +136,10 @@ class ModelStatus:
     last_ct: CtRunSummary | None
     last_monitor: MonitorSummary | None
     experiment_id: str | None
+    #: Why ``champion`` may not serve (the champion resolver's refusal), None when it is proven blessed.
+    champion_refused: str | None = None
+    #: How the champion's blessing was proven: ``signature`` or ``source run`` (no key in this process).
+    champion_proof: str | None = None
 
     @property
     def unrecorded_move(self) -> bool:

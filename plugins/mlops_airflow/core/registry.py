@@ -422,6 +422,28 @@ class ModelRegistry:
             signed = True
         return Provenance(version, run_id, data_hash, decision, signed)
 
+    def verify_signed(self, mv: Any) -> Provenance:
+        """Prove ``mv`` (a model version as the registry returned it, tags included) blessed by its gate
+        signature alone: no registry round trip. The signature covers model, version, source, run, data hash,
+        verdict and the champion it was judged against, all read from the version itself, so a version whose
+        tags or alias were set by hand does not check. Raises :class:`UnblessedVersionError` naming the rule.
+        """
+        if self.signing_key is None:
+            raise RegistryError(f"model registry: no signing key to check {self.name!r} version {mv.version} with")
+        tags = mv.tags or {}
+        given = tags.get(TAG_SIGNATURE, "")
+        data_hash = tags.get("mlops.data_hash", "")
+        decision = {"blessed": True, "champion_version": _version_or_none(tags.get("mlops.gate.champion_version"))}
+        if not given or not data_hash or not hmac.compare_digest(given, self._signature(mv, data_hash, decision)):
+            state = "missing" if not given else "not valid"
+            raise UnblessedVersionError(
+                f"model registry: {self.name!r} version {mv.version} may not serve: its gate signature (tag "
+                f"{TAG_SIGNATURE}) is {state}. Only a version that ct_{self.name} registered after its gate "
+                "blessed it carries one; a version blessed before this installation had a signing key is re-signed "
+                "by an operator with `python -m mlops_airflow.core.signing resign " + self.name + "`"
+            )
+        return Provenance(str(mv.version), str(mv.run_id or ""), data_hash, decision, True)
+
     def _first_version_of_run(self, run_id: str, version: str) -> str:
         try:
             found = self.client.search_model_versions(f"name = '{self.name}' and run_id = '{run_id}'")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,48 @@ class MlopsBaseOperator(BaseOperator):
         self.link_run(run_id)
         self.client.set_tag(run_id, f"airflow.try_number.{self.task_id}", str(context["ti"].try_number))
         return run_id
+
+    @cached_property
+    def signing_key(self) -> bytes | None:
+        """The key of the gate signatures (:func:`mlops_airflow.core.signing.signing_key`): env
+        ``MLOPS_SIGNING_KEY``, else the Airflow variable ``mlops_signing_key``, else the embedded default's
+        local key. Only Airflow holds it: a person with MLflow write access cannot sign what no gate blessed.
+        """
+        from airflow.sdk import Variable
+
+        from mlops_airflow.core.signing import KEY_ENV, signing_key
+
+        explicit = None if os.environ.get(KEY_ENV) else Variable.get("mlops_signing_key", default=None)
+        return signing_key(self.hook.tracking_uri, explicit=explicit)
+
+    def require_signing_key(self) -> bytes:
+        """:attr:`signing_key`, or a failure (no retry) saying where a key comes from."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if self.signing_key is None:
+            raise AirflowFailException(
+                f"no signing key for the MLflow registry at {self.hook.tracking_uri}: set MLOPS_SIGNING_KEY (or the "
+                "Airflow variable mlops_signing_key) on every worker and the model server; without it no version "
+                "can be proven blessed"
+            )
+        return self.signing_key
+
+    def servable(self, *, alias: str = "champion", version: str | None = None, required: bool = True) -> Any:
+        """The version holding ``alias`` (or ``version``) proven blessed (:func:`mlops_airflow.core.champion.resolve`);
+        None when no version holds the alias and ``required`` is false. Anything not proven fails the task
+        without retries, naming the version and the rule it breaks."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mlops_airflow.core.champion import NoVersionError, UnblessedVersionError, resolve
+
+        try:
+            return resolve(self.client, self.model_name, self.require_signing_key(), alias=alias, version=version)
+        except NoVersionError as err:
+            if required:
+                raise AirflowFailException(str(err)) from None
+            return None
+        except UnblessedVersionError as err:
+            raise AirflowFailException(str(err)) from None
 
     def link_run(self, run_id: str) -> None:
         from mlops_airflow.core.tracking import run_url
