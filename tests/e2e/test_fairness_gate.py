@@ -151,6 +151,27 @@ def test_fairness_criterion_blocks_a_candidate_that_passes_every_metric(
     assert {f["feature"] for f in champion_importance["features"]} == set(ranks)  # every model input
     assert blocked.state_of("register_challenger") == "skipped" and blocked.state_of("promote") == "skipped"
     assert champion(mlflow_client) == "1"
+    # The champion breaks the limit on the same rows too, and is no less unfair than the refused candidate:
+    # it keeps serving, flagged in the decision, the run's tags, the report and the model page.
+    assert 0.02 < judged["champion_value"] <= judged["value"]
+    (breach,) = decision["champion_fairness_breaches"]
+    assert (breach["champion"], breach["candidate"]) == (judged["champion_value"], judged["value"])
+    flag = run.data.tags["mlops.champion_fairness_breach"]
+    assert flag.startswith("champion v1 breaks fairness limit(s)") and "demographic_parity_difference(age_band)" in flag
+    assert "**Champion fairness breach**: champion v1" in report
+    from mlops_airflow.core.config import get_spec
+    from mlops_airflow.ui.app import _fairness_breach, _status, render_model
+
+    status = _status(get_spec(MODEL))
+    page = render_model(get_spec(MODEL), status, None, None, None, None, _fairness_breach(status))
+    assert "id='champion-fairness'" in page and "champion v1 breaks fairness limit(s)" in page
+    # The champion's importance is read as its own run recorded it at registration, beside today's.
+    recorded = {row["feature"]: row["candidate"] for row in evaluation["importance"]}
+    rows = blocked.xcom("evaluate_vs_champion")["importance"]
+    assert {row["basis"] for row in rows} == {"at registration"}
+    assert {row["feature"]: row["champion_registered"] for row in rows} == recorded
+    assert all(row["champion_today"] is not None for row in rows)
+    assert "Champion importance at registration: read from champion v1's run" in report
 
     # The same rows without the criterion: promoted.
     write_spec(models, [])

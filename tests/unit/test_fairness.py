@@ -13,6 +13,7 @@ from fairlearn.metrics import demographic_parity_difference, equalized_odds_diff
 from mlops_airflow.core import fairness
 from mlops_airflow.core.config import GateSpec, ModelSpecError, parse_model_spec
 from mlops_airflow.core.gate import decide
+from mlops_airflow.core.model_card import build_card
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_SPEC = ROOT / "include" / "models" / "credit_default.yaml"
@@ -156,3 +157,54 @@ def test_gate_blocks_a_fairness_violation_and_keeps_its_numbers():
     assert decide(gate, **common, fairness=gate_input(0.1)).blessed
     undefined = decide(gate, **common, fairness=gate_input(None))
     assert not undefined.blessed and undefined.failed[0].value is None
+
+
+def test_gate_prefers_the_less_unfair_of_two_models_that_both_break_the_limit():
+    """Both models favour group ``b``, by different margins: the one with the smaller gap (and no worse AUC on
+    the same rows) is blessed over the other, and never the other way round; the champion is flagged."""
+    from mlops_airflow.core.evaluation import Target, metric_value
+    from mlops_airflow.core.gate import BootstrapResult, paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    band = rng.choice(["a", "b", "c"], n, p=[0.5, 0.3, 0.2])
+    rows = pd.DataFrame({"band": band})
+    y = (rng.random(n) < 0.3).astype("float64")
+    base = 0.35 * y + 0.45 * rng.random(n)
+    fairer, unfairer = (np.clip(base + np.where(band == "b", shift, 0.0), 0, 1) for shift in (0.12, 0.3))
+    spec = credit([{"attribute": "band", "metric": "demographic_parity_difference", "max": 0.05}])
+    gate = GateSpec(thresholds={"roc_auc": {"min": 0.6}}, max_regression=0.01, n_bootstrap=200)
+
+    def judge(candidate: np.ndarray, champion: np.ndarray):
+        compared = fairness.compare(fairness.assess(spec, rows, y, candidate), fairness.assess(spec, rows, y, champion))
+        target = Target.of(spec)
+        boot = paired_bootstrap(y, candidate, champion, "roc_auc", target=target, n_resamples=200)
+        return compared, decide(
+            gate,
+            primary_metric="roc_auc",
+            candidate={"roc_auc": metric_value("roc_auc", y, candidate, target)},
+            champion={"roc_auc": metric_value("roc_auc", y, champion, target)},
+            bootstrap=BootstrapResult(**boot.to_dict()),
+            champion_version="1",
+            fairness=compared,
+        )
+
+    compared, blessed = judge(fairer, unfairer)
+    gap, champion_gap = compared[0]["value"], compared[0]["champion_value"]
+    assert 0.05 < gap < champion_gap  # both break the limit on the same rows
+    assert blessed.blessed, blessed.reason
+    (violation,) = blessed.fairness_violations
+    assert (violation["candidate"], violation["champion"]) == (gap, champion_gap)
+    assert [b["champion"] for b in blessed.champion_fairness_breaches] == [champion_gap]
+    evaluation = {"candidate": {}, "fairness": compared}
+    card = build_card(
+        spec, version="2", run_id="r", snapshot={}, decision=blessed.to_dict(), evaluation=evaluation, validation=None
+    )
+    assert "| over max, less than the champion |" in card  # the card does not call the blessed version a pass
+
+    _, refused = judge(unfairer, fairer)
+    assert not refused.blessed
+    failed = {c.name: c for c in refused.failed}
+    assert "fairness demographic_parity_difference(band) <= 0.05" in failed  # its own gap is the larger one
+    assert "champion breaks it more" not in failed["fairness demographic_parity_difference(band) <= 0.05"].detail
+    assert refused.fairness_violations == [] and [b["champion"] for b in refused.champion_fairness_breaches] == [gap]

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from mlops_airflow.core import notify
 from mlops_airflow.core.config import (
     BINARY_METRICS,
     MULTICLASS_METRICS,
@@ -512,3 +513,123 @@ def test_markdown_mentions_verdict_champion_and_every_check() -> None:
         assert f"| {check.name} |" in text
     first = decide(GATE, primary_metric="roc_auc", candidate=GOOD, champion=None, bootstrap=None)
     assert "BLESSED" in first.to_markdown() and "first run" in first.to_markdown()
+
+
+# ------------------------------------------------------------------------------------------ fairness rule
+
+LIMIT = "demographic_parity_difference(age_band) <= 0.1"
+FAIRNESS_CHECK = f"fairness {LIMIT}"
+
+
+def _gap(candidate: float | None, champion: float | None) -> list[dict]:
+    """One criterion as ``fairness.compare`` hands it to the gate: both gaps on the same rows, max 0.1."""
+    return [
+        {
+            "attribute": "age_band",
+            "metric": "demographic_parity_difference",
+            "max": 0.1,
+            "value": candidate,
+            "champion_value": champion,
+            "detail": f"demographic_parity_difference over 'age_band' = {candidate}",
+        }
+    ]
+
+
+def _judged(fairness: list[dict], bootstrap: BootstrapResult | None = None, **changes) -> GateDecision:
+    """A candidate better than champion v3 on every metric (unless ``bootstrap`` says otherwise)."""
+    args = {
+        "primary_metric": "roc_auc",
+        "candidate": GOOD,
+        "champion": GOOD,
+        "bootstrap": bootstrap or _bootstrap(lower=0.005, estimate=0.02),
+        "champion_version": "3",
+    } | changes
+    return decide(GATE, **args, fairness=fairness)
+
+
+@pytest.mark.parametrize(
+    ("candidate_gap", "champion_gap", "blessed", "verdict", "excused", "champion_flagged"),
+    [
+        (0.05, 0.04, True, "pass", False, False),  # both within the limit
+        (0.05, 0.30, True, "pass", False, True),  # within; the champion it replaces breaks it
+        (0.20, 0.30, True, "pass", True, True),  # over, but the champion is further over: the less unfair wins
+        (0.20, 0.20, False, "fail", False, True),  # over, and not less than the champion
+        (0.30, 0.20, False, "fail", False, True),  # over, and more than the champion
+        (0.20, 0.05, False, "fail", False, False),  # over; the champion is within
+        (None, 0.30, False, "fail", False, True),  # undefined gap proves nothing
+        (0.20, None, False, "fail", False, False),  # the champion's gap is unknown: no exception
+    ],
+)
+def test_fairness_limit_against_the_champion_on_the_same_rows(
+    candidate_gap, champion_gap, blessed, verdict, excused, champion_flagged
+) -> None:
+    decision = _judged(_gap(candidate_gap, champion_gap))
+    assert decision.blessed is blessed
+    assert _verdicts(decision)[FAIRNESS_CHECK] == verdict
+    expected = {"limit": LIMIT, "metric": "demographic_parity_difference", "attribute": "age_band", "max": 0.1}
+    record = expected | {"candidate": candidate_gap, "champion": champion_gap}
+    assert decision.fairness_violations == ([record] if excused else [])
+    assert decision.champion_fairness_breaches == ([record] if champion_flagged else [])
+    restored = GateDecision.from_dict(json.loads(json.dumps(decision.to_dict(), allow_nan=False)))
+    assert restored == decision
+
+
+def test_candidate_less_unfair_than_the_champion_is_blessed_with_the_violation_named() -> None:
+    decision = _judged(_gap(0.2, 0.3))
+    assert decision.blessed
+    assert f"fairness limit broken, less than the champion: {LIMIT}: candidate gap 0.2, champion gap 0.3" in (
+        decision.reason
+    )
+    check = next(c for c in decision.checks if c.name == FAIRNESS_CHECK)
+    assert "the champion breaks it more and the candidate passes every metric check" in check.detail
+    text = decision.to_markdown()
+    assert "Fairness limit broken, less than the champion" in text
+    assert "**Champion fairness breach**: champion v3 breaks fairness limit(s)" in text
+    assert f"{LIMIT}: gap 0.3 (candidate 0.2)" in text
+
+
+@pytest.mark.parametrize(
+    ("changes", "failed_metric_check"),
+    [
+        ({"bootstrap": _bootstrap(lower=-0.03, estimate=-0.02)}, "non_inferiority"),  # worse on the primary
+        ({"candidate": {"roc_auc": 0.82, "brier": 0.25}}, "brier <= 0.2"),  # breaks an absolute threshold
+        ({"slices": {"region=north": {"n": 300, "candidate": 0.7, "champion": 0.8}}}, "slice region=north"),
+    ],
+)
+def test_less_unfair_candidate_worse_on_a_gated_metric_is_refused(changes: dict, failed_metric_check: str) -> None:
+    decision = _judged(_gap(0.2, 0.3), **changes)
+    assert not decision.blessed
+    assert {c.name for c in decision.failed} == {failed_metric_check, FAIRNESS_CHECK}
+    check = next(c for c in decision.checks if c.name == FAIRNESS_CHECK)
+    assert "the champion breaks it more, but the candidate fails a metric check" in check.detail
+    assert decision.fairness_violations == []
+    assert [b["champion"] for b in decision.champion_fairness_breaches] == [0.3]  # the champion stays: flagged
+
+
+def test_no_exception_without_a_champion() -> None:
+    first = decide(
+        GATE, primary_metric="roc_auc", candidate=GOOD, champion=None, bootstrap=None, fairness=_gap(0.2, None)
+    )
+    assert not first.blessed and [c.name for c in first.failed] == [FAIRNESS_CHECK]
+    assert first.champion_fairness_breaches == [] and first.fairness_violations == []
+
+
+def test_each_limit_is_judged_on_its_own() -> None:
+    other = [dict(_gap(0.2, 0.1)[0], attribute="region", metric="equalized_odds_difference")]
+    decision = _judged(_gap(0.2, 0.3) + other)
+    assert not decision.blessed
+    assert [c.name for c in decision.failed] == ["fairness equalized_odds_difference(region) <= 0.1"]
+    assert [b["limit"] for b in decision.champion_fairness_breaches] == [LIMIT]
+
+
+def test_refusal_notification_flags_the_champion_that_keeps_serving() -> None:
+    where = {"base_url": "http://airflow", "dag_id": "ct_fair_credit", "run_id": "r1"}
+    refused = notify.gate_rejected("fair_credit", _judged(_gap(0.3, 0.2)).to_dict(), **where)
+    lines = [line.render(str) for line in refused.lines]
+    assert (
+        f"champion v3 breaks fairness limit(s) on the newest evaluation rows: {LIMIT}: gap 0.2 (candidate 0.3); "
+        "it keeps serving" in lines
+    )
+    assert "keeps serving" in refused.html()
+    fair_champion = notify.gate_rejected("fair_credit", _judged(_gap(0.3, 0.05)).to_dict(), **where)
+    assert not any("breaks fairness limit" in line.render(str) for line in fair_champion.lines)

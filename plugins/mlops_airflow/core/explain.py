@@ -11,6 +11,9 @@ included, and is reported per raw feature (not per one-hot column).
   rows; ``n_repeats`` shuffles give its spread.
 * Partial dependence (brute force, as scikit-learn's ``method="brute"``): the mean score when a feature is set
   to each value of a grid on every row, for the most important features.
+* The importance change against the champion: its importance as its own CT run recorded it at registration
+  (:func:`recorded_importance`) beside its importance on today's rows; the change is against the first, which
+  concept drift cannot distort, or against the second, labelled, when nothing was recorded.
 
 Cost is bounded: importance runs on at most :data:`MAX_ROWS` evaluation rows (a seeded sample), partial
 dependence on at most :data:`PD_ROWS`; one call scores ``rows x (1 + features x repeats)`` rows, so the cost
@@ -41,6 +44,12 @@ TOP_FEATURES = 3
 #: Rows and grid points of a partial dependence curve.
 PD_ROWS = 1_000
 PD_GRID = 20
+
+#: Where a CT run records its candidate's importance (for a registered version: its importance at registration).
+IMPORTANCE_ARTIFACT = "explain/importance_candidate.json"
+#: Labels of the champion's two importances in the report.
+AT_REGISTRATION = "at registration"
+ON_TODAYS_ROWS = "on today's rows"
 
 ScoreFunction = Callable[[pd.DataFrame], np.ndarray]
 
@@ -187,14 +196,64 @@ def partial_dependence(
     return out
 
 
-def importance_change(candidate: dict[str, Any], champion: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per feature: importance and rank of candidate and champion, and the change (candidate - champion)."""
-    cand = {f["feature"]: (i + 1, f) for i, f in enumerate(candidate["features"])}
-    champ = {} if champion is None else {f["feature"]: (i + 1, f) for i, f in enumerate(champion["features"])}
+@dataclass(frozen=True)
+class RecordedImportance:
+    """The champion's importance as its own CT run recorded it when the version was registered.
+
+    :param importance: the recorded :func:`permutation_importances` output; ``None`` when there is none.
+    :param note: where it was read from, or why there is none (shown in the report).
+    """
+
+    version: str
+    run_id: str | None
+    importance: dict[str, Any] | None
+    note: str
+
+
+def recorded_importance(client: Any, spec: ModelSpec, version: str, run_id: str | None) -> RecordedImportance:
+    """Read the importance the champion's CT run (``run_id``, the version's source run) logged at registration.
+
+    Under concept drift the champion's importance on today's rows says what today's labels reward, not what
+    the champion learned; the recorded one says what it relies on.
+    """
+    from mlops_airflow.core.ledger import read_json_artifact
+
+    where = f"champion v{version}'s run {run_id}"
+    if not run_id:
+        return RecordedImportance(version, None, None, f"champion v{version} has no source MLflow run")
+    data = read_json_artifact(client, run_id, IMPORTANCE_ARTIFACT)
+    if data is None or not isinstance(data.get("features"), list):
+        return RecordedImportance(version, run_id, None, f"{where} has no {IMPORTANCE_ARTIFACT}")
+    if data.get("metric") != spec.primary:
+        note = f"{where} recorded importance on {data.get('metric')!r}, not the primary metric {spec.primary!r}"
+        return RecordedImportance(version, run_id, None, note)
+    return RecordedImportance(version, run_id, data, f"read from {where} ({IMPORTANCE_ARTIFACT})")
+
+
+def _ranked(importance: dict[str, Any] | None) -> dict[str, tuple[int, float | None]]:
+    if importance is None:
+        return {}
+    return {f["feature"]: (i + 1, f["mean"]) for i, f in enumerate(importance["features"])}
+
+
+def importance_change(
+    candidate: dict[str, Any], champion: dict[str, Any] | None, recorded: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Per feature: the candidate's importance and rank, the champion's at its registration (``recorded``) and
+    on today's rows (``champion``), and the change: candidate minus the champion at registration, or minus
+    the champion on today's rows when nothing was recorded.
+
+    :return: rows with ``champion``/``champion_rank`` and ``change`` against the reference named by
+        ``basis`` (:data:`AT_REGISTRATION`, :data:`ON_TODAYS_ROWS`, ``None`` without a champion), beside
+        ``champion_registered(_rank)`` and ``champion_today(_rank)``.
+    """
+    registered, today = _ranked(recorded), _ranked(champion)
+    basis = AT_REGISTRATION if recorded is not None else ON_TODAYS_ROWS if champion is not None else None
+    reference = registered if recorded is not None else today
     out = []
-    for name, (rank, f) in cand.items():
-        other_rank, other = champ.get(name, (None, None))
-        other_mean = None if other is None else other["mean"]
+    for rank, f in enumerate(candidate["features"], start=1):
+        name = f["feature"]
+        other_rank, other_mean = reference.get(name, (None, None))
         change = None if other_mean is None or f["mean"] is None else f["mean"] - other_mean
         out.append(
             {
@@ -204,14 +263,24 @@ def importance_change(candidate: dict[str, Any], champion: dict[str, Any] | None
                 "candidate_rank": rank,
                 "champion": other_mean,
                 "champion_rank": other_rank,
+                "basis": basis,
+                "champion_registered": registered.get(name, (None, None))[1],
+                "champion_registered_rank": registered.get(name, (None, None))[0],
+                "champion_today": today.get(name, (None, None))[1],
+                "champion_today_rank": today.get(name, (None, None))[0],
                 "change": finite_or_none(change),
             }
         )
     return out
 
 
-def change_markdown(change: list[dict[str, Any]], metric: str) -> str:
-    """The importance table of the gate report; a new most important feature is called out."""
+def change_markdown(change: list[dict[str, Any]], metric: str, note: str = "") -> str:
+    """The importance table of the gate report: the champion at registration and on today's rows side by side,
+    the change against the first (or the second when nothing was recorded); a new most important feature is
+    called out.
+
+    :param note: where the champion's importance at registration was read from, or why there is none.
+    """
     if not change:
         return ""
 
@@ -220,17 +289,32 @@ def change_markdown(change: list[dict[str, Any]], metric: str) -> str:
 
     lines = ["### Permutation importance (drop of `" + metric + "` when the feature is shuffled)", ""]
     top = change[0]
+    basis = top.get("basis")
+    if basis == ON_TODAYS_ROWS:
+        lines += [
+            f"Champion importance {AT_REGISTRATION} not recorded ({note or 'not read'}): the change is "
+            f"against the champion's importance {ON_TODAYS_ROWS}.",
+            "",
+        ]
+    elif basis == AT_REGISTRATION and note:
+        lines += [f"Champion importance {AT_REGISTRATION}: {note}.", ""]
     if top["champion_rank"] not in (None, 1):
         lines += [
             f"**The candidate relies most on `{top['feature']}`, which ranked {top['champion_rank']} for the "
-            "champion: worth a look.**",
+            f"champion {basis}: worth a look.**",
             "",
         ]
-    lines += ["| feature | candidate (± std) | rank | champion | rank | change |", "|---|---|---|---|---|---|"]
+    lines += [
+        f"| feature | candidate (± std) | rank | champion {AT_REGISTRATION} | rank | champion {ON_TODAYS_ROWS} | rank "
+        f"| change vs champion {basis or '-'} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for row in change:
         lines.append(
             f"| {row['feature']} | {fmt(row['candidate'])} ± {fmt(row['candidate_std'])} | {row['candidate_rank']} "
-            f"| {fmt(row['champion'])} | {row['champion_rank'] or '-'} | {fmt(row['change'], signed=True)} |"
+            f"| {fmt(row.get('champion_registered'))} | {row.get('champion_registered_rank') or '-'} "
+            f"| {fmt(row.get('champion_today'))} | {row.get('champion_today_rank') or '-'} "
+            f"| {fmt(row['change'], signed=True)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -312,13 +396,23 @@ class Assessment:
 
 
 def assess_versions(
-    spec: ModelSpec, rows: pd.DataFrame, y: np.ndarray, candidate: Scored, champion: Scored | None
+    spec: ModelSpec,
+    rows: pd.DataFrame,
+    y: np.ndarray,
+    candidate: Scored,
+    champion: Scored | None,
+    recorded: RecordedImportance | None = None,
 ) -> Assessment:
     """What each version relies on and whom it fails: importance (both), partial dependence (candidate) and
-    every fairness criterion of the spec (both, on the same rows)."""
+    every fairness criterion of the spec (both, on the same rows).
+
+    :param recorded: the champion's importance at its registration (:func:`recorded_importance`); the
+        importance change is against it, or against the champion on today's rows when there is none.
+    """
     import time
 
     from mlops_airflow.core import fairness
+    from mlops_airflow.core.gate import champion_fairness_breaches
 
     started = time.perf_counter()
     importance, curves = explain(spec, logged_model_scores(spec, candidate.model), rows, threshold=candidate.threshold)
@@ -327,7 +421,9 @@ def assess_versions(
         champion_importance = permutation_importances(
             spec, logged_model_scores(spec, champion.model), rows, threshold=champion.threshold
         )
-    change = importance_change(importance, champion_importance)
+    at_registration = None if champion is None or recorded is None else recorded.importance
+    change = importance_change(importance, champion_importance, at_registration)
+    note = "" if champion is None else recorded.note if recorded is not None else "not read"
     explain_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -340,12 +436,14 @@ def assess_versions(
 
     summary = {
         "importance": change,
+        "importance_note": note,
         "fairness": compared,
+        "champion_fairness_breaches": champion_fairness_breaches(compared),
         "explain_seconds": round(explain_seconds, 3),
         "fairness_seconds": round(fairness_seconds, 3),
     }
     artifacts: dict[str, Any] = {
-        "explain/importance_candidate.json": importance,
+        IMPORTANCE_ARTIFACT: importance,
         "explain/partial_dependence_candidate.json": curves,
         "explain/importance_change.json": change,
     }
@@ -367,5 +465,6 @@ def report_markdown(summary: dict[str, Any], metric: str) -> str:
     """The gate report's sections on importance and fairness groups (from the evaluation's summary)."""
     from mlops_airflow.core.fairness import groups_markdown
 
-    parts = [change_markdown(summary.get("importance") or [], metric), groups_markdown(summary.get("fairness") or [])]
+    importance = change_markdown(summary.get("importance") or [], metric, summary.get("importance_note") or "")
+    parts = [importance, groups_markdown(summary.get("fairness") or [])]
     return "\n".join(p for p in parts if p)

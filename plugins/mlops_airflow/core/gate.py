@@ -6,6 +6,9 @@ of the difference, :func:`slice_metrics` into per-slice values, and :func:`decid
 :class:`~mlops_airflow.core.config.GateSpec` to all of it. The resulting :class:`GateDecision` (the
 "blessing", as TFX calls it) is small and JSON-safe, so it travels through XCom and into MLflow tags.
 
+Fairness limits are judged against the champion on the same rows: the less unfair of two models that both
+break a limit may win (the violation is recorded), and a champion that breaks one is flagged in the decision.
+
 Every difference is *oriented*: positive always means "the candidate is better", whatever the metric's
 direction (``champion - candidate`` for lower-is-better metrics such as log loss or RMSE).
 
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
 Verdict = Literal["pass", "fail", "skip"]
 #: Category label of a slice for rows whose slice column is null.
 MISSING = "<missing>"
+#: MLflow run tag of a CT run whose champion breaks a fairness limit on the run's evaluation rows.
+CHAMPION_BREACH_TAG = "mlops.champion_fairness_breach"
 #: Upper bound on resamples x rows evaluated at once by the bootstrap: 8 MB per float64 matrix, a few tens of
 #: MB at the peak (benchmarks/bootstrap.py); larger chunks are no faster.
 _CHUNK_CELLS = 1_000_000
@@ -233,6 +238,11 @@ class GateDecision:
     first_run: bool = False
     primary_metric: str = ""
     reason: str = ""
+    #: Fairness limits the blessed candidate breaks, let through because the champion breaks them more on
+    #: the same rows: ``{"limit", "metric", "attribute", "max", "candidate", "champion"}`` each.
+    fairness_violations: list[dict[str, Any]] = field(default_factory=list)
+    #: Fairness limits the champion breaks on the same evaluation rows (same keys), blessed or not.
+    champion_fairness_breaches: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[GateCheck]:
@@ -251,6 +261,8 @@ class GateDecision:
             first_run=bool(data.get("first_run", False)),
             primary_metric=data.get("primary_metric", ""),
             reason=data.get("reason", ""),
+            fairness_violations=list(data.get("fairness_violations") or []),
+            champion_fairness_breaches=list(data.get("champion_fairness_breaches") or []),
         )
 
     def to_markdown(self) -> str:
@@ -269,6 +281,15 @@ class GateDecision:
             f"- Compared against: {against}",
             f"- Primary metric: `{self.primary_metric}` (differences oriented: positive = candidate better)",
             f"- Reason: {self.reason}",
+        ]
+        lines += [
+            f"- Fairness limit broken, less than the champion: {violation_text(v)}" for v in self.fairness_violations
+        ]
+        if self.champion_fairness_breaches:
+            lines.append(
+                f"- **Champion fairness breach**: {breach_text(self.champion_fairness_breaches, self.champion_version)}"
+            )
+        lines += [
             "",
             "| check | metric | value | bound | verdict | detail |",
             "|---|---|---|---|---|---|",
@@ -361,19 +382,101 @@ def _slice_checks(gate: GateSpec, metric: str, slices: dict[str, dict[str, Any]]
     return checks
 
 
-def _fairness_checks(fairness: list[dict[str, Any]]) -> list[GateCheck]:
-    """One check per fairness criterion: the candidate's gap between groups must not exceed ``max``."""
-    checks = []
+def fairness_limit(item: dict[str, Any]) -> str:
+    """A criterion as the limit it sets, e.g. ``demographic_parity_difference(age_band) <= 0.1``."""
+    return f"{item['metric']}({item['attribute']}) <= {float(item['max']):g}"
+
+
+def _gap(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4g}"
+
+
+def _limit_record(item: dict[str, Any]) -> dict[str, Any]:
+    """Which limit, and both models' gaps on the same rows (JSON-safe)."""
+    return {
+        "limit": fairness_limit(item),
+        "metric": item["metric"],
+        "attribute": item["attribute"],
+        "max": float(item["max"]),
+        "candidate": finite_or_none(item.get("value")),
+        "champion": finite_or_none(item.get("champion_value")),
+    }
+
+
+def champion_fairness_breaches(fairness: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The limits the champion breaks on the evaluation rows.
+
+    :param fairness: :func:`mlops_airflow.core.fairness.compare` output.
+    :return: ``{"limit", "metric", "attribute", "max", "candidate", "champion"}`` per limit broken.
+    """
+    breaches = []
     for item in fairness:
-        metric, attribute, bound = item["metric"], item["attribute"], float(item["max"])
-        value = finite_or_none(item.get("value"))
         champion = finite_or_none(item.get("champion_value"))
-        ok = value is not None and value <= bound  # fail closed: an undefined gap proves nothing
-        detail = str(item.get("detail") or f"{metric} over {attribute!r} = {value}")
-        if champion is not None:
-            detail += f"; champion on the same rows {champion:.4g}"
-        checks.append(_check(f"fairness {metric}({attribute}) <= {bound:g}", metric, value, bound, ok, detail))
-    return checks
+        if champion is not None and champion > float(item["max"]):
+            breaches.append(_limit_record(item))
+    return breaches
+
+
+def breach_text(breaches: list[dict[str, Any]], champion_version: str | None) -> str:
+    """One line naming the champion and every limit it breaks, with its gap and the candidate's."""
+    who = "the champion" if champion_version is None else f"champion v{champion_version}"
+    limits = "; ".join(f"{b['limit']}: gap {_gap(b['champion'])} (candidate {_gap(b['candidate'])})" for b in breaches)
+    return f"{who} breaks fairness limit(s) on the newest evaluation rows: {limits}"
+
+
+def violation_text(violation: dict[str, Any]) -> str:
+    """A limit the blessed candidate breaks, with both gaps."""
+    return (
+        f"{violation['limit']}: candidate gap {_gap(violation['candidate'])}, champion gap "
+        f"{_gap(violation['champion'])} on the same rows"
+    )
+
+
+def _fairness_check(item: dict[str, Any], metrics_ok: bool) -> GateCheck:
+    """The candidate's gap between groups must not exceed ``max``, unless the champion's gap on the same rows
+    is larger still and the candidate passes every metric check (``metrics_ok``)."""
+    metric, attribute, bound = item["metric"], item["attribute"], float(item["max"])
+    value = finite_or_none(item.get("value"))
+    champion = finite_or_none(item.get("champion_value"))
+    ok = value is not None and value <= bound  # fail closed: an undefined gap proves nothing
+    detail = str(item.get("detail") or f"{metric} over {attribute!r} = {value}")
+    if champion is not None:
+        detail += f"; champion on the same rows {champion:.4g}"
+    if value is not None and not ok and champion is not None and champion > value:
+        # Both break the limit: refusing the less unfair one would keep the more unfair one serving.
+        ok = metrics_ok
+        detail += (
+            "; over the limit, but the champion breaks it more and the candidate passes every metric check: "
+            "blessed, violation recorded"
+            if ok
+            else "; the champion breaks it more, but the candidate fails a metric check"
+        )
+    return _check(f"fairness {fairness_limit(item)}", metric, value, bound, ok, detail)
+
+
+def _metric_checks(
+    gate: GateSpec,
+    primary_metric: str,
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    bootstrap: BootstrapResult | None,
+    slices: dict[str, dict[str, Any]] | None,
+) -> tuple[list[GateCheck], list[GateCheck]]:
+    """Absolute thresholds, and then the first-run policy or the comparison with the champion."""
+    if champion is None:
+        if gate.first_run_policy == "reject":
+            detail = "no champion and first_run_policy is 'reject': a human promotes the first model"
+        elif not gate.thresholds:
+            # TFX rule: without a baseline and without thresholds nothing proves the model is any good.
+            detail = "no champion and no absolute thresholds: nothing proves the model"
+        else:
+            detail = "no champion: first_run_policy 'absolute_only' blesses on the absolute thresholds alone"
+        ok = gate.first_run_policy == "absolute_only" and bool(gate.thresholds)
+        return _threshold_checks(gate, candidate), [_check("first_run", None, None, None, ok, detail)]
+    comparison = _champion_checks(gate, primary_metric, bootstrap)
+    if slices:
+        comparison += _slice_checks(gate, primary_metric, slices)
+    return _threshold_checks(gate, candidate), comparison
 
 
 def decide(
@@ -399,38 +502,46 @@ def decide(
     :param slices: :func:`slice_metrics` output; slices are gated only with a champion.
     :param champion_version: registry version of the champion, for the audit trail.
     :param fairness: :func:`mlops_airflow.core.fairness.compare` output: each criterion's candidate value,
-        its ``max`` and the champion's value on the same rows; a candidate over ``max`` is not blessed, on
-        the first run too.
+        its ``max`` and the champion's value on the same rows. A candidate over ``max`` is not blessed (first
+        run included), unless the champion is further over it on the same rows and the candidate passes every
+        metric check: it is then blessed, the limit recorded in ``fairness_violations``. Every limit the
+        champion breaks is recorded in ``champion_fairness_breaches``, whatever the verdict.
     """
-    checks = _threshold_checks(gate, candidate)
-    checks += _fairness_checks(fairness or [])
+    fairness = fairness or []
+    thresholds, comparison = _metric_checks(gate, primary_metric, candidate, champion, bootstrap, slices)
     first_run = champion is None
-    if champion is None:
-        if gate.first_run_policy == "reject":
-            detail = "no champion and first_run_policy is 'reject': a human promotes the first model"
-        elif not gate.thresholds:
-            # TFX rule: without a baseline and without thresholds nothing proves the model is any good.
-            detail = "no champion and no absolute thresholds: nothing proves the model"
-        else:
-            detail = "no champion: first_run_policy 'absolute_only' blesses on the absolute thresholds alone"
-        ok = gate.first_run_policy == "absolute_only" and bool(gate.thresholds)
-        checks.append(_check("first_run", None, None, None, ok, detail))
-    else:
-        checks += _champion_checks(gate, primary_metric, bootstrap)
-        if slices:
-            checks += _slice_checks(gate, primary_metric, slices)
+    metrics_ok = not first_run and all(c.verdict != "fail" for c in thresholds + comparison)
+    fair = [_fairness_check(item, metrics_ok) for item in fairness]
+    checks = thresholds + fair + comparison
+    violations = [
+        _limit_record(item)
+        for item, check in zip(fairness, fair, strict=True)
+        if check.verdict == "pass" and check.value is not None and check.bound is not None and check.value > check.bound
+    ]
+    breaches = champion_fairness_breaches(fairness) if not first_run else []
+    reason = _reason(checks, champion_version, first_run, len(fairness), violations)
+    blessed = not any(c.verdict == "fail" for c in checks)
+    return GateDecision(blessed, checks, champion_version, first_run, primary_metric, reason, violations, breaches)
 
+
+def _reason(
+    checks: list[GateCheck],
+    champion_version: str | None,
+    first_run: bool,
+    n_fairness: int,
+    violations: list[dict[str, Any]],
+) -> str:
     failed = [c for c in checks if c.verdict == "fail"]
     if failed:
-        reason = "not blessed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
-    elif first_run:
+        return "not blessed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    if first_run:
         reason = f"blessed on first run: all {len(checks) - 1} absolute threshold checks pass"
-        if fairness:
-            reason += f" (fairness criteria included: {len(fairness)})"
-    else:
-        gated = sum(c.verdict == "pass" for c in checks)
-        skipped = sum(c.verdict == "skip" for c in checks)
-        reason = f"blessed: no worse than champion version {champion_version} on {gated} checks" + (
-            f" ({skipped} skipped)" if skipped else ""
-        )
-    return GateDecision(not failed, checks, champion_version, first_run, primary_metric, reason)
+        return reason + (f" (fairness criteria included: {n_fairness})" if n_fairness else "")
+    gated = sum(c.verdict == "pass" for c in checks)
+    skipped = sum(c.verdict == "skip" for c in checks)
+    reason = f"blessed: no worse than champion version {champion_version} on {gated} checks" + (
+        f" ({skipped} skipped)" if skipped else ""
+    )
+    if violations:
+        reason += "; fairness limit broken, less than the champion: " + "; ".join(map(violation_text, violations))
+    return reason

@@ -13,6 +13,7 @@ import html
 from typing import Any
 
 from mlops_airflow.core.config import ModelSpec
+from mlops_airflow.core.gate import fairness_limit
 
 SECTIONS = (
     "Intended use",
@@ -45,6 +46,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return lines
+
+
+def _fairness_verdict(item: dict[str, Any], excused: set[str]) -> str:
+    if item["value"] is not None and item["value"] <= item["max"]:
+        return "pass"
+    return "over max, less than the champion" if fairness_limit(item) in excused else "fail"
 
 
 def build_card(
@@ -124,16 +131,29 @@ def build_card(
     importance = evaluation.get("importance") or []
     if importance:
         lines += [f"Permutation importance: drop of `{spec.primary}` when the feature is shuffled.", ""]
+        basis = importance[0].get("basis")
+        if basis is not None:
+            lines += [f"Change against the champion's importance {basis}.", ""]
         lines += _table(
-            ["rank", "feature", "importance", "std", "champion", "change"],
+            ["rank", "feature", "importance", "std", "champion at registration", "champion on today's rows", "change"],
             [
-                [r["candidate_rank"], r["feature"], r["candidate"], r["candidate_std"], r["champion"], r["change"]]
+                [
+                    r["candidate_rank"],
+                    r["feature"],
+                    r["candidate"],
+                    r["candidate_std"],
+                    r.get("champion_registered"),
+                    r.get("champion_today"),
+                    r["change"],
+                ]
                 for r in importance
             ],
         )
     else:
         lines.append("_Not computed._")
     lines += ["", "## Fairness", ""]
+    # Limits this version was blessed over because the champion broke them more (gate.fairness_violations).
+    excused = {v["limit"] for v in decision.get("fairness_violations") or []}
     if fairness:
         lines += _table(
             ["criterion", "attribute", "value", "max", "champion", "verdict", "detail"],
@@ -144,7 +164,7 @@ def build_card(
                     f["value"],
                     f["max"],
                     f["champion_value"],
-                    "pass" if f["value"] is not None and f["value"] <= f["max"] else "fail",
+                    _fairness_verdict(f, excused),
                     f["detail"],
                 ]
                 for f in fairness

@@ -24,12 +24,13 @@ if TYPE_CHECKING:
 class _RegistryMixin:
     model_name: str
     client: Any
+    signing_key: bytes | None
 
     @property
     def registry(self) -> ModelRegistry:
         from mlops_airflow.core.registry import ModelRegistry
 
-        return ModelRegistry(self.client, self.model_name, signing_key=signing_key())
+        return ModelRegistry(self.client, self.model_name, signing_key=self.signing_key)
 
     @staticmethod
     def actor(context: Context) -> Actor:
@@ -39,20 +40,6 @@ class _RegistryMixin:
         dag_run = context.get("dag_run")
         user = getattr(dag_run, "triggering_user_name", None) if dag_run is not None else None
         return Actor(dag_id=context["dag"].dag_id, run_id=context["run_id"], user=user or None)
-
-
-def signing_key() -> bytes | None:
-    """The key of the gate signatures: env ``MLOPS_SIGNING_KEY``, else the Airflow variable
-    ``mlops_signing_key``; None when neither is set (blessing is then proven by the source run alone).
-
-    Only Airflow holds it: a person with MLflow write access cannot sign a version the gate never blessed.
-    """
-    import os
-
-    from airflow.sdk import Variable
-
-    key = os.environ.get("MLOPS_SIGNING_KEY") or Variable.get("mlops_signing_key", default=None)
-    return str(key).encode() if key else None
 
 
 class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
@@ -74,15 +61,16 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
         self.candidate = candidate
 
     def _baseline(self, context: Context) -> Any | None:
-        """The champion to compare with. If this DAG run's own version already is champion (the run is
-        being cleared and re-run after it promoted), compare with the version it was judged against."""
-        champion = self.registry.champion()
+        """The champion to compare with, proven blessed (a champion set by hand fails the run, naming it). If
+        this DAG run's own version already is champion (the run is being cleared and re-run after it
+        promoted), compare with the version it was judged against."""
+        champion = self.servable(required=False)
         if champion is None:
             return None
-        tags = champion.tags or {}
+        tags = champion.tags
         if tags.get("airflow.dag_id") == self.dag_id and tags.get("airflow.run_id") == context["run_id"]:
             earlier = tags.get("mlops.gate.champion_version")
-            return self.registry.version(earlier) if earlier else None
+            return self.servable(version=earlier) if earlier else None
         return champion
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -91,8 +79,8 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
         from mlops_airflow.core import tracking
         from mlops_airflow.core.data import load_part
         from mlops_airflow.core.evaluation import Target, compute_metrics
-        from mlops_airflow.core.explain import Scored, assess_versions
-        from mlops_airflow.core.gate import paired_bootstrap, slice_metrics
+        from mlops_airflow.core.explain import Scored, assess_versions, recorded_importance
+        from mlops_airflow.core.gate import CHAMPION_BREACH_TAG, breach_text, paired_bootstrap, slice_metrics
         from mlops_airflow.core.reports import metric_comparison_figure, roc_curve_figure
         from mlops_airflow.core.scoring import encode_labels, load_model, model_threshold, predict_rows
 
@@ -121,8 +109,8 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
         figures = {}
         champion_scored = None
         if baseline is not None:
-            version = str(baseline.version)
-            champion_model = load_model(f"models:/{spec.name}/{version}")
+            version = baseline.version
+            champion_model = load_model(baseline.uri)
             champion_threshold = model_threshold(champion_model)
             _, champion_score = predict_rows(spec, champion_model, evaluation)
             thresholds = (candidate_threshold, champion_threshold)
@@ -155,11 +143,23 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
                 )
         figures["metrics_candidate_vs_champion.png"] = metric_comparison_figure(result["candidate"], result["champion"])
         tracking.log_figures(self.client, parent, figures, "evaluation")
-        # What each version relies on and whom it fails, on the same rows (report and gate input).
+        # What each version relies on and whom it fails, on the same rows (report and gate input); the
+        # champion's importance is also read as its own CT run recorded it at registration.
+        recorded = None
+        if baseline is not None:
+            recorded = recorded_importance(self.client, spec, str(baseline.version), baseline.run_id)
         assessment = assess_versions(
-            spec, evaluation, y, Scored(candidate_model, candidate_score, candidate_threshold), champion_scored
+            spec,
+            evaluation,
+            y,
+            Scored(candidate_model, candidate_score, candidate_threshold),
+            champion_scored,
+            recorded,
         )
         result.update(assessment.summary)
+        if assessment.summary["champion_fairness_breaches"]:
+            breach = breach_text(assessment.summary["champion_fairness_breaches"], result["champion_version"])
+            self.client.set_tag(parent, CHAMPION_BREACH_TAG, breach[:5000])
         for path, data in assessment.artifacts.items():
             tracking.log_json(self.client, parent, data, path)
         tracking.log_figures(self.client, parent, assessment.figures, "explain")
@@ -288,6 +288,7 @@ class RegisterChallengerOperator(_RegistryMixin, MlopsBaseOperator):
 
         if not self.decision.get("blessed"):  # the gate skips this task; refuse all the same
             raise AirflowFailException(f"{self.model_name}: refusing to register a candidate not blessed")
+        self.require_signing_key()
         parent = self.parent_run_id(context)
         registry = self.registry
         version = registry.version_of_run(self.dag_id, context["run_id"])
@@ -316,13 +317,9 @@ class RegisterChallengerOperator(_RegistryMixin, MlopsBaseOperator):
         else:
             self.log.info("version %s was already registered by this DAG run", version.version)
         # Signed from the gate's own output (XCom, which only Airflow writes), never from MLflow state; a
-        # retry re-signs the same bytes.
-        if not registry.sign(str(version.version), self.decision):
-            self.log.warning(
-                "no signing key (env MLOPS_SIGNING_KEY or Airflow variable mlops_signing_key): version %s is "
-                "unsigned; promotion and rollback prove its blessing from its source run only",
-                version.version,
-            )
+        # retry re-signs the same bytes. No key, no signature: the version could never serve, so fail here.
+        self.require_signing_key()
+        registry.sign(str(version.version), self.decision)
         log_card(
             self.client,
             self.spec,
@@ -375,7 +372,7 @@ class SmokeTestOperator(MlopsBaseOperator):
         scratch = Path(tracking.scratch_dir())
         rows_file = scratch / "rows.parquet"
         x.head(spec.smoke_test.rows).to_parquet(rows_file, index=False)
-        challenger = self.client.get_model_version_by_alias(spec.name, CHALLENGER)
+        challenger = self.servable(alias=CHALLENGER)  # proven blessed, as the server will require
         if str(challenger.version) != str(self.registered["version"]):
             raise AirflowFailException(
                 f"{spec.name}: alias challenger points at version {challenger.version}, this run registered "

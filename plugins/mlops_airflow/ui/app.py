@@ -84,9 +84,25 @@ def next_run(schedule: str | None, now: dt.datetime | None = None) -> str:
 
 
 def _status(spec: Any) -> Any:
-    from mlops_airflow.core.ledger import model_status
+    """The model's status, with its champion checked by the champion resolver (what serves must be proven)."""
+    from dataclasses import replace
 
-    return model_status(_client(), spec.name, spec.primary)
+    from mlops_airflow.core import settings
+    from mlops_airflow.core.champion import NoVersionError, UnblessedVersionError, resolve
+    from mlops_airflow.core.ledger import model_status
+    from mlops_airflow.core.signing import signing_key
+
+    client = _client()
+    st = model_status(client, spec.name, spec.primary)
+    if st.champion is None:
+        return st
+    try:
+        proof = resolve(client, spec.name, signing_key(settings.default_tracking_uri())).provenance
+    except UnblessedVersionError as err:
+        return replace(st, champion_refused=str(err))
+    except NoVersionError:  # moved away while the page was read
+        return st
+    return replace(st, champion_proof="signature" if proof.signed else "source run")
 
 
 # ------------------------------------------------------------------------------------------------ HTML
@@ -110,6 +126,31 @@ def _page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
         f"<style>{STYLE}</style></head><body>{body}</body></html>"
+    )
+
+
+def stuck_notifications(model: str) -> str:
+    """A warning when messages of ``model`` wait in its notification outbox after a failed delivery (count,
+    oldest, last error); empty when none does."""
+    from mlops_airflow.core import notify, settings
+
+    root: Any = settings.storage_base()
+    try:
+        if settings.storage_conn_id():
+            from airflow.sdk import ObjectStoragePath
+
+            root = ObjectStoragePath(root, conn_id=settings.storage_conn_id())
+        found = notify.stuck(root, model)
+    except Exception as err:
+        unreadable = e(notify.describe_error(err))
+        return f"<p class='warn' id='stuck-notifications'>notification outbox unreadable: {unreadable}</p>"
+    if found is None:
+        return ""
+    return (
+        f"<p class='warn' id='stuck-notifications'><b>{found.count} notification(s) not delivered</b>, oldest queued "
+        f"{e(found.oldest)}; last error ({e(found.last_attempt_at)}): {e(found.last_error)}. They wait in "
+        f"<code>{e(model)}/outbox/</code> and are retried from {e(found.next_attempt_at)} by the model's next "
+        "notification and DAG notify_outbox.</p>"
     )
 
 
@@ -160,7 +201,8 @@ def render_overview(rows: list[tuple[Any, Any]], errors: dict[str, str]) -> str:
             pin = " <span class='pill'>pinned</span>" if st.pinned == st.champion else f" (pinned: v{e(st.pinned)})"
         champion = "<span class='muted'>none</span>"
         if st.champion:
-            champion = f"<span class='pill'>v{e(st.champion)}</span>{pin}"
+            refused = " <span class='bad'>not proven blessed</span>" if st.champion_refused else ""
+            champion = f"<span class='pill'>v{e(st.champion)}</span>{pin}{refused}"
         body.append(
             f"<tr><td><a href='{quote(spec.name)}'>{e(spec.name)}</a></td><td>{champion}</td>"
             f"<td>{e(st.champion_since or '')}</td><td>{e(st.champion_why or '')}</td>"
@@ -179,16 +221,32 @@ def render_markdown(text: str) -> str:
     return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
 
 
-def render_model(spec: Any, st: Any, report: str | None, at: str | None, served: Any, error: str | None) -> str:
+def render_model(
+    spec: Any,
+    st: Any,
+    report: str | None,
+    at: str | None,
+    served: Any,
+    error: str | None,
+    fairness_breach: str | None = None,
+) -> str:
+    """The model's page; ``fairness_breach``: the fairness limits the champion breaks (:func:`_fairness_breach`)."""
     ct, mon, exp = st.last_ct, st.last_monitor, st.experiment_id
     parts = [f"<p><a href='./'>&larr; all models</a></p><h1>{e(spec.name)}</h1>"]
     if spec.description:
         parts.append(f"<p class='muted'>{e(spec.description)}</p>")
+    if st.champion_refused:
+        parts.append(
+            f"<p class='warn' id='champion-refused'><b>champion v{e(st.champion)} is not proven blessed and does "
+            f"not serve</b>: {e(st.champion_refused)}</p>"
+        )
     if st.unrecorded_move:
         parts.append(
             f"<p class='warn'>champion is v{e(st.champion)} but the ledger's last move put "
             f"v{e(st.ledger[-1].to_version if st.ledger else None)} there: it was moved outside Airflow.</p>"
         )
+    if fairness_breach:
+        parts.append(f"<p class='warn' id='champion-fairness'><b>fairness breach</b>: {e(fairness_breach)}</p>")
     pin = ""
     if st.pinned:
         who = st.pinned_by or {}
@@ -310,7 +368,24 @@ async def model_page(name: str, user: UserDep, at: str | None = None) -> HTMLRes
         report = await asyncio.to_thread(gate_report, _client(), st.last_ct.mlflow_run_id)
     when, error = _parse_at(at)
     served = served_at(st.ledger, when) if when else None
-    return _page(f"{name}: model", render_model(spec, st, report, at if when else None, served, error))
+    breach = await asyncio.to_thread(_fairness_breach, st)
+    stuck = await asyncio.to_thread(stuck_notifications, spec.name)
+    return _page(f"{name}: model", stuck + render_model(spec, st, report, at if when else None, served, error, breach))
+
+
+def _fairness_breach(st: Any) -> str | None:
+    """The fairness limits the champion broke on the rows of the newest CT run that evaluated it (its run tag)."""
+    from mlops_airflow.core.gate import CHAMPION_BREACH_TAG
+
+    if st.champion is None or st.experiment_id is None:
+        return None
+    runs = _client().search_runs(
+        [st.experiment_id],
+        filter_string=f"tags.`mlops.kind` = 'ct' and tags.`mlops.champion_version` = '{st.champion}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].data.tags.get(CHAMPION_BREACH_TAG) if runs else None
 
 
 @app.get("/api/models/{name}")
