@@ -308,6 +308,32 @@ at most once per {d.cooldown_hours:g} h; otherwise it is skipped.
     return dag
 
 
+OUTBOX_DAG_ID = "notify_outbox"
+
+
+def build_outbox_dag() -> DAG:
+    """Every 15 minutes, send the notifications that wait in the models' outboxes (after a failed delivery)."""
+    from mlops_airflow.operators.notify import DeliverNotificationsOperator
+
+    with DAG(
+        dag_id=OUTBOX_DAG_ID,
+        schedule=cron_timetable("*/15 * * * *"),
+        catchup=False,
+        max_active_runs=1,
+        tags=["mlops", "notifications"],
+        description="Retry the notifications that wait in the models' outboxes",
+        doc_md="""### Notification outbox
+
+Sends what waits in `MLOPS_STORAGE_BASE/<model>/outbox/` for every model: messages whose delivery failed
+(SMTP server or Slack down) and whose next attempt time has come, oldest first, each only on the channels
+that have not taken it. Trigger it with `force` to send every waiting message now, backoff or not.
+""",
+        params={"force": Param(False, type="boolean", description="Send every waiting message now, backoff or not")},
+    ) as dag:
+        DeliverNotificationsOperator(task_id="deliver", force="{{ params.force }}", retries=0)
+    return dag
+
+
 class InvalidModelSpecWarning(UserWarning):
     """A model YAML that cannot be used: its model gets no DAGs, the others are unaffected."""
 
@@ -368,6 +394,7 @@ def build_dags(specs: list[ModelSpec] | None = None) -> dict[str, DAG]:
         for builder in (build_ct_dag, build_monitor_dag, build_predict_dag, build_rollback_dag):
             dag = builder(spec)
             dags[dag.dag_id] = dag
+    dags[OUTBOX_DAG_ID] = build_outbox_dag()
     for path, error in errors.items():
         warnings.warn(str(error), InvalidModelSpecWarning, stacklevel=2)
         stand_in = build_invalid_spec_dag(path, error)

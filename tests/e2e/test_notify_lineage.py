@@ -33,6 +33,7 @@ MODEL = "credit_default"
 REPO = Path(__file__).resolve().parents[2]
 BASE_URL = "http://airflow.example.test:8080"
 PAGE = f"{BASE_URL}/mlops/models/{MODEL}"
+FORGED = "<!channel> <https://evil.example|click>"  # a ping and a disguised link, typed into a reason
 
 
 class Inbox:
@@ -71,7 +72,9 @@ class Channels:
         return [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"].endswith(job_suffix)]
 
 
-def _slack_endpoint(received: list[dict[str, Any]]) -> ThreadingHTTPServer:
+def slack_endpoint(received: list[dict[str, Any]], port: int = 0) -> ThreadingHTTPServer:
+    """A local HTTP endpoint standing in for Slack's incoming webhook: keeps every JSON payload posted."""
+
     class Webhook(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
@@ -82,7 +85,7 @@ def _slack_endpoint(received: list[dict[str, Any]]) -> ThreadingHTTPServer:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Webhook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -130,7 +133,7 @@ def channels(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         smtp_port = int(sock.getsockname()[1])
     smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
-    slack = _slack_endpoint(slack_received)
+    slack = slack_endpoint(slack_received)
     spec = yaml.safe_load((REPO / "include" / "models" / f"{MODEL}.yaml").read_text())
     spec["estimator"]["search_space"] = {"learning_rate": [0.1], "max_leaf_nodes": [31]}
     spec["gate"]["n_bootstrap"] = 200
@@ -189,7 +192,7 @@ def _make_runs(ch: Channels, data: Path) -> Channels:
     ch.runs["reject"], ch.xcoms["reject"] = _run(f"ct_{MODEL}")
 
     ch.runs["rollback"], ch.xcoms["rollback"] = _run(
-        f"rollback_{MODEL}", {"version": "1", "reason": "hold v1 while the labels are audited"}
+        f"rollback_{MODEL}", {"version": "1", "reason": f"hold v1 while the labels are audited {FORGED}"}
     )
 
     # a landing zone whose newest batch breaks the spec (age below 18): validation fails
@@ -243,12 +246,21 @@ def test_one_email_and_one_slack_message_per_event_each_linking_page_and_run(cha
     assert "v1 is champion (first champion)" in str(ch.emails("promoted")[0]["Subject"])
     rejected = body_of(ch.emails("candidate rejected by the gate")[0])
     assert "NOT BLESSED" in rejected and "failed non_inferiority" in rejected, rejected
-    assert "hold v1 while the labels are audited" in body_of(ch.emails("rolled back")[0])
+    rolled_back = body_of(ch.emails("rolled back")[0])
+    assert "hold v1 while the labels are audited &lt;!channel&gt; &lt;https://evil.example|click&gt;" in rolled_back
+    assert "<!channel>" not in rolled_back and "<https://evil" not in rolled_back
+    posted = ch.slacks("rolled back")[0]
+    assert "audited &lt;!channel&gt; &lt;https://evil.example|click&gt;" in posted, posted
+    assert "<!channel>" not in posted and "<https://evil" not in posted
     invalid = body_of(ch.emails("data validation failed")[0])
     assert "column &#x27;age&#x27;" in invalid and "batch_2026-01-15.csv" in invalid, invalid
     assert "reason: drift" in ch.slacks("retrain requested")[0] or "drift" in ch.slacks("retrain requested")[0]
     # nothing for events that did not happen: the blessed gate of the first run, the predict run
     assert len(ch.inbox.messages) == 5 and len(ch.slack) == 5
+    # each went through the outbox and left it once delivered
+    from mlops_airflow.core import notify, settings
+
+    assert notify.waiting(settings.storage_base(), MODEL) == []
 
 
 def test_approval_waiting_is_sent_by_the_approve_task(channels) -> None:
@@ -268,7 +280,8 @@ def test_approval_waiting_is_sent_by_the_approve_task(channels) -> None:
     assert [(n.event, n.model_name) for n in notifiers] == [("approval_waiting", MODEL)]
 
     note = notify.approval_waiting(MODEL, "3", base_url=BASE_URL, dag_id=f"ct_{MODEL}", run_id="manual__x")
-    assert deliver(spec.notify, note, {}) == ["email", "slack"]
+    msg_id = notify.message_id(f"ct_{MODEL}", "manual__x", "approval_waiting")
+    assert deliver(spec.notify, note, {}, msg_id) == ["email", "slack"]
     mail = channels.emails("promotion waiting for approval")
     assert (
         len(mail) == 1 and PAGE in body_of(mail[0]) and f"{BASE_URL}/dags/ct_{MODEL}/runs/manual__x" in body_of(mail[0])
