@@ -42,6 +42,7 @@ def main() -> None:
 
     from mlops_airflow.core import demo_data, settings
     from mlops_airflow.core.config import get_spec
+    from mlops_airflow.core.signing import local_key  # the embedded default's key, as the server reads it
     from mlops_airflow.core.tracking import client_for
     from mlops_airflow.core.training import fit_final
     from mlops_airflow.serving.app import Server
@@ -51,7 +52,7 @@ def main() -> None:
     client = client_for(settings.default_tracking_uri())
     train = pd.concat([demo_data.generate_batch(d, n_rows=1000, seed=d) for d in range(7)], ignore_index=True)
     pipeline = fit_final(spec, {"learning_rate": 0.1, "max_leaf_nodes": 31}, train)
-    version = ct_version(client, spec, lambda: log_pipeline(spec, pipeline, train), signing_key=None)
+    version = ct_version(client, spec, lambda: log_pipeline(spec, pipeline, train), signing_key=local_key())
     client.set_registered_model_alias(MODEL, "champion", version)
 
     server = Server(ServingSettings.from_env(), [spec], client, settings.storage_base())

@@ -1,4 +1,4 @@
-"""Model spec -> the model's DAGs (DESIGN.md 3). Runs at parse time: reads YAML, builds tasks, nothing else."""
+"""Model spec -> the model's DAGs (docs/design.md 3). Runs at parse time: reads YAML, builds tasks, nothing else."""
 
 from __future__ import annotations
 

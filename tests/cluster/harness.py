@@ -1,4 +1,4 @@
-"""The docker-compose topology, run natively on loopback (DESIGN.md 6): no Docker engine needed.
+"""The docker-compose topology, run natively on loopback (docs/design.md 6): no Docker engine needed.
 
 ``NativeCluster`` starts, each in its own process group and its own home directory, the processes of
 docker-compose.yml against this machine's PostgreSQL and Redis:

@@ -41,6 +41,9 @@ def cluster_connection(mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Any
 
     def _point_at(url: str) -> None:
         monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "mlflow", "host": url}))
+        monkeypatch.setenv(
+            "MLOPS_SIGNING_KEY", "a-cluster-key-only-airflow-holds"
+        )  # a registry server: the key from the env
 
     return _point_at
 

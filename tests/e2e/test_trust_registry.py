@@ -122,6 +122,9 @@ def mlflow_server(mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
                 raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
         monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "mlflow", "host": url}))
+        monkeypatch.setenv(
+            "MLOPS_SIGNING_KEY", "a-cluster-key-only-airflow-holds"
+        )  # a registry server: the key from the env
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

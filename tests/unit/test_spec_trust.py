@@ -1,4 +1,4 @@
-"""Config is data: a model YAML names a scikit-learn estimator of its task, never a callable (DESIGN.md 7).
+"""Config is data: a model YAML names a scikit-learn estimator of its task, never a callable (docs/design.md 7).
 
 Each case is a spec an attacker or a careless user could write; each must fail when the spec is parsed,
 naming the file, the key and the rule, before any task runs.

@@ -1,6 +1,6 @@
 """Which scikit-learn estimators a model spec may name, checked at parse time without importing sklearn.
 
-A YAML is data, never code (DESIGN.md 7): ``estimator.class`` must be a scikit-learn classifier or regressor
+A YAML is data, never code (docs/design.md 7): ``estimator.class`` must be a scikit-learn classifier or regressor
 that can be built from plain values. The catalogue of those classes and their constructor parameters lives in
 :mod:`mlops_airflow.core._sklearn_catalogue`, generated from the installed scikit-learn by
 ``python -m mlops_airflow.core.estimators --write`` (a test fails when it no longer matches the installed

@@ -4,7 +4,7 @@ One class owns the client. The champion is always resolved by alias (``get_model
 never by "latest version" or a search. Every :class:`~mlflow.exceptions.MlflowException` is re-raised as
 :class:`RegistryError` naming the model and version.
 
-Trust rules (DESIGN.md 7):
+Trust rules (docs/design.md 7):
 
 * "Blessed" is proven, never read from a version tag: :meth:`ModelRegistry.verify_blessed` checks the gate
   decision recorded in the version's own source run (a ``ct_<model>`` parent run whose logged model is

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 DEPLOYMENT_ENV = "MLOPS_DEPLOYMENT"
 EMBEDDED = "embedded"
 CLUSTER = "cluster"
-# Executors of the embedded default (DESIGN.md 6): every task runs on the one machine that holds the store.
+# Executors of the embedded default (docs/design.md 6): every task runs on the one machine that holds the store.
 EMBEDDED_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor"})
 
 
