@@ -12,12 +12,15 @@ from mlops_airflow.serving.inputs import InputError, check_rows
 
 
 def test_checked_rows_are_typed_per_feature_type() -> None:
-    spec = load_model_spec(REPO / "include" / "examples" / "product_tier.yaml")
+    declared = load_model_spec(REPO / "include" / "examples" / "product_tier.yaml")
+    # categories lifted so that a number sent to a categorical feature shows how it is typed
+    features = [f.model_copy(update={"categories": None}) for f in declared.features]
+    spec = declared.model_copy(update={"features": features})
     kinds = {f.name: f.type for f in spec.features if f.use != "drop"}
     assert set(kinds.values()) == {"numeric", "categorical", "boolean", "datetime"}
     samples = {"numeric": [3, 2.5], "categorical": ["a", 7], "boolean": ["yes", False],
                "datetime": ["2024-01-02T03:04:05Z", "2024-05-06"]}  # fmt: skip
-    frame = check_rows(spec, {name: list(samples[kind]) for name, kind in kinds.items()}, 10)
+    frame = check_rows(spec, {name: list(samples[kind]) for name, kind in kinds.items()}, 10).rows
     assert list(frame.columns) == spec.model_features and len(frame) == 2
     for name, kind in kinds.items():
         values = frame[name].tolist()
@@ -33,8 +36,9 @@ def test_checked_rows_are_typed_per_feature_type() -> None:
 
 def test_nulls_become_nan_or_none_where_allowed_and_are_refused_elsewhere() -> None:
     spec = load_model_spec(REPO / "include" / "models" / "credit_default.yaml")
-    columns = {f.name: [None] if f.nullable else ([1] if f.type == "numeric" else ["x"]) for f in spec.features}
-    frame = check_rows(spec, columns, 10)
+    inside = {f.name: f.min if f.type == "numeric" else (f.categories or ["x"])[0] for f in spec.features}
+    columns = {f.name: [None] if f.nullable else [inside[f.name]] for f in spec.features}
+    frame = check_rows(spec, columns, 10).rows
     for feature in spec.features:
         if feature.nullable and feature.use != "drop":
             value = frame[feature.name].iloc[0]

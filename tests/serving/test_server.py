@@ -147,7 +147,7 @@ def test_hot_swap_under_load_keeps_every_request_and_refuses_a_broken_version(re
 
 def test_champion_moved_to_a_version_no_gate_blessed_is_refused(registrar, model_server, tmp_path) -> None:
     """Someone with MLflow write access moves ``champion`` by hand; the server proves every version blessed
-    (its ct_ run's gate decision and the HMAC signature) before it downloads or runs any of it."""
+    (the champion resolver: the gate's HMAC signature on the version) before it downloads or runs any of it."""
     reg = registrar()
     marker = tmp_path / "forged-model-ran"
     forged = reg.register_by_hand(tmp_path)  # champion from the start: a cold start on it
@@ -158,7 +158,10 @@ def test_champion_moved_to_a_version_no_gate_blessed_is_refused(registrar, model
     assert page["ready"] is False and page["version"] is None and page["registry_champion"] == forged
     refusal = page["last_load_error"]
     assert (refusal["version"], refusal["alias"], refusal["stage"]) == (forged, "champion", "verify")
-    assert "not proven blessed" in refusal["error"] and f"not a ct_{MODEL} run" in refusal["error"]
+    assert (
+        "not proven blessed" in refusal["error"]
+        and f"version {forged} may not serve: its gate signature" in (refusal["error"])
+    )
     ready = requests.get(f"{server.url}/ready", timeout=30)
     assert ready.status_code == 503 and ready.json()["waiting_for"] == [MODEL]
     refused = server.predict(rows(1))
@@ -181,7 +184,7 @@ def test_champion_moved_to_a_version_no_gate_blessed_is_refused(registrar, model
     requests.post(f"{server.url}/v1/models/{MODEL}/reload", headers=server.headers).raise_for_status()
     wait_until("the unsigned version's refusal", lambda: server.page()["last_load_error"]["version"] == unsigned)
     page = server.page()
-    assert "mlops.gate.signature is missing" in page["last_load_error"]["error"]
+    assert "(tag mlops.gate.signature) is missing" in page["last_load_error"]["error"]
     assert page["version"] == blessed and page["registry_champion"] == unsigned and page["swaps"] == 1
     answer = server.predict(rows(2))
     assert answer.status_code == 200 and answer.json()["model_version"] == blessed

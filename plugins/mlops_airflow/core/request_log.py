@@ -7,10 +7,15 @@ Layout, under ``MLOPS_STORAGE_BASE``::
 One row per scored input row: ``request_id``, ``row`` (its position in the request), ``served_at`` (UTC),
 ``model_version``, ``role`` (``champion``, or ``challenger`` for a shadow answer to the same request),
 ``threshold`` (the binary decision threshold the version answered with), the model's input columns as the
-model received them, and the model's answer (``prediction`` and one ``proba_<class>`` per class).
+model received them, and the model's answer (``prediction`` and one ``proba_<class>`` per class). Under
+``serving.out_of_domain: flag`` a champion row also carries ``out_of_domain``: what of it lies outside the
+spec's domain (``"region: 'atlantis' not in categories [...]"``, several joined by ``"; "``), null for a row
+inside it; :func:`out_of_domain_rows` counts them.
 
 A part file appears whole or not at all: local files are written under a hidden name and renamed, object
-stores write an object at once; readers skip names starting with ``.``.
+stores write an object at once; readers skip names starting with ``.``. Every part of a batch is encoded
+before the first is written: rows Parquet cannot hold raise :class:`UnloggableRowsError` and nothing is
+written.
 
 Labels that arrive later are joined by ``request_id`` (and ``row`` when a request held several rows):
 :func:`live_metrics` turns them into the metrics of each served version, and the agreement of the shadow
@@ -36,6 +41,24 @@ CHALLENGER_ROLE = "challenger"
 #: Columns every log row carries besides the model's inputs and answer.
 META_COLUMNS = ("request_id", "row", "served_at", "model_version", "role", "threshold")
 DATE_PREFIX = "date="
+#: Champion rows outside the spec's domain, under ``serving.out_of_domain: flag`` (text, null inside it).
+OUT_OF_DOMAIN_COLUMN = "out_of_domain"
+
+
+class UnloggableRowsError(ValueError):
+    """Rows that cannot be written as Parquet (their data, not the storage, is at fault)."""
+
+
+def encode_part(frame: pd.DataFrame) -> bytes:
+    """``frame`` as Parquet bytes, or :class:`UnloggableRowsError` naming why it cannot be."""
+    import pyarrow as pa
+
+    buffer = io.BytesIO()
+    try:
+        frame.reset_index(drop=True).to_parquet(buffer, index=False)
+    except (pa.ArrowException, ValueError, TypeError) as err:  # UnicodeEncodeError is a ValueError
+        raise UnloggableRowsError(f"{type(err).__name__}: {err}"[:500]) from err
+    return buffer.getvalue()
 
 
 def serving_dir(storage_base: Any, model: str) -> Any:
@@ -44,26 +67,28 @@ def serving_dir(storage_base: Any, model: str) -> Any:
 
 
 def write_part(storage_base: Any, model: str, frame: pd.DataFrame) -> list[str]:
-    """Write log rows (one part file per day of ``served_at``); returns the files written."""
+    """Write log rows (one part file per day of ``served_at``); returns the files written.
+
+    :raises UnloggableRowsError: rows Parquet cannot hold (nothing is written).
+    """
     if frame.empty:
         return []
     root = serving_dir(storage_base, model)
     days = frame["served_at"].dt.strftime("%Y-%m-%d")
+    parts = {day: encode_part(rows) for day, rows in frame.groupby(days, sort=True)}
     written = []
     stamp = dt.datetime.now(dt.UTC).strftime("%H%M%S")
-    for day, rows in frame.groupby(days, sort=True):
+    for day, data in parts.items():
         folder = root / f"{DATE_PREFIX}{day}"
         folder.mkdir(parents=True, exist_ok=True)
         name = f"part-{stamp}-{secrets.token_hex(6)}.parquet"
-        buffer = io.BytesIO()
-        rows.reset_index(drop=True).to_parquet(buffer, index=False)
         target = folder / name
         if getattr(target, "protocol", "file") in ("file", "local", "") or "://" not in str(target):
             hidden = folder / f".{name}.tmp"
-            hidden.write_bytes(buffer.getvalue())
+            hidden.write_bytes(data)
             hidden.rename(target)
         else:
-            target.write_bytes(buffer.getvalue())
+            target.write_bytes(data)
         written.append(str(target))
     return written
 
@@ -103,6 +128,14 @@ def served_rows(spec: ModelSpec, log: pd.DataFrame) -> pd.DataFrame:
     if log.empty:
         return log
     return log[log["role"] == CHAMPION_ROLE].reset_index(drop=True)
+
+
+def out_of_domain_rows(log: pd.DataFrame) -> int:
+    """How many champion rows of ``log`` (:func:`read_log`) were answered outside the spec's domain
+    (``serving.out_of_domain: flag``); 0 for a log without the column."""
+    if log.empty or OUT_OF_DOMAIN_COLUMN not in log.columns:
+        return 0
+    return int((log[OUT_OF_DOMAIN_COLUMN].notna() & (log["role"] == CHAMPION_ROLE)).sum())
 
 
 def _scores(spec: ModelSpec, rows: pd.DataFrame) -> np.ndarray:

@@ -4,33 +4,52 @@ Accepted bodies (a superset of ``mlflow models serve``): a JSON list of records;
 {"columns": [...], "data": [[...], ...]}}``; ``{"dataframe_records": [...]}``; ``{"instances": [...]}``
 (records); ``{"inputs": [...]}`` (records) or ``{"inputs": {"column": [values]}}``.
 
-Rules per feature type of the spec (features the spec drops are not read; other extra columns are ignored):
+Limits, the same for every format: the body's bytes (``MLOPS_SERVING_MAX_BODY_BYTES``, checked while it is
+read), its rows (``serving.max_rows`` of the spec) and its distinct column names
+(``MLOPS_SERVING_MAX_COLUMNS``, model features included), each refused with 413 before any row is checked.
+Only the model's features are read: features the spec drops and other extra columns are ignored (but count
+towards the column limit). Parsing and checking cost time linear in the body.
+
+Rules per feature type of the spec:
 
 * every model feature is present (a record without the key counts as null);
-* ``numeric``: a JSON number or null; ``categorical``: a string, number or boolean (compared as text) or null;
+* ``numeric``: a finite JSON number within the range of a 64-bit float (not ``NaN``, ``Infinity`` nor a
+  400-digit integer) or null; ``categorical``: a string, number or boolean (compared as text) or null;
   ``boolean``: ``true``/``false``, ``0``/``1`` or the text ``true``/``false``/``yes``/``no``/``t``/``f``/
   ``y``/``n``, or null; ``datetime``: an ISO-8601 string, or null;
-* null only where the spec says ``nullable: true``.
+* null only where the spec says ``nullable: true``;
+* the spec's domain: a categorical value among the feature's ``categories``, a numeric value within its
+  ``min``/``max`` (inclusive). A feature that declares neither is not checked. Outside the domain, per
+  ``serving.out_of_domain``: ``reject`` (the default) refuses the request, ``flag`` answers it and returns,
+  per row, what is outside (:attr:`Checked.out_of_domain`).
 
-A broken rule raises :class:`InputError` (status 400, 413 or 422) whose message names the column, the row
-and the rule; nothing in a body can make the server answer 500.
+Text is cleaned of lone surrogates (:func:`mlops_airflow.core.encoding.clean_text`) so that every row the
+server accepts can be answered and logged. A broken rule raises :class:`InputError` (status 400, 413 or
+422) whose message names the column, the row, the value and the rule; nothing in a body can make the server
+answer 500.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mlops_airflow.core.config import ModelSpec
+from mlops_airflow.core.config import FeatureSpec, ModelSpec
+from mlops_airflow.core.encoding import clean_text
 
 TRUE_TEXT = {"true", "t", "yes", "y", "1"}
 FALSE_TEXT = {"false", "f", "no", "n", "0"}
 FORMATS = "a JSON list of records, or an object with dataframe_split, dataframe_records, instances or inputs"
 MAX_PROBLEMS = 20
+SHOWN_CHARS = 40
+SHOWN_CATEGORIES = 10
+LONG_NUMBER = 10**SHOWN_CHARS
 
 
 class InputError(ValueError):
@@ -41,90 +60,148 @@ class InputError(ValueError):
         self.status = status
         self.problems = problems or []
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"error_code": "BAD_REQUEST" if self.status < 413 else "INVALID_INPUT", "message": str(self),
-                "problems": self.problems}  # fmt: skip
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry besides its bytes.
+
+    :param max_rows: rows (``serving.max_rows``).
+    :param max_columns: distinct column names, model features included (``MLOPS_SERVING_MAX_COLUMNS``).
+    """
+
+    max_rows: int
+    max_columns: int
 
 
-def parse_body(raw: bytes) -> dict[str, list[Any]]:
-    """The body's columns (name -> values, one per row), in whichever accepted format it came."""
+@dataclass
+class Checked:
+    """A request's rows, checked: the model's input frame and, under ``serving.out_of_domain: flag``, per
+    row the list of what lies outside the spec's domain (empty for a row inside it); None when no row is."""
+
+    rows: pd.DataFrame
+    out_of_domain: list[list[str]] | None = None
+
+
+def parse_body(raw: bytes, wanted: list[str], limits: Limits) -> dict[str, list[Any]]:
+    """The body's ``wanted`` columns (name -> values, one per row) that it carries, whichever accepted format
+    it came in; the other columns are counted against ``limits.max_columns`` and not read."""
     if not raw.strip():
         raise InputError(400, f"empty body: send {FORMATS}")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as err:
         raise InputError(400, f"body is not valid JSON ({err}); send {FORMATS}") from None
-    if isinstance(body, dict):
-        keys = [k for k in ("dataframe_split", "dataframe_records", "instances", "inputs") if k in body]
-        if len(keys) != 1:
-            raise InputError(400, f"body: expected exactly one of dataframe_split, dataframe_records, instances, "
-                                  f"inputs; got keys {sorted(body)[:10]}")  # fmt: skip
-        key = keys[0]
-        payload = body[key]
-        if key == "dataframe_split":
-            return _split(payload)
-        if key == "inputs" and isinstance(payload, dict):
-            return _column_lists(payload)
-        return _records(payload, key)
-    return _records(body, "body")
+    if not isinstance(body, dict):
+        return _records(body, "body", wanted, limits)
+    keys = [k for k in ("dataframe_split", "dataframe_records", "instances", "inputs") if k in body]
+    if len(keys) != 1:
+        raise InputError(400, f"body: expected exactly one of dataframe_split, dataframe_records, instances, "
+                              f"inputs; got keys {list(body)[:10]}")  # fmt: skip
+    key = keys[0]
+    payload = body[key]
+    if key == "dataframe_split":
+        return _split(payload, wanted, limits)
+    if key == "inputs" and isinstance(payload, dict):
+        return _column_lists(payload, wanted, limits)
+    return _records(payload, key, wanted, limits)
 
 
-def _records(payload: Any, where: str) -> dict[str, list[Any]]:
+def _too_many_rows(n: int, limits: Limits) -> None:
+    if n > limits.max_rows:
+        raise InputError(413, f"{n} rows in one request; at most {limits.max_rows} (serving.max_rows)")
+
+
+def _too_many_columns(count: int, wanted: list[str], limits: Limits, exact: bool = True) -> None:
+    bound = max(limits.max_columns, len(wanted))  # the model's own features always fit
+    if count > bound:
+        seen = f"{count}" if exact else f"more than {bound}"
+        raise InputError(413, f"{seen} distinct columns in one request; at most {bound} (MLOPS_SERVING_MAX_COLUMNS); "
+                              f"the model reads {len(wanted)}: {wanted}")  # fmt: skip
+
+
+def _records(payload: Any, where: str, wanted: list[str], limits: Limits) -> dict[str, list[Any]]:
     if not isinstance(payload, list):
         raise InputError(400, f"{where}: expected a list of records (JSON objects), got {type(payload).__name__}")
-    columns: dict[str, list[Any]] = {}
+    if not payload:
+        raise InputError(400, f"{where}: no rows")
+    _too_many_rows(len(payload), limits)
+    columns: dict[str, list[Any]] = {name: [] for name in wanted}
+    seen: set[str] = set()  # every key met so far: grows to the column limit at most
     for i, record in enumerate(payload):
         if not isinstance(record, dict):
             raise InputError(400, f"{where}[{i}]: expected a record (JSON object), got {type(record).__name__}")
-        for name in record:
-            if name not in columns:
-                columns[name] = [None] * i
+        if not seen.issuperset(record):  # a key not met before: counted, refused past the limit
+            seen.update(record)
+            _too_many_columns(len(seen), wanted, limits, exact=False)
         for name, values in columns.items():
             values.append(record.get(name))
-    if not payload:
-        raise InputError(400, f"{where}: no rows")
-    return columns
+    return {name: values for name, values in columns.items() if name in seen}
 
 
-def _split(payload: Any) -> dict[str, list[Any]]:
+def _split(payload: Any, wanted: list[str], limits: Limits) -> dict[str, list[Any]]:
     if not isinstance(payload, dict) or not isinstance(payload.get("columns"), list):
         raise InputError(400, 'dataframe_split: expected {"columns": [...], "data": [[...], ...]}')
     names, data = payload["columns"], payload.get("data")
+    _too_many_columns(len(names), wanted, limits)
     if not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise InputError(400, "dataframe_split.columns: expected distinct column names (strings)")
     if not isinstance(data, list) or not data:
         raise InputError(400, "dataframe_split.data: expected a non-empty list of rows")
+    _too_many_rows(len(data), limits)
     for i, row in enumerate(data):
         if not isinstance(row, list) or len(row) != len(names):
             raise InputError(400, f"dataframe_split.data[{i}]: expected a list of {len(names)} values (one per column)")
-    return {name: [row[j] for row in data] for j, name in enumerate(names)}
+    position = {name: j for j, name in enumerate(names)}
+    return {name: [row[position[name]] for row in data] for name in wanted if name in position}
 
 
-def _column_lists(payload: dict[str, Any]) -> dict[str, list[Any]]:
+def _column_lists(payload: dict[str, Any], wanted: list[str], limits: Limits) -> dict[str, list[Any]]:
+    _too_many_columns(len(payload), wanted, limits)
     lengths = {len(v) if isinstance(v, list) else -1 for v in payload.values()}
     if not payload or -1 in lengths or len(lengths) != 1 or 0 in lengths:
         raise InputError(400, 'inputs: expected {"column": [values], ...} with non-empty lists of one length')
-    return {str(k): list(v) for k, v in payload.items()}
+    _too_many_rows(lengths.pop(), limits)
+    return {name: payload[name] for name in wanted if name in payload}
 
 
-def _problem(column: str, row: int, rule: str, value: Any) -> dict[str, Any]:
-    shown = value if isinstance(value, int | float | str | bool) or value is None else type(value).__name__
-    if isinstance(shown, str) and len(shown) > 40:
-        shown = shown[:40] + "..."
-    return {"column": column, "row": row, "rule": rule, "value": shown}
+def shown(value: Any) -> Any:
+    """``value`` as an error message may echo it: JSON-safe, short (NaN and infinities as their JSON-ish
+    text, a long number or text cut, a list or object by its type)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= LONG_NUMBER:
+        text = str(value)
+        return f"{text[:SHOWN_CHARS]}... ({len(text.lstrip('-'))} digits)"
+    if isinstance(value, str):
+        text = clean_text(value)
+        return text[:SHOWN_CHARS] + "..." if len(text) > SHOWN_CHARS else text
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return type(value).__name__
+
+
+def _problem(column: str, row: int | None, rule: str, value: Any) -> dict[str, Any]:
+    return {"column": column, "row": row, "rule": rule, "value": shown(value)}
 
 
 def _numeric(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)  # an int beyond a float's range raises: refused like Infinity
+    except OverflowError:
+        return False
 
 
 def _category(value: Any) -> str | None:
     if isinstance(value, str):
-        return value
+        return clean_text(value)
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
-        return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else str(value)
     return None
 
 
@@ -142,15 +219,52 @@ def _boolean(value: Any) -> bool | None:
     return None
 
 
+def _datetime(value: Any) -> str | None:
+    if isinstance(value, str) and not pd.isna(pd.to_datetime(value, errors="coerce", utc=True)):
+        return value
+    return None
+
+
 RULES = {
-    "numeric": "a JSON number (numeric feature)",
+    "numeric": "a finite JSON number within a 64-bit float's range (numeric feature)",
     "categorical": "a string (categorical feature)",
     "boolean": "true/false, 0/1 or yes/no (boolean feature)",
     "datetime": "an ISO-8601 date-time string (datetime feature)",
 }
+CONVERTERS = {
+    "numeric": lambda v: v if _numeric(v) else None,
+    "categorical": _category,
+    "boolean": _boolean,
+    "datetime": _datetime,
+}
 
 
-def check_rows(spec: ModelSpec, columns: dict[str, list[Any]], max_rows: int) -> pd.DataFrame:
+class Domain:
+    """The values a feature's spec declares (``categories``, or ``min``/``max``); ``outside`` says why a
+    typed value is not among them, or None."""
+
+    def __init__(self, feature: FeatureSpec) -> None:
+        self.categories = set(feature.categories) if feature.categories is not None else None
+        self.listed = ", ".join(feature.categories[:SHOWN_CATEGORIES]) if feature.categories else ""
+        if feature.categories and len(feature.categories) > SHOWN_CATEGORIES:
+            self.listed += f", ... ({len(feature.categories)} in all)"
+        self.min, self.max = feature.min, feature.max
+
+    @property
+    def declared(self) -> bool:
+        return self.categories is not None or self.min is not None or self.max is not None
+
+    def outside(self, value: Any) -> str | None:
+        if self.categories is not None:
+            return None if value in self.categories else f"not in categories [{self.listed}]"
+        if self.min is not None and value < self.min:
+            return f"below min {self.min:g}"
+        if self.max is not None and value > self.max:
+            return f"above max {self.max:g}"
+        return None
+
+
+def check_rows(spec: ModelSpec, columns: dict[str, list[Any]], max_rows: int) -> Checked:
     """The model's input rows (typed as :func:`mlops_airflow.core.scoring.model_input` types them), or
     :class:`InputError` listing every broken rule (up to :data:`MAX_PROBLEMS`)."""
     n = len(next(iter(columns.values()))) if columns else 0
@@ -158,48 +272,53 @@ def check_rows(spec: ModelSpec, columns: dict[str, list[Any]], max_rows: int) ->
         raise InputError(413, f"{n} rows in one request; at most {max_rows} (serving.max_rows of {spec.name})")
     missing = [name for name in spec.model_features if name not in columns]
     if missing:
-        absent = [{"column": c, "row": None, "rule": "missing: a model feature must be sent", "value": None}
-                    for c in missing]  # fmt: skip
+        absent = [_problem(c, None, "missing: a model feature must be sent", None) for c in missing]
         raise InputError(422, f"{spec.name}: missing feature column(s) {missing}", absent)
+    flag = spec.serving.out_of_domain == "flag"
     problems: list[dict[str, Any]] = []
+    flags: list[list[str]] = [[] for _ in range(n)]
     out: dict[str, list[Any]] = {}
     for feature in spec.features:
-        if feature.use == "drop":
+        if feature.use == "drop" or len(problems) >= MAX_PROBLEMS:
             continue
-        name, values = feature.name, columns[feature.name]
-        typed: list[Any] = []
-        for row, value in enumerate(values):
-            if value is None:
-                if not feature.nullable:
-                    problems.append(_problem(name, row, "null is not allowed (nullable: false)", value))
-                typed.append(None)
-                continue
-            if feature.type == "numeric":
-                ok, converted = _numeric(value), value
-            elif feature.type == "categorical":
-                converted = _category(value)
-                ok = converted is not None
-            elif feature.type == "boolean":
-                converted = _boolean(value)
-                ok = converted is not None
-            else:
-                converted = value
-                ok = isinstance(value, str) and not pd.isna(pd.to_datetime(value, errors="coerce", utc=True))
-            if not ok:
-                problems.append(_problem(name, row, f"expected {RULES[feature.type]}", value))
-            typed.append(converted if ok else None)
-            if len(problems) >= MAX_PROBLEMS:
-                break
-        out[name] = typed
-        if len(problems) >= MAX_PROBLEMS:
-            break
+        out[feature.name] = _check_column(feature, columns[feature.name], problems, flags if flag else None)
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise InputError(
-            422, f"{spec.name}: column {first['column']!r}, row {first['row']}: {first['rule']}{more}", problems
-        )
-    return typed_frame(spec, out)
+        value = "null" if first["value"] is None else repr(first["value"])
+        raise InputError(422, f"{spec.name}: column {first['column']!r}, row {first['row']}, value {value}: "
+                              f"{first['rule']}{more}", problems)  # fmt: skip
+    flagged = flags if flag and any(flags) else None
+    return Checked(typed_frame(spec, out), flagged)
+
+
+def _check_column(
+    feature: FeatureSpec, values: Iterable[Any], problems: list[dict[str, Any]], flags: list[list[str]] | None
+) -> list[Any]:
+    """One feature's values typed; broken rules go to ``problems``, out-of-domain values to ``flags`` (or,
+    without ``flags``, to ``problems``)."""
+    name, convert = feature.name, CONVERTERS[feature.type]
+    domain = Domain(feature)
+    typed: list[Any] = []
+    for row, value in enumerate(values):
+        if value is None:
+            if not feature.nullable:
+                problems.append(_problem(name, row, "null is not allowed (nullable: false)", value))
+            typed.append(None)
+        elif (converted := convert(value)) is None:
+            problems.append(_problem(name, row, f"expected {RULES[feature.type]}", value))
+            typed.append(None)
+        else:
+            typed.append(converted)
+            why = domain.outside(converted) if domain.declared else None
+            if why is not None and flags is not None:
+                flags[row].append(f"{name}: {shown(converted)!r} {why}")
+            elif why is not None:
+                problems.append(_problem(name, row, f"{why} (outside the spec's domain; serving.out_of_domain: "
+                                                    "reject)", converted))  # fmt: skip
+        if len(problems) >= MAX_PROBLEMS:
+            break
+    return typed
 
 
 def typed_frame(spec: ModelSpec, columns: dict[str, list[Any]]) -> pd.DataFrame:

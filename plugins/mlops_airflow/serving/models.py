@@ -1,9 +1,9 @@
 """Which version answers: one :class:`ModelSlot` per model, kept at ``champion`` by a :class:`Follower`.
 
 A swap never blocks or fails a request. The follower first proves the new version blessed
-(:meth:`mlops_airflow.core.registry.ModelRegistry.verify_blessed`: the gate decision recorded in the
-version's own ``ct_<model>`` run and, when ``MLOPS_SIGNING_KEY`` is set, its HMAC gate signature; READ access
-to registered models and experiments is enough). Tags are no evidence: ``champion`` moved by hand to a
+through the champion resolver (:func:`mlops_airflow.core.champion.resolve`: the version's HMAC gate
+signature, made with the key only Airflow and this server hold; READ access to registered models is
+enough). Tags are no evidence: ``champion`` moved by hand to a
 version no gate blessed is refused before any of its files are downloaded or its code runs. Then it loads
 the version (download, ``mlflow.pyfunc.load_model``), warms it up on the version's own input example (the
 rows it was logged with) through the same path requests take, checks the answer's shape (one row per input,
@@ -148,14 +148,15 @@ class RefusedVersionError(RuntimeError):
 
 
 def prove_blessed(client: Any, spec: ModelSpec, version: str, signing_key: bytes | None) -> Any:
-    """The version's :class:`~mlops_airflow.core.registry.Provenance`, or :class:`RefusedVersionError` naming
-    the trust rule it breaks. A registry that cannot be read raises
-    :class:`~mlops_airflow.core.registry.RegistryError` (retried at the next poll, nothing is decided)."""
-    from mlops_airflow.core.registry import ModelRegistry, UnblessedVersionError
+    """The version's :class:`~mlops_airflow.core.registry.Provenance` from the champion resolver
+    (:func:`mlops_airflow.core.champion.resolve`), or :class:`RefusedVersionError` naming the trust rule it
+    breaks. A registry that cannot be read raises :class:`~mlops_airflow.core.registry.RegistryError`
+    (retried at the next poll, nothing is decided)."""
+    from mlops_airflow.core.champion import NoVersionError, UnblessedVersionError, resolve
 
     try:
-        return ModelRegistry(client, spec.name, signing_key=signing_key).verify_blessed(version)
-    except UnblessedVersionError as err:
+        return resolve(client, spec.name, signing_key, version=version).provenance
+    except (UnblessedVersionError, NoVersionError) as err:
         raise RefusedVersionError(f"refused, not proven blessed: {err}") from None
 
 
@@ -192,7 +193,7 @@ class Follower:
     :param client: an ``MlflowClient`` (READ access to registered models and experiments is enough).
     :param slots: model name -> slot.
     :param poll_seconds: how often the registry is read without a notification.
-    :param signing_key: the gate signatures' key (``MLOPS_SIGNING_KEY``); None = blessing is proven by the
+    :param signing_key: the gate signatures' key (``MLOPS_SIGNING_KEY``); None (a test only) = blessing is proven by the
         source run alone.
     """
 

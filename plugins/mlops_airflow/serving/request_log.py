@@ -6,7 +6,9 @@ no copy, no I/O on the response path); a background thread writes them every ``f
 before it answers (back-pressure: no row is dropped while storage takes writes; only if writes keep failing
 beyond twice ``max_rows`` are the oldest rows dropped, and counted in ``dropped_rows``).
 :meth:`RequestLog.close` (the app's shutdown) writes whatever is left, so a clean stop loses nothing. A write
-that fails keeps its rows for the next attempt.
+that fails keeps its rows for the next attempt. One request whose rows Parquet cannot hold never blocks the
+others: its rows are dropped, logged and counted (``unloggable_rows``), and the rest are written (the input
+checks clean text so that this should not happen).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class Entry:
         )
         inputs = self.rows.reset_index(drop=True)
         answer = self.answer.reset_index(drop=True).drop(columns=list(inputs.columns), errors="ignore")
+        if request_log.OUT_OF_DOMAIN_COLUMN in answer.columns:  # a list per row -> one text (null inside)
+            marks = answer[request_log.OUT_OF_DOMAIN_COLUMN]
+            answer[request_log.OUT_OF_DOMAIN_COLUMN] = [None if m is None else "; ".join(m) for m in marks]
         return pd.concat([meta, inputs, answer], axis=1)
 
 
@@ -72,6 +77,7 @@ class RequestLog:
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self.written_rows = 0
         self.dropped_rows = 0
+        self.unloggable_rows = 0
         self.files = 0
         self.last_error: str | None = None
 
@@ -102,26 +108,69 @@ class RequestLog:
             by_model: dict[str, list[Entry]] = defaultdict(list)
             for entry in batch:
                 by_model[entry.model].append(entry)
-            written = 0
-            for model, entries in by_model.items():
-                try:
-                    frame = pd.concat([e.frame() for e in entries], ignore_index=True)
-                    self.files += len(request_log.write_part(self.storage_base, model, frame))
-                    written += len(frame)
-                except Exception as err:  # storage trouble: keep the rows, try again next time
-                    self.last_error = f"{type(err).__name__}: {err}"[:500]
-                    log.error("request log of %s not written (%s); %d entries kept", model, self.last_error,
-                              len(entries))  # fmt: skip
-                    with self._lock:
-                        self._pending[:0] = entries
-                        self._rows += sum(len(e.rows) for e in entries)
-                        # storage down for long: memory stays bounded, the oldest rows go (and are counted)
-                        while self._rows > 2 * self.max_rows and len(self._pending) > 1:
-                            dropped = self._pending.pop(0)
-                            self._rows -= len(dropped.rows)
-                            self.dropped_rows += len(dropped.rows)
+            written = sum(self._write(model, entries) for model, entries in by_model.items())
             self.written_rows += written
             return written
+
+    def _write(self, model: str, entries: list[Entry]) -> int:
+        """Write one model's entries; an entry whose rows Parquet cannot hold is dropped, never retried."""
+        try:
+            try:
+                frame = pd.concat([self._frame(e) for e in entries], ignore_index=True)
+                self.files += len(request_log.write_part(self.storage_base, model, frame))
+            except request_log.UnloggableRowsError:  # find the request(s) at fault, write the others
+                entries, frames = self._loggable(model, entries)
+                if not frames:
+                    return 0
+                frame = pd.concat(frames, ignore_index=True)
+                self.files += len(request_log.write_part(self.storage_base, model, frame))
+            return len(frame)
+        except request_log.UnloggableRowsError as err:  # loggable one by one, not together: none can be kept
+            self._drop(model, entries, err)
+            return 0
+        except Exception as err:  # storage trouble: keep the rows, try again next time
+            self._keep(model, entries, err)
+            return 0
+
+    @staticmethod
+    def _frame(entry: Entry) -> pd.DataFrame:
+        try:
+            return entry.frame()
+        except Exception as err:
+            raise request_log.UnloggableRowsError(f"{type(err).__name__}: {err}"[:500]) from err
+
+    def _loggable(self, model: str, entries: list[Entry]) -> tuple[list[Entry], list[pd.DataFrame]]:
+        """The entries whose rows Parquet can hold, and their frames; the others are dropped and counted."""
+        kept: tuple[list[Entry], list[pd.DataFrame]] = ([], [])
+        for entry in entries:
+            try:
+                frame = self._frame(entry)
+                request_log.encode_part(frame)
+            except request_log.UnloggableRowsError as err:
+                self._drop(model, [entry], err)
+                continue
+            kept[0].append(entry)
+            kept[1].append(frame)
+        return kept
+
+    def _drop(self, model: str, entries: list[Entry], err: Exception) -> None:
+        rows = sum(len(e.rows) for e in entries)
+        ids = ", ".join(e.request_id for e in entries[:5])
+        self.unloggable_rows += rows
+        self.last_error = f"request(s) {ids} not loggable: {err}"[:500]
+        log.error("request log of %s: %d row(s) of request(s) %s dropped: %s", model, rows, ids, err)
+
+    def _keep(self, model: str, entries: list[Entry], err: Exception) -> None:
+        self.last_error = f"{type(err).__name__}: {err}"[:500]
+        log.error("request log of %s not written (%s); %d entries kept", model, self.last_error, len(entries))
+        with self._lock:
+            self._pending[:0] = entries
+            self._rows += sum(len(e.rows) for e in entries)
+            # storage down for long: memory stays bounded, the oldest rows go (and are counted)
+            while self._rows > 2 * self.max_rows and len(self._pending) > 1:
+                dropped = self._pending.pop(0)
+                self._rows -= len(dropped.rows)
+                self.dropped_rows += len(dropped.rows)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -141,4 +190,5 @@ class RequestLog:
 
     def describe(self) -> dict[str, Any]:
         return {"pending_rows": self._rows, "written_rows": self.written_rows, "files": self.files,
-                "dropped_rows": self.dropped_rows, "last_error": self.last_error}  # fmt: skip
+                "dropped_rows": self.dropped_rows, "unloggable_rows": self.unloggable_rows,
+                "last_error": self.last_error}  # fmt: skip

@@ -8,15 +8,18 @@
 ``MLOPS_SERVING_DEFAULT_MODEL``      the model of ``POST /invocations`` (default: the only one)
 ``MLOPS_SERVING_POLL_SECONDS``       registry poll interval (default 30)
 ``MLOPS_SERVING_MAX_BODY_BYTES``     largest request body (default 5 MB; more answers 413)
+``MLOPS_SERVING_MAX_COLUMNS``        distinct column names one request may carry, model features
+                                     included (default 1000; more answers 413)
 ``MLOPS_SERVING_LOG_FLUSH_ROWS``     request-log rows that trigger a write (default 5000)
 ``MLOPS_SERVING_LOG_FLUSH_SECONDS``  longest a logged row waits before it is written (default 10)
 ``MLOPS_SERVING_LOG_MAX_ROWS``       rows the log holds in memory at most; a request that finds
                                      it full writes it out before answering (default 100000)
 ``MLOPS_SERVING_SHADOW_QUEUE``       shadow requests waiting for ``challenger`` at most; more are
                                      not shadow-scored, and counted (default 1000)
-``MLOPS_SIGNING_KEY``                the gate signatures' key: when set, a version serves only with
-                                     a valid signature (the HMAC ``register_challenger`` tags it
-                                     with); unset, blessing is proven by the source run alone
+``MLOPS_SIGNING_KEY``                the gate signatures' key: a version serves only with a valid
+                                     signature (the HMAC ``register_challenger`` tags it with).
+                                     Required with a registry server; on the embedded default's
+                                     local store the installation's key file is used
 ``MLFLOW_TRACKING_URI``              the registry (default: the embedded store); a server reads it
                                      with ``MLFLOW_TRACKING_USERNAME`` / ``..._PASSWORD``, a user with
                                      READ on registered models and experiments (the proof of a
@@ -57,6 +60,7 @@ class ServingSettings:
     default_model: str | None = None
     poll_seconds: float = 30.0
     max_body_bytes: int = 5 * 1024 * 1024
+    max_columns: int = 1000
     log_flush_rows: int = 5000
     log_flush_seconds: float = 10.0
     log_max_rows: int = 100_000
@@ -78,9 +82,27 @@ class ServingSettings:
             default_model=os.environ.get("MLOPS_SERVING_DEFAULT_MODEL", "").strip() or None,
             poll_seconds=_number("MLOPS_SERVING_POLL_SECONDS", 30.0, 0.1),
             max_body_bytes=int(_number("MLOPS_SERVING_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024)),
+            max_columns=int(_number("MLOPS_SERVING_MAX_COLUMNS", 1000, 1)),
             log_flush_rows=int(_number("MLOPS_SERVING_LOG_FLUSH_ROWS", 5000, 1)),
             log_flush_seconds=_number("MLOPS_SERVING_LOG_FLUSH_SECONDS", 10.0, 0.05),
             log_max_rows=int(_number("MLOPS_SERVING_LOG_MAX_ROWS", 100_000, 1)),
             shadow_queue=int(_number("MLOPS_SERVING_SHADOW_QUEUE", 1000, 1)),
-            signing_key=os.environ.get("MLOPS_SIGNING_KEY", "").encode() or None,
+            signing_key=_signing_key(),
         )
+
+
+def _signing_key() -> bytes:
+    from mlops_airflow.core.settings import default_tracking_uri
+    from mlops_airflow.core.signing import KEY_ENV, SigningKeyError, signing_key
+
+    uri = default_tracking_uri()
+    try:
+        key = signing_key(uri)
+    except SigningKeyError as err:
+        raise ServingConfigError(str(err)) from None
+    if key is None:
+        raise ServingConfigError(
+            f"{KEY_ENV} must be set (the key the Airflow workers sign blessed versions with): without it no "
+            f"version of the registry at {uri} can be proven blessed, so nothing would serve"
+        )
+    return key
