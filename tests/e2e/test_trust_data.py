@@ -126,6 +126,164 @@ def test_predict_and_monitor_refuse_a_data_uri_outside_the_roots(
     assert len(runs_after) == runs_before  # no monitor run was opened
 
 
+# Landed files go through one door (core/landing.py): confined, whole, under the size cap, unambiguous.
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def with_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str) -> None:
+    """The demo model with more ``source`` keys (YAML lines), as the deployment's only model."""
+    models = tmp_path / "models"
+    models.mkdir()
+    anchor = "  timestamp_column: event_date\n"
+    text = (REPO / "include" / "models" / "credit_default.yaml").read_text()
+    (models / "credit_default.yaml").write_text(text.replace(anchor, anchor + extra))
+    monkeypatch.setenv("MLOPS_MODELS_DIR", str(models))
+
+
+def cut(path: Path, rows: int) -> None:
+    """Keep the header and the first ``rows`` rows: a batch caught half-way through landing."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[: rows + 1]))
+
+
+def refusals(result: Any) -> list[dict[str, Any]]:
+    summary = result.xcom("validate_data", key="validation_summary")
+    assert summary is not None and summary["success"] is False, (result.tasks, summary)
+    return summary["failed"]
+
+
+def trained_nothing(result: Any) -> bool:
+    return not any(k.startswith("train[") and v == "success" for k, v in result.tasks.items())
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "a valid batch outside the roots"])
+def test_a_landed_symlink_out_of_the_roots_is_refused_unread(
+    run_dag, landing, demo_batches, secret, mlops_home, mlflow_client, target
+):
+    demo_batches(range(14), n_rows=200)
+    newest = landing / demo_data.batch_file_name(14)
+    newest.symlink_to(Path(target) if target.startswith("/") else secret / newest.name)
+    result = run_dag("ct_credit_default")
+
+    assert result.state_of("validate_data") == "failed", result.tasks  # failed, not up_for_retry: no retry
+    assert trained_nothing(result)
+    [refused] = refusals(result)
+    assert (refused["file"], refused["expectation"]) == (newest.name, "landing_root"), refused
+    assert "resolves outside the allowed landing roots" in refused["rule"], refused
+    # nothing of the target reached the snapshot, MLflow, XCom or the validation message
+    assert leaked(mlops_home, MARKER, "root:x:0:0") == []
+    assert MARKER not in json.dumps(result.xcom("snapshot")) and "root:x:0:0" not in refused["rule"]
+
+
+def test_a_column_named_twice_fails_validation_naming_file_and_column(run_dag, landing, demo_batches):
+    demo_batches(range(14), n_rows=200)
+    [newest] = demo_batches(range(14, 15), n_rows=200)
+    header, rows = newest.read_text().split("\n", 1)
+    newest.write_text(header.replace("income", "age") + "\n" + rows)
+    result = run_dag("ct_credit_default")
+
+    assert result.state_of("validate_data") == "failed", result.tasks  # not a raw ArrowInvalid, retried
+    assert trained_nothing(result)
+    [refused] = refusals(result)
+    assert (refused["file"], refused["column"], refused["expectation"]) == (newest.name, "age", "unique_column_names")
+    assert "appears 2 times in the header" in refused["rule"], refused
+
+
+def test_an_infinite_feature_value_fails_validation_naming_file_column_and_rule(run_dag, landing, demo_batches):
+    demo_batches(range(14), n_rows=200)
+    [newest] = demo_batches(range(14, 15), n_rows=200)
+    frame = pd.read_csv(newest)
+    frame.loc[[3, 7], "income"] = float("inf")  # income has a lower bound only: a range check lets inf through
+    frame.to_csv(newest, index=False)
+    result = run_dag("ct_credit_default")
+
+    assert result.state_of("validate_data") == "failed", result.tasks
+    assert trained_nothing(result)
+    [refused] = refusals(result)
+    assert (refused["file"], refused["column"]) == (newest.name, "income"), refused
+    assert refused["expectation"] == "expect_column_values_to_be_finite" and refused["unexpected_count"] == 2
+
+
+def test_a_landed_file_over_the_size_cap_is_refused_unread(run_dag, landing, demo_batches, monkeypatch):
+    demo_batches(range(14), n_rows=200)  # about 17 kB each
+    [big] = demo_batches(range(14, 15), n_rows=5000)
+    monkeypatch.setenv("MLOPS_MAX_FILE_BYTES", "100000")
+    result = run_dag("ct_credit_default")
+
+    assert result.state_of("validate_data") == "failed", result.tasks
+    assert trained_nothing(result)
+    [refused] = refusals(result)
+    assert (refused["file"], refused["expectation"]) == (big.name, "max_file_bytes"), refused
+    assert f"{big.stat().st_size} bytes, over the cap of 100000 bytes" in refused["rule"], refused
+
+
+def test_a_half_landed_batch_fails_the_snapshot_when_the_spec_says_fail(
+    run_dag, landing, demo_batches, mlops_home, tmp_path, monkeypatch
+):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow.core.landing import write_manifest
+    from mlops_airflow.operators.data import SnapshotOperator
+
+    with_source(tmp_path, monkeypatch, "  landing: {protocol: manifest, on_incomplete: fail}\n")
+    demo_batches(range(14), n_rows=200)
+    [newest] = demo_batches(range(14, 15))  # 1,000 rows
+    write_manifest(landing)
+    cut(newest, 499)
+    result = run_dag("ct_credit_default")
+
+    assert result.state_of("snapshot") == "failed", result.tasks  # failed, not up_for_retry
+    assert result.state_of("validate_data") == "upstream_failed"
+    assert snapshot_folders(mlops_home) == []
+    with pytest.raises(AirflowFailException) as caught:  # what the task log says
+        SnapshotOperator(task_id="snapshot", model_name="credit_default").execute({"run_id": "manual__probe"})
+    message = str(caught.value)
+    assert newest.name in message and "_MANIFEST.json" in message and "on_incomplete: fail" in message, message
+    assert snapshot_folders(mlops_home) == []
+
+
+def test_half_landed_and_escaping_batches_are_kept_out_of_ct_predict_and_monitor(
+    run_dag, landing, demo_batches, mlops_home, secret, tmp_path, monkeypatch
+):
+    from mlops_airflow.core.landing import write_manifest
+
+    with_source(tmp_path, monkeypatch, "  landing: {protocol: manifest}\n")  # on_incomplete: skip
+    demo_batches(range(14), n_rows=400)
+    [newest] = demo_batches(range(14, 15))
+    write_manifest(landing)
+    cut(newest, 499)
+    trained = run_dag("ct_credit_default")
+
+    assert trained.state == "success", trained.tasks
+    snapshot = trained.xcom("snapshot")
+    assert snapshot["eval_batches"] == ["batch_2026-01-14.csv"], snapshot  # the newest whole batch
+    assert snapshot["skipped_batches"] == [newest.name] and snapshot["train_rows"] == 13 * 400
+
+    monitored = run_dag("monitor_credit_default")
+    assert monitored.state_of("monitor") == "success", monitored.tasks
+    assert monitored.xcom("monitor")["batches"] == ["batch_2026-01-14.csv"]
+
+    scoring = mlops_home / "data" / "scoring" / "credit_default"
+    whole, half = demo_data.write_batches(scoring, range(15, 17), n_rows=300)
+    write_manifest(scoring)
+    cut(half, 100)
+    predictions = mlops_home / "storage" / "credit_default" / "predictions"
+    assert run_dag("predict_credit_default").state_of("predict") == "success"
+    assert sorted(p.name for p in predictions.iterdir()) == [whole.name.replace(".csv", ".parquet")]
+    demo_data.write_batch(scoring, 16, n_rows=300)  # the producer finishes the batch and its manifest
+    write_manifest(scoring)
+    assert run_dag("predict_credit_default").state_of("predict") == "success"
+    assert len(pd.read_parquet(predictions / half.name.replace(".csv", ".parquet"))) == 300
+
+    # a symlink out of the roots fails either task, unread
+    (scoring / demo_data.batch_file_name(17)).symlink_to(secret / demo_data.batch_file_name(3))
+    (landing / demo_data.batch_file_name(15)).symlink_to(secret / demo_data.batch_file_name(4))
+    assert run_dag("predict_credit_default").state_of("predict") == "failed"
+    assert run_dag("monitor_credit_default").state_of("monitor") == "failed"
+    assert leaked(mlops_home, MARKER) == []
+
+
 # A select_candidate try killed while logging its model leaves nothing its retry does not clean.
 
 KILLED_TRY = """
@@ -205,6 +363,9 @@ def mlflow_server(tmp_path: Path, mlops_home: Path, monkeypatch: pytest.MonkeyPa
     try:
         wait_for("MLflow server health", healthy, server, log, seconds=120)
         monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "mlflow", "host": url}))
+        monkeypatch.setenv(
+            "MLOPS_SIGNING_KEY", "a-cluster-key-only-airflow-holds"
+        )  # a registry server: the key from the env
         yield url
     finally:
         os.killpg(server.pid, signal.SIGKILL)

@@ -3,7 +3,7 @@
 This module is imported at DAG-parse time, so it uses only pydantic and PyYAML. A wrong spec fails with
 :class:`ModelSpecError`, whose message names the file, the key and what is wrong with it.
 
-Config is data (DESIGN.md 7): ``estimator.class`` must be a scikit-learn classifier or regressor of the
+Config is data (docs/design.md 7): ``estimator.class`` must be a scikit-learn classifier or regressor of the
 model's task (checked against :mod:`mlops_airflow.core.estimators`, without importing scikit-learn), its
 ``params`` and ``search_space`` keys must be constructor parameters of that class, and the only code a spec
 can name is a transformer factory in a module under ``include/``, imported at task time.
@@ -63,6 +63,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LandingSpec(_Strict):
+    """How a producer marks a landed batch whole (README "Landing protocol"); both zones of a model use it.
+
+    ``none``: a visible file is whole (the producer writes under a dot-name and renames); ``success_marker``:
+    a batch is whole once ``_SUCCESS`` is at least as new as the batch; ``manifest``: a batch is whole once
+    ``_MANIFEST.json`` lists its row count and SHA-256 and the file matches them.
+    """
+
+    protocol: Literal["none", "success_marker", "manifest"] = "none"
+    #: A batch not whole yet: ``skip`` it (warned; older batches fill the window) or ``fail`` the task.
+    on_incomplete: Literal["skip", "fail"] = "skip"
+    #: A batch modified less than this many seconds ago is taken as still landing (0: no wait).
+    settle_seconds: float = Field(default=0, ge=0)
+
+
 class SourceSpec(_Strict):
     """Where batches land: a directory (local path or fsspec URI) of daily files."""
 
@@ -70,6 +85,9 @@ class SourceSpec(_Strict):
     format: Literal["csv", "parquet"] = "csv"
     #: Column holding the batch date; batches are ordered by it.
     timestamp_column: str = "event_date"
+    landing: LandingSpec = LandingSpec()
+    #: Largest landed file read, in bytes (default: ``MLOPS_MAX_FILE_BYTES``, else 2 GiB); larger is refused.
+    max_file_bytes: int | None = Field(default=None, ge=1)
 
 
 class ScoringSpec(_Strict):
@@ -174,10 +192,20 @@ class LabelSpec(_Strict):
 
 
 class WindowSpec(_Strict):
-    """Time-based split: the newest ``eval_batches`` batches are held out for evaluation."""
+    """Time-based split: the newest ``eval_batches`` batches are held out for evaluation.
+
+    Candidates are compared on the newest training batches (the selection rows): as few whole batches as hold
+    ``min_selection_rows`` rows and, for a classifier, every class of the training window, never more than
+    half the window's rows. A window that cannot give ``min_selection_rows`` rows of two classes that way, or
+    an evaluation set under ``min_eval_rows`` rows or with one class, fails training with the numbers.
+    """
 
     train_batches: int = Field(default=14, ge=1)
     eval_batches: int = Field(default=1, ge=1)
+    #: Fewest rows candidates are compared on.
+    min_selection_rows: int = Field(default=50, ge=1)
+    #: Fewest rows the gate's evaluation set may hold.
+    min_eval_rows: int = Field(default=50, ge=1)
 
 
 class Distribution(_Strict):
@@ -318,6 +346,10 @@ class ServingSpec(_Strict):
     shadow: bool = False
     #: Largest number of rows one predict request may carry (more is refused with 413).
     max_rows: int = Field(default=10_000, ge=1)
+    #: A served value outside the spec's domain (a categorical value not in ``categories``, a numeric one
+    #: outside ``min``/``max``): ``reject`` refuses the request (422), ``flag`` answers it and marks the row
+    #: (response and request log). Features that declare neither are not checked.
+    out_of_domain: Literal["reject", "flag"] = "reject"
 
 
 #: Group fairness metrics of fairlearn (binary models: predictions at the model's threshold).
@@ -738,16 +770,36 @@ def load_model_spec(path: Path | str) -> ModelSpec:
     return parse_model_spec(data, path)
 
 
+MODELS_DIR_ENV = "MLOPS_MODELS_DIR"
+
+
 def models_dir() -> Path:
     """``include/models`` of this deployment (``MLOPS_MODELS_DIR`` overrides it)."""
     import os
 
-    override = os.environ.get("MLOPS_MODELS_DIR")
+    override = os.environ.get(MODELS_DIR_ENV)
     if override:
         return Path(override)
     # plugins/mlops_airflow/core/config.py -> repository root (or the Airflow home on a cluster)
-    root = Path(__file__).resolve().parents[3]
-    return root / "include" / "models"
+    checkout = Path(__file__).resolve().parents[3] / "include" / "models"
+    if checkout.is_dir():
+        return checkout
+    # installed as a distribution (site-packages): the Airflow home's include/, as in an Astro-style project
+    return Path(os.environ.get("AIRFLOW_HOME") or "~/airflow").expanduser() / "include" / "models"
+
+
+def use_models_dir(directory: Path | str) -> Path:
+    """Make ``directory`` (made absolute) the models folder of this process and of the processes it starts.
+
+    A task's process parses its DAG file before it runs, so a DAG file that calls this (through
+    :func:`mlops_airflow.dag_factory.model_dags`) gives its tasks the same folder: :func:`get_spec` and the
+    transformer modules under its parent (:func:`include_dir`) resolve there.
+    """
+    import os
+
+    path = Path(directory).expanduser().resolve()
+    os.environ[MODELS_DIR_ENV] = str(path)
+    return path
 
 
 @lru_cache(maxsize=64)

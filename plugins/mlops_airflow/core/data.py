@@ -5,9 +5,11 @@ as Parquet under the run's own prefix. Every later task reads the snapshot, neve
 retry sees exactly the data the first try saw. ``manifest.json`` is written last: a prefix without it is
 an unfinished snapshot and is removed before a new attempt.
 
-Landed files go to the snapshot as Arrow tables (pyarrow's multi-threaded CSV reader, no pandas in between),
-and each file's SHA-256 is taken from the bytes already read: the snapshot's content hash needs no re-read,
-and a landed file's verdict can be reused by its hash (:mod:`~mlops_airflow.core.validation`).
+Landed files are read through :mod:`~mlops_airflow.core.landing` (listed, confined to the landing roots,
+checked whole and under the size cap) and go to the snapshot as Arrow tables (pyarrow's multi-threaded CSV
+reader, no pandas in between). Each file's SHA-256 is taken from the bytes already read: the snapshot's
+content hash needs no re-read, and a landed file's verdict can be reused by its hash
+(:mod:`~mlops_airflow.core.validation`).
 """
 
 from __future__ import annotations
@@ -22,22 +24,9 @@ from typing import Any
 import pandas as pd
 
 from mlops_airflow.core.config import ModelSpec
+from mlops_airflow.core.landing import DataError, LandingZone, as_path
 
 MANIFEST = "manifest.json"
-SUPPORTED_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message names the file and what is wrong."""
-
-
-def as_path(uri: Any) -> Any:
-    """A pathlib-like object for a URI or path (``ObjectStoragePath`` objects pass through)."""
-    if isinstance(uri, str):
-        from upath import UPath
-
-        return UPath(uri)
-    return uri
 
 
 def safe_name(text: str) -> str:
@@ -70,6 +59,10 @@ class BatchFile:
     read_error: str | None = None
     #: SHA-256 of the landed file's bytes (``None`` in snapshots written before it was recorded).
     sha256: str | None = None
+    #: The rule an unread file broke (``readable_table``, ``landing_root``, ``max_file_bytes``, ...).
+    read_rule: str | None = None
+    #: The column that rule names, where there is one.
+    read_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +77,8 @@ class Snapshot:
     source_uri: str
     #: The Airflow run id the snapshot was written for (``None`` in snapshots written without one).
     run_id: str | None = None
+    #: Batches left out as not yet whole by the landing protocol, ``name: reason``.
+    skipped: list[str] = field(default_factory=list)
     #: The path object the snapshot was written to or read from: it carries the storage connection
     #: (``s3://conn_id@bucket/...`` in ``uri`` is not readable without it). Not serialized.
     root: Any = field(default=None, compare=False, repr=False)
@@ -110,69 +105,16 @@ class Snapshot:
             "eval_rows": self.eval_rows,
             "batches": len(self.batches),
             "eval_batches": [b.name for b in self.batches if b.part == "eval"],
+            "skipped_batches": [s.split(":", 1)[0] for s in self.skipped],
         }
 
 
-def list_batches(source_uri: Any, fmt: str) -> list[Any]:
-    """Landed batch files, oldest first (batch files are named so that name order is time order)."""
-    root = as_path(source_uri)
-    if not root.exists():
-        raise DataError(f"{source_uri}: landing zone does not exist")
-    if root.is_file():
-        return [root]
-    files = [p for p in root.iterdir() if p.is_file() and not p.name.startswith((".", "_"))]
-    return sorted(files, key=lambda p: p.name)
-
-
-#: Bumped when the way a landed file becomes a table changes: a verdict about a file read the old way is not
-#: reused (part of the validation cache key).
-READER_VERSION = "arrow-1"
-
-
-def _csv_table(raw: bytes) -> Any:
-    """A CSV file as an Arrow table, typed as ``pandas.read_csv`` would type it.
-
-    Multi-threaded pyarrow reader; an empty text field is missing (not ``""``), dates stay text (the
-    timestamp column is compared as ISO text) and an all-missing column is float (as pandas reads it).
-    """
-    import pyarrow as pa
-    from pyarrow import csv
-
-    table = csv.read_csv(pa.py_buffer(raw), convert_options=csv.ConvertOptions(strings_can_be_null=True))
-    for index, column in enumerate(table.schema):
-        kind = column.type
-        if pa.types.is_date(kind) or pa.types.is_timestamp(kind) or pa.types.is_time(kind):
-            table = table.set_column(index, column.name, table.column(index).cast(pa.string()))
-        elif pa.types.is_null(kind):
-            table = table.set_column(index, column.name, table.column(index).cast(pa.float64()))
-    return table
-
-
-def read_table(path: Any, fmt: str) -> tuple[Any, str]:
-    """One batch as an Arrow table and the SHA-256 of its bytes; an unreadable file raises :class:`DataError`."""
-    suffix = "." + path.name.rsplit(".", 1)[-1].lower() if "." in path.name else ""
-    kind = SUPPORTED_SUFFIXES.get(suffix, fmt)
-    raw = path.read_bytes()
-    if not raw:
-        raise DataError(f"{path}: file is empty (0 bytes)")
-    digest = hashlib.sha256(raw).hexdigest()
-    try:
-        if kind == "parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            return pq.read_table(pa.py_buffer(raw)), digest
-        raw.decode("utf-8")  # the reader's own message about bad UTF-8 names no byte offset
-        return _csv_table(raw), digest
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a {kind.upper()} file (bytes are not UTF-8 text)") from None
-    except Exception as err:  # pyarrow raises many parser error types
-        raise DataError(f"{path}: not a readable {kind.upper()} file: {err}") from None
-
-
 def read_batch(path: Any, fmt: str) -> pd.DataFrame:
-    """Read one batch; a file that is not a readable CSV/Parquet table raises :class:`DataError`."""
-    return read_table(path, fmt)[0].to_pandas()
+    """One landed file, read through the landing zone's checks; a file that cannot be used raises
+    :class:`DataError`."""
+    zone = LandingZone(path, fmt)
+    [batch] = zone.files()
+    return zone.read_frame(batch)
 
 
 def write_snapshot(
@@ -202,47 +144,24 @@ def write_snapshot(
     if dest.exists():  # an earlier attempt died half-way: start clean
         remove_tree(dest, within=within)
 
-    files = list_batches(source_uri, spec.source.format)
+    zone = LandingZone.of(spec, source_uri)
+    files = zone.files()
     need = spec.window.eval_batches + 1
     if len(files) < need:
         raise DataError(
             f"{source_uri}: {len(files)} batch file(s) landed, at least {need} needed "
             f"({spec.window.eval_batches} for evaluation, 1 or more for training)"
         )
-    eval_files = files[-spec.window.eval_batches :]
-    train_files = files[-(spec.window.eval_batches + spec.window.train_batches) : -spec.window.eval_batches]
-
-    batches: list[BatchFile] = []
-    digest = hashlib.sha256()
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        for part, group in (("train", train_files), ("eval", eval_files)):
-            for path in group:
-                try:
-                    table, file_hash = read_table(path, spec.source.format)
-                except DataError as err:
-                    batches.append(BatchFile(path.name, str(path), part, read_error=str(err)))
-                    digest.update(f"{path.name}:unreadable".encode())
-                    continue
-                target = f"{part}/{path.name.rsplit('.', 1)[0]}.parquet"
-                out = dest / target
-                out.parent.mkdir(parents=True, exist_ok=True)
-                write_parquet(table, out)
-                # The landed bytes' hash: every value, name and type is in them, and they are read once.
-                digest.update(f"{part}/{path.name}:".encode())
-                digest.update(file_hash.encode())
-                batches.append(
-                    BatchFile(
-                        path.name,
-                        str(path),
-                        part,
-                        table.num_rows,
-                        [str(c) for c in table.column_names],
-                        target,
-                        sha256=file_hash,
-                    )
-                )
-                del table
+        batches = _copy_window(spec, zone, files, dest)
+        if len(batches) < need:
+            raise zone.shortage(len(batches), need)
+        digest = hashlib.sha256()
+        for batch in batches:
+            # The landed bytes' hash: every value, name and type is in them, and they are read once.
+            read = f"{batch.part}/{batch.name}:{batch.sha256}" if batch.sha256 else f"{batch.name}:unreadable"
+            digest.update(read.encode())
         snapshot = Snapshot(
             uri=str(dest_uri),
             content_hash=digest.hexdigest(),
@@ -251,6 +170,7 @@ def write_snapshot(
             batches=batches,
             source_uri=str(source_uri),
             run_id=run_id,
+            skipped=list(zone.skipped),
             root=dest,
         )
         (dest / MANIFEST).write_text(json.dumps(snapshot.to_dict(), indent=2))
@@ -258,6 +178,34 @@ def write_snapshot(
         remove_tree(dest, within=within)  # never leave a partial snapshot behind
         raise
     return snapshot
+
+
+def _copy_window(spec: ModelSpec, zone: LandingZone, files: list[Any], dest: Any) -> list[BatchFile]:
+    """Copy the newest whole batches to ``dest`` as Parquet, newest first: ``window.eval_batches`` for
+    evaluation, then up to ``window.train_batches`` for training. A refused or unreadable file keeps its place
+    (validation fails on it); a batch not yet whole is skipped, or fails, as the landing protocol says.
+
+    :returns: the batches, training oldest first, then evaluation oldest first.
+    """
+    eval_batches, window = spec.window.eval_batches, spec.window.eval_batches + spec.window.train_batches
+    chosen: list[BatchFile] = []
+    for path, outcome in zone.newest(window, files):
+        part = "eval" if len(chosen) < eval_batches else "train"
+        if isinstance(outcome, DataError):
+            unread = BatchFile(
+                path.name, str(path), part, read_error=str(outcome), read_rule=outcome.rule, read_column=outcome.column
+            )
+            chosen.append(unread)
+            continue
+        table, file_hash = outcome
+        target = f"{part}/{path.name.rsplit('.', 1)[0]}.parquet"
+        out = dest / target
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_parquet(table, out)
+        columns = [str(c) for c in table.column_names]
+        chosen.append(BatchFile(path.name, str(path), part, table.num_rows, columns, target, sha256=file_hash))
+        del table, outcome
+    return [b for b in reversed(chosen) if b.part == "train"] + [b for b in reversed(chosen) if b.part == "eval"]
 
 
 def write_parquet(table: Any, out: Any) -> None:

@@ -5,13 +5,15 @@
 ``MLOPS_DATA_ROOT``           landing-zone root; relative ``source.uri`` values resolve under it
 ``MLOPS_ALLOWED_DATA_ROOTS``  more landing roots a trigger's ``data_uri`` may name (comma-separated
                               paths or URIs, e.g. ``/srv/landing,s3://partner-bucket/landing``)
+``MLOPS_MAX_FILE_BYTES``      size cap of one landed file for specs without ``source.max_file_bytes``
+                              (default 2 GiB)
 ``MLOPS_STORAGE_BASE``        base URI of snapshots and predictions (``file://`` or ``s3://``)
 ``MLOPS_STORAGE_CONN_ID``     Airflow connection for the object store (cluster only)
 ``MLOPS_MLFLOW_UI_URL``       where people open MLflow (links from Airflow task instances)
 ``MLFLOW_TRACKING_URI``       tracking store when no ``mlflow_default`` connection is set
 ============================  ==============================================================
 
-A trigger's ``data_uri`` is untrusted input (DESIGN.md 7): :func:`confine_data_uri` admits it only inside
+A trigger's ``data_uri`` is untrusted input (docs/design.md 7): :func:`confine_data_uri` admits it only inside
 ``MLOPS_DATA_ROOT`` or one of ``MLOPS_ALLOWED_DATA_ROOTS``, and never inside the package's own storage.
 """
 
@@ -38,6 +40,19 @@ def storage_base() -> str:
     return os.environ.get("MLOPS_STORAGE_BASE") or (mlops_home() / "storage").as_uri()
 
 
+MAX_FILE_BYTES_ENV = "MLOPS_MAX_FILE_BYTES"
+
+
+def max_file_bytes() -> int:
+    """Size cap of one landed file (bytes) where the spec sets none: a file over it is refused unread."""
+    value = os.environ.get(MAX_FILE_BYTES_ENV, "").strip()
+    if not value:
+        return 2 * 1024**3
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_FILE_BYTES_ENV}={value!r}: expected a whole number of bytes, at least 1")
+    return int(value)
+
+
 def storage_conn_id() -> str | None:
     return os.environ.get("MLOPS_STORAGE_CONN_ID") or None
 
@@ -48,6 +63,12 @@ def default_tracking_uri() -> str:
 
 def default_artifact_root() -> str:
     return os.environ.get("MLOPS_ARTIFACT_ROOT") or (mlops_home() / "mlflow" / "artifacts").as_uri()
+
+
+def notify_retry_seconds() -> float:
+    """``MLOPS_NOTIFY_RETRY_SECONDS``: the wait after a notification's first failed delivery (default 60 s;
+    doubled after each further failure, at most an hour)."""
+    return float(os.environ.get("MLOPS_NOTIFY_RETRY_SECONDS") or 60)
 
 
 def mlflow_ui_url() -> str:

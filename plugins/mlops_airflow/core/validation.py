@@ -4,6 +4,10 @@ Each file is validated on its own, so that a failure names the landed file it ca
 immutable: a file's passing verdict is reused by the file's SHA-256 and the suite's hash (kept under
 ``<storage>/<model>/validation/<suite hash>/``), so a daily run validates the newly landed file only.
 
+Besides the GX suite, a numeric feature (or a regression label) holding ``inf`` / ``-inf`` fails
+(:func:`infinite_values`), and a landed file the landing zone refused (outside the landing roots, over the
+size cap, a column named twice, not a table) fails with the rule it broke.
+
 The result is a small summary (counts and failed expectations, never the unexpected rows), fit for XCom and
 MLflow; :class:`DataValidationError` carries it and fails the task closed.
 """
@@ -18,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlops_airflow.core.config import ModelSpec
-from mlops_airflow.core.data import READER_VERSION, BatchFile, Snapshot, read_snapshot_file
+from mlops_airflow.core.data import BatchFile, Snapshot, read_snapshot_file
+from mlops_airflow.core.landing import READER_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +133,29 @@ def build_suite(spec: ModelSpec, gx: Any) -> Any:
     return suite
 
 
+def finite_columns(spec: ModelSpec) -> list[str]:
+    """Columns whose values must be finite: numeric features, and a regression label."""
+    names = [f.name for f in spec.features if f.type == "numeric"]
+    return names + ([spec.label.name] if label_types(spec.label.values) is NUMERIC_TYPES else [])
+
+
+def infinite_values(spec: ModelSpec, file: str, frame: Any) -> list[FailedExpectation]:
+    """``inf`` / ``-inf`` in a column of :func:`finite_columns`: no estimator fits or scores them, and a range
+    check without both bounds lets them through."""
+    import numpy as np
+    import pandas as pd
+
+    failed = []
+    for name in finite_columns(spec):
+        if name not in frame.columns or not pd.api.types.is_float_dtype(frame[name].dtype):
+            continue  # absent or not numbers: the suite's own expectations name that
+        count = int(np.isinf(frame[name].to_numpy(dtype="float64", na_value=np.nan)).sum())
+        if count:
+            rule = "expect_column_values_to_be_finite (no inf or -inf)"
+            failed.append(FailedExpectation(file, "expect_column_values_to_be_finite", name, rule, count, len(frame)))
+    return failed
+
+
 def _rule(config: Any) -> str:
     kwargs = {k: v for k, v in config.kwargs.items() if k not in {"column", "batch_id"} and v is not None}
     args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
@@ -168,7 +196,7 @@ def suite_hash(spec: ModelSpec) -> str:
         "features": [f.model_dump(mode="json") for f in spec.features],
         "label": spec.label.model_dump(mode="json"),
         "timestamp": spec.source.timestamp_column,
-        "code": [inspect.getsource(build_suite), inspect.getsource(label_types)],
+        "code": [inspect.getsource(f) for f in (build_suite, label_types, finite_columns, infinite_values)],
         "types": [NUMERIC_TYPES, TEXT_TYPES, BOOLEAN_TYPES, DATETIME_TYPES],
     }
     text = json.dumps([rules, version("great_expectations"), READER_VERSION], sort_keys=True, default=str)
@@ -224,10 +252,9 @@ def validate_snapshot(spec: ModelSpec, snapshot: Snapshot, *, cache: Any = None)
     summary = ValidationSummary(success=True, files=len(snapshot.batches), rows=0, expectations=0)
     todo: list[BatchFile] = []
     for batch in snapshot.batches:
-        if batch.snapshot_file is None:
-            summary.failed.append(
-                FailedExpectation(batch.name, "readable_table", None, f"readable_table: {batch.read_error}")
-            )
+        if batch.snapshot_file is None:  # refused or unreadable when landed: the rule it broke
+            rule = batch.read_rule or "readable_table"
+            summary.failed.append(FailedExpectation(batch.name, rule, batch.read_column, f"{rule}: {batch.read_error}"))
         elif verdicts is not None and (verdict := verdicts.passed(batch)) is not None:
             summary.rows += batch.rows
             summary.reused += 1
@@ -276,7 +303,7 @@ def _run_suite(
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     suite = context.suites.add(build_suite(spec, gx))
-    summary.expectations = len(suite.expectations)
+    summary.expectations = len(suite.expectations) + len(finite_columns(spec))
     asset = context.data_sources.add_pandas("snapshot").add_dataframe_asset("batch")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole")
     named = {spec.source.timestamp_column, spec.label.name, *(f.name for f in spec.features)}
@@ -290,9 +317,9 @@ def _run_suite(
         result = gx_batch.validate(suite, result_format="BOOLEAN_ONLY")
         if not result.success:
             result = gx_batch.validate(suite, result_format="BASIC")
+        failed = _failed_from(batch.name, result) + infinite_values(spec, batch.name, frame)
         del frame, gx_batch
-        summary.evaluated += len(result.results)
-        failed = _failed_from(batch.name, result)
+        summary.evaluated += len(result.results) + len(finite_columns(spec))
         summary.failed.extend(failed)
         if verdicts is not None and not failed:
             verdicts.record(batch, summary.expectations)

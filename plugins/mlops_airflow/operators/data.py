@@ -31,7 +31,7 @@ def storage_path(uri: str) -> Any:
 def trigger_data_uri(value: str | None, param: str = "data_uri") -> str | None:
     """A trigger's ``data_uri`` confined to the landing roots (normalised), or ``None`` when it is empty.
 
-    Trigger params are untrusted input (DESIGN.md 7): a location outside ``MLOPS_DATA_ROOT`` and
+    Trigger params are untrusted input (docs/design.md 7): a location outside ``MLOPS_DATA_ROOT`` and
     ``MLOPS_ALLOWED_DATA_ROOTS`` fails the task before anything is listed or read, without retry.
     """
     from mlops_airflow.core import settings
@@ -43,6 +43,62 @@ def trigger_data_uri(value: str | None, param: str = "data_uri") -> str | None:
         return settings.confine_data_uri(text, param=param)
     except settings.DataRootError as err:
         raise AirflowFailException(str(err)) from None
+
+
+class LandedBatches:
+    """A landing or scoring zone as a task reads it: through :mod:`mlops_airflow.core.landing` (listed,
+    confined, checked whole and under the size cap). A data fault fails the task without retries, naming the
+    file and the rule: a retry does not make bad data good.
+
+    :param spec: the model spec (its landing protocol and size cap apply).
+    :param uri: the zone (a path or URI).
+    :param fmt: the format of its batch files.
+    :param what: what the zone is called in messages.
+    """
+
+    def __init__(self, spec: Any, uri: str, fmt: str, what: str = "landing zone") -> None:
+        from mlops_airflow.core.landing import DataError, LandingZone, MissingZone
+
+        self.zone = LandingZone.of(spec, storage_path(uri), fmt)
+        try:
+            #: The zone's batch files, oldest first.
+            self.files = self.zone.files()
+        except MissingZone:  # a retry does not make a folder appear
+            raise AirflowFailException(
+                f"{what} {uri} does not exist: land {fmt} batch files there (or pass param data_uri)"
+            ) from None
+        except DataError as err:
+            raise AirflowFailException(str(err)) from None
+
+    def frame(self, batch: Any) -> Any:
+        """One batch as a pandas frame; ``None`` when it is not whole yet and the spec says ``skip``."""
+        from mlops_airflow.core.landing import DataError
+
+        try:
+            read = self.zone.usable(batch)
+        except DataError as err:
+            raise AirflowFailException(str(err)) from None
+        return None if read is None else read[0].to_pandas()
+
+    def newest(self, count: int) -> tuple[list[Any], Any]:
+        """The ``count`` newest whole batches (oldest first) and their rows as one pandas frame."""
+        import pandas as pd
+
+        from mlops_airflow.core.landing import DataError
+
+        batches, frames = [], []
+        try:
+            for batch, read in self.zone.newest(count, self.files):
+                if isinstance(read, DataError):
+                    raise read
+                batches.append(batch)
+                frames.append(read[0].to_pandas())
+                del read
+            if not frames:
+                raise self.zone.shortage(0, 1)
+        except DataError as err:
+            raise AirflowFailException(str(err)) from None
+        return batches[::-1], pd.concat(frames[::-1], ignore_index=True)
 
 
 def describe_trigger(context: Context) -> dict[str, str]:
@@ -112,6 +168,8 @@ class SnapshotOperator(MlopsBaseOperator):
         except DataError as err:  # no data to train on is a data failure: fail closed, no retry
             raise AirflowFailException(str(err)) from None
         self.log.info("snapshot %s: %s", snapshot.uri, snapshot.summary())
+        for skipped in snapshot.skipped:
+            self.log.warning("batch not whole yet, left out of the snapshot: %s", skipped)
         self.written_snapshot = snapshot
 
         run_id = tracking.get_or_create_run(

@@ -17,26 +17,12 @@ if TYPE_CHECKING:
 LAST_REQUEST_TAG = "mlops.last_retrain_request_at"
 
 
-def _champion(client: Any, name: str) -> Any:
-    from mlops_airflow.core.registry import ModelRegistry
+def _batches(spec: Any, uri: str, fmt: str, what: str = "landing zone") -> Any:
+    """The batch files under ``uri``, read through the landing zone's checks; a zone that does not exist or a
+    file that cannot be used fails the task at once, without retries, naming what to fix."""
+    from mlops_airflow.operators.data import LandedBatches
 
-    champion = ModelRegistry(client, name).champion()
-    if champion is None:
-        raise AirflowFailException(f"{name}: no version holds alias 'champion' yet; run ct_{name} first")
-    return champion
-
-
-def _batches(uri: str, fmt: str, what: str = "landing zone") -> list[Any]:
-    """The batch files under ``uri``; a zone that does not exist fails the task at once, without retries
-    (a retry does not make a folder appear), saying what to land where."""
-    from mlops_airflow.core.data import DataError, list_batches
-
-    try:
-        return list_batches(storage_path(uri), fmt)
-    except DataError:
-        raise AirflowFailException(
-            f"{what} {uri} does not exist: land {fmt} batch files there (or pass param data_uri)"
-        ) from None
+    return LandedBatches(spec, uri, fmt, what)
 
 
 class PredictOperator(MlopsBaseOperator):
@@ -70,19 +56,19 @@ class PredictOperator(MlopsBaseOperator):
         import pandas as pd
 
         from mlops_airflow.core import settings, tracking
-        from mlops_airflow.core.data import read_batch
         from mlops_airflow.core.scoring import load_model, predict_rows
 
         spec = self.spec
         uri = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.scoring_uri)
-        champion = _champion(self.client, spec.name)
-        version = str(champion.version)
+        champion = self.servable()  # proven blessed, or the task fails naming the version and the rule
+        version = champion.version
         self.mlflow_url = tracking.model_url(spec.name, version)
         out_dir = self.storage_root() / spec.name / "predictions"
         out_dir.mkdir(parents=True, exist_ok=True)
         model = None
         written, skipped, scored = [], [], []
-        batches = _batches(uri, spec.scoring.format, "scoring zone")
+        landed = _batches(spec, uri, spec.scoring.format, "scoring zone")
+        batches = landed.files
         if not batches:
             self.log.info("scoring zone %s holds no batch: nothing to score", uri)
         for batch in batches:
@@ -90,12 +76,14 @@ class PredictOperator(MlopsBaseOperator):
             if target.exists():
                 skipped.append(batch.name)
                 continue
-            frame = read_batch(batch, spec.scoring.format)
+            frame = landed.frame(batch)
+            if frame is None:  # not whole yet (warned): a later run scores it
+                continue
             missing = [c for c in spec.model_features if c not in frame.columns]
             if missing:
                 raise AirflowFailException(f"{batch}: scoring batch lacks feature column(s) {missing}")
             if model is None:
-                model = load_model(f"models:/{spec.name}/{version}")
+                model = load_model(champion.uri)
             answer, _ = predict_rows(spec, model, frame)
             if not isinstance(answer, pd.DataFrame):  # a model logged before answers were frames
                 answer = pd.DataFrame({"prediction": list(answer)}, index=frame.index)
@@ -141,7 +129,7 @@ class MonitorOperator(MlopsBaseOperator):
         import pandas as pd
 
         from mlops_airflow.core import settings, tracking
-        from mlops_airflow.core.data import load_part, read_batch, read_manifest
+        from mlops_airflow.core.data import load_part, read_manifest
         from mlops_airflow.core.drift import compute_drift, performance_drop, plot_feature_drift, retrain_decision
         from mlops_airflow.core.evaluation import Target, metric_value
         from mlops_airflow.core.reports import label_distribution_figure
@@ -149,8 +137,8 @@ class MonitorOperator(MlopsBaseOperator):
 
         spec = self.spec
         uri = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.source.uri)
-        champion = _champion(self.client, spec.name)
-        tags = champion.tags or {}
+        champion = self.servable()  # proven blessed, or the task fails naming the version and the rule
+        tags = champion.tags
         snapshot_uri = tags.get("mlops.snapshot_uri")
         reference_snapshot = read_manifest(storage_path(snapshot_uri)) if snapshot_uri else None
         if reference_snapshot is None:
@@ -158,8 +146,7 @@ class MonitorOperator(MlopsBaseOperator):
                 f"{spec.name} v{champion.version}: its training snapshot {snapshot_uri!r} is gone; no reference"
             )
         reference = load_part(reference_snapshot, "train")
-        recent = _batches(uri, spec.source.format)[-spec.drift.window_batches :]
-        current = pd.concat([read_batch(b, spec.source.format) for b in recent], ignore_index=True)
+        recent, current = _batches(spec, uri, spec.source.format).newest(spec.drift.window_batches)
 
         report = compute_drift(reference, current, spec.numeric_features, spec.categorical_features, spec.drift)
         # What production actually scored (the model server's request log), beside the landing zone.
@@ -171,7 +158,7 @@ class MonitorOperator(MlopsBaseOperator):
         reference_metric = None
         if champion_run is not None:
             reference_metric = champion_run.data.metrics.get(f"candidate_{spec.primary}")
-        model = load_model(f"models:/{spec.name}/{champion.version}")
+        model = load_model(champion.uri)
         answer, scores = predict_rows(spec, model, current)
         if len(labelled) and reference_metric is not None:
             mask = current[spec.label.name].notna().to_numpy()
