@@ -82,5 +82,6 @@ def test_monitor_requests_a_retrain_for_drifted_served_traffic(run_dag, demo_bat
     report = monitored.xcom("monitor")
     assert report["drift_share"] < 0.3  # the landing zone still looks like the training data
     assert report["drift_source"] == "serving log" and report["serving_drift_share"] >= 0.3
+    assert report["serving_out_of_domain_rows"] == 0  # out_of_domain: reject; nothing answered was outside
     assert report["request"] is True and "feature drift" in report["reason"]
     assert monitored.state_of("request_retrain") == "success"

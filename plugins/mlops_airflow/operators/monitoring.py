@@ -122,6 +122,7 @@ class MonitorOperator(MlopsBaseOperator):
     def __init__(self, *, data_uri: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.data_uri = data_uri
+        self.out_of_domain = 0  # served rows flagged out of domain (request log)
 
     def execute(self, context: Context) -> dict[str, Any]:
         import datetime as dt
@@ -217,6 +218,7 @@ class MonitorOperator(MlopsBaseOperator):
         metrics = {"drift_share": report.drift_share, "drifted_features": float(len(report.drifted_features))}
         if serving_report is not None:
             metrics["serving_drift_share"] = serving_report.drift_share
+            metrics["serving_out_of_domain_rows"] = float(self.out_of_domain)
         if live is not None:
             metrics[f"live_{spec.primary}"] = live
         tracking.log_metrics(self.client, run_id, metrics)
@@ -237,6 +239,7 @@ class MonitorOperator(MlopsBaseOperator):
             "mlflow_run_id": run_id,
             "drift_source": drift_source,
             "serving_drift_share": serving_report.drift_share if serving_report is not None else None,
+            "serving_out_of_domain_rows": self.out_of_domain if serving_report is not None else None,
             "serving_drifted_features": serving_report.drifted_features if serving_report is not None else None,
             "serving_dates": serving_dates,
         }
@@ -245,7 +248,7 @@ class MonitorOperator(MlopsBaseOperator):
         """Drift of the rows the model server answered with ``champion`` in the newest ``drift.window_batches``
         days of its request log (``<storage>/<model>/serving/date=...``); ``(None, [])`` without a log."""
         from mlops_airflow.core.drift import compute_drift
-        from mlops_airflow.core.request_log import log_dates, read_log, served_rows
+        from mlops_airflow.core.request_log import log_dates, out_of_domain_rows, read_log, served_rows
 
         spec = self.spec
         base = self.storage_root()
@@ -253,7 +256,10 @@ class MonitorOperator(MlopsBaseOperator):
         served = served_rows(spec, read_log(base, spec.name, dates)) if dates else None
         if served is None or served.empty:
             return None, []
-        self.log.info("request log of %s: %d served rows on %s", spec.name, len(served), ", ".join(dates))
+        # Rows the server answered although they were outside the spec's domain (serving.out_of_domain: flag)
+        self.out_of_domain = out_of_domain_rows(served)
+        self.log.info("request log of %s: %d served rows on %s, %d of them out of domain", spec.name, len(served),
+                      ", ".join(dates), self.out_of_domain)  # fmt: skip
         report = compute_drift(reference, served, spec.numeric_features, spec.categorical_features, spec.drift)
         return report, dates
 
