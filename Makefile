@@ -28,7 +28,7 @@ UP_ENV := AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) AIRFLO
   AIRFLOW__CORE__PARALLELISM=$(NPROC)
 MLFLOW_UI_PORT ?= 5000
 
-.PHONY: help setup data demo-day airflow-db demo up serve test lint typecheck pytest test-cluster bench bench-cluster bench-scale requirements clean browser screenshots
+.PHONY: help setup data demo-day airflow-db demo up serve test ci lint typecheck pytest-fast pytest test-cluster bench bench-cluster bench-scale requirements clean browser screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -94,11 +94,19 @@ lint: setup ## ruff lint and format check
 typecheck: setup ## mypy over the package
 	$(RUN) mypy
 
+# Two tiers, by folder. The fast tier (tests/unit, tests/dags) runs after every change; the slow tier
+# (tests/e2e, tests/serving, tests/ui, tests/cluster) runs whole DAGs, pipelines, servers, a browser and
+# interpreters that load the training stack. make test runs the fast tier, make ci (CI) both.
 # Test modules spread over PYTEST_WORKERS processes (pytest-xdist), a module's tests in one process (module
 # fixtures start servers once). Most end-to-end time is spent waiting on subprocesses and servers.
 PYTEST_WORKERS ?= 2
-pytest: setup ## the test suite (unit, DAG integrity, end to end, cluster)
-	$(RUN) pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+PYTEST := $(RUN) pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15
+FAST_TESTS := tests/unit tests/dags
+pytest-fast: setup ## the fast tier's tests: unit and DAG integrity
+	$(PYTEST) $(FAST_TESTS) $(PYTEST_ARGS)
+
+pytest: setup ## every tier's tests: unit, DAG integrity, end to end, model server, model page, cluster
+	$(PYTEST) $(PYTEST_ARGS)
 
 browser: ## Debian's headless Chromium for the model page's browser test (installed when run as root)
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: /usr/bin/chromium"; \
@@ -109,7 +117,9 @@ browser: ## Debian's headless Chromium for the model page's browser test (instal
 screenshots: setup browser ## re-take the README's model page screenshots (docs/*.png) in the browser test
 	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs $(RUN) pytest -q tests/ui/test_model_page.py -k person
 
-test: lint typecheck browser pytest ## lint, types and tests: what CI runs
+test: lint typecheck pytest-fast ## the fast tier, after every change: lint, types, unit and DAG integrity tests
+
+ci: lint typecheck browser pytest ## every tier, what CI runs: the fast tier plus end to end, serving, browser, cluster
 
 test-cluster: setup ## only the native cluster tests (CeleryExecutor, MLflow server, S3 on loopback)
 	$(RUN) pytest -q tests/cluster

@@ -6,6 +6,7 @@ The Airflow settings are set before anything imports Airflow, because Airflow re
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,9 +49,29 @@ def airflow_db() -> Path:
     return home
 
 
+@pytest.fixture(scope="session")
+def mlflow_store_template() -> Path:
+    """An empty MLflow SQLite store at the current schema, migrated once per session (per xdist worker).
+
+    Migrating a new store takes MLflow seconds; a byte copy of this file is the same store without the wait.
+    It is made as ``make airflow-db`` makes the embedded default's store: ``mlflow db upgrade``. It holds the
+    schema only: the default experiment is written by a test's first client, as on a fresh installation.
+    """
+    path = _SESSION_HOME / "mlflow-store-template" / "mlflow.db"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "mlflow", "db", "upgrade", f"sqlite:///{path}"],
+            check=True,
+            capture_output=True,
+            env=os.environ.copy(),
+        )
+    return path
+
+
 @pytest.fixture
-def mlops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh local MLflow store, storage and landing zone for one test."""
+def empty_mlops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh MLOPS_HOME with nothing in it yet: for tests of whether and where a local store is created."""
     home = tmp_path / "mlops"
     monkeypatch.setenv("MLOPS_HOME", str(home))
     monkeypatch.delenv("MLOPS_DATA_ROOT", raising=False)
@@ -58,3 +79,16 @@ def mlops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; a test must not inherit the last store
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture
+def mlops_home(empty_mlops_home: Path, mlflow_store_template: Path) -> Path:
+    """A fresh local MLflow store, storage and landing zone for one test.
+
+    The store (``mlflow/mlflow.db``, where the embedded default looks) is this test's own copy of the
+    session's migrated template: nothing another test writes reaches it.
+    """
+    store = empty_mlops_home / "mlflow" / "mlflow.db"
+    store.parent.mkdir(parents=True)
+    shutil.copyfile(mlflow_store_template, store)
+    return empty_mlops_home

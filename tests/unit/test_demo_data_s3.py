@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import socket
+import urllib.request
 
 import pandas as pd
 import pytest
@@ -20,6 +21,7 @@ BUCKET = "mlops"
 def s3_endpoint(monkeypatch: pytest.MonkeyPatch):
     import boto3
     from moto.server import ThreadedMotoServer
+    from s3fs import S3FileSystem
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -34,6 +36,9 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch):
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(key, value)
+    # moto keeps its buckets, and s3fs its filesystems (bound to an endpoint), per process: start clean
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
+    S3FileSystem.clear_instance_cache()
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket=BUCKET)
     yield client

@@ -37,12 +37,12 @@ def _clear_secrets_backend_cache() -> None:
 
 
 @pytest.fixture
-def no_mlflow_config(mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def no_mlflow_config(empty_mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """No ``mlflow_default`` connection, no MLFLOW_TRACKING_URI, no deployment marker, LocalExecutor."""
     for key in ("AIRFLOW_CONN_MLFLOW_DEFAULT", "MLFLOW_TRACKING_URI", "MLOPS_DEPLOYMENT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
-    yield mlops_home
+    yield empty_mlops_home
 
 
 def test_embedded_default_uses_the_local_store(no_mlflow_config: Path) -> None:
@@ -112,11 +112,11 @@ def test_a_secrets_backend_that_refuses_is_not_a_missing_connection(
     assert not (no_mlflow_config / "mlflow").exists(), "no local store may be created"
 
 
-def test_client_bounds_mlflow_http_retries(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_client_bounds_mlflow_http_retries(monkeypatch: pytest.MonkeyPatch, mlops_home: Path) -> None:
     for key in tracking.HTTP_CLIENT_DEFAULTS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # a deployment's own value wins
-    tracking.client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.client_for(f"sqlite:///{mlops_home / 'mlflow' / 'mlflow.db'}")
 
     from mlflow.environment_variables import (
         MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
