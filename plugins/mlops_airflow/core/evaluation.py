@@ -346,6 +346,52 @@ def compute_metrics(target: Target, y: np.ndarray, score: np.ndarray, threshold:
     return {metric: metric_value(metric, y_enc, s, target, threshold) for metric in target.metrics}
 
 
+def class_counts(target: Target, y: Any) -> dict[str, int]:
+    """Rows per class present in ``y`` (encoded or raw), in class order, keyed by the class as text."""
+    if target.kind == "regression":
+        return {}
+    y_enc = as_encoded(target, y)
+    index = y_enc
+    if target.kind == "binary":  # encoded 1.0 is the positive class, whatever its index
+        index = np.where(y_enc == 1.0, target.positive_index, 1 - target.positive_index)
+    counts = np.bincount(np.asarray(index, dtype="int64"), minlength=len(target.classes))
+    return {str(c): int(n) for c, n in zip(target.classes, counts, strict=True) if n}
+
+
+def describe_rows(target: Target, y: Any) -> str:
+    """``"12 row(s), classes {'0': 12}"``: what a metric was computed on, for messages."""
+    n = len(np.asarray(y).ravel())
+    if target.kind == "regression":
+        return f"{n} row(s)"
+    return f"{n} row(s), classes {class_counts(target, y)} of {[str(c) for c in target.classes]}"
+
+
+def undefined_reason(metric: str, target: Target, y: Any, score: Any) -> str:
+    """Why ``metric`` is NaN on these rows (see the module docstring), in words naming the rows."""
+    y_enc = as_encoded(target, y)
+    s = as_scores(target, score, len(y_enc))
+    rows = describe_rows(target, y_enc)
+    if len(y_enc) == 0:
+        return "there are no rows"
+    if not np.isfinite(s).all():
+        return f"the model's scores are not all finite ({rows})"
+    if target.kind == "regression":
+        return f"the target is constant ({rows})" if metric == "r2" else f"undefined on {rows}"
+    present = len(class_counts(target, y_enc))
+    if present < 2:
+        return f"it needs rows of at least two classes; there are {rows}"
+    return f"undefined on {rows}"
+
+
+def undefined_reasons(target: Target, y: Any, score: Any, metrics: dict[str, Any]) -> dict[str, str]:
+    """:func:`undefined_reason` of every metric in ``metrics`` that is missing, NaN or infinite."""
+    out = {}
+    for metric, value in metrics.items():
+        if value is None or not np.isfinite(float(value)):
+            out[metric] = undefined_reason(metric, target, y, score)
+    return out
+
+
 def choose_threshold(y: np.ndarray, p: np.ndarray, how: str) -> float:
     """The binary decision threshold that maximises F1 (``how="f1"``) or TPR - FPR (``"youden"``).
 

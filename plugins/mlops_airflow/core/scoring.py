@@ -41,6 +41,30 @@ def model_input(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
     return x
 
 
+def model_signature(spec: ModelSpec, example: pd.DataFrame, output: pd.DataFrame) -> Any:
+    """The logged model's signature: inferred from ``example`` and the model's ``output``, numeric features
+    declared ``Any``.
+
+    MLflow refuses an int64 column where the signature says ``double`` ("Can not safely convert int64 to
+    float64") and a float64 one where it says ``long``; a numeric column read from a landed file is either,
+    depending on its values and gaps. ``Any`` lets both reach the model, which converts each numeric feature
+    to float itself and refuses a value that is not a number (:class:`~mlops_airflow.core.served_model.
+    SpecModel`). Every other column keeps its inferred type.
+    """
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    signature = infer_signature(example, output)
+    # Categorical features too: a code lands as 3, 3.0 or "3" (or True), and the model reads each as its text.
+    loose = set(spec.numeric_features) | set(spec.categorical_features)
+    columns = [
+        ColSpec(AnyType(), column.name, required=True) if column.name in loose else column
+        for column in signature.inputs.inputs
+    ]
+    signature.inputs = Schema(columns)
+    return signature
+
+
 def split_model_xy(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     return model_input(spec, frame), frame[spec.label.name]
 
@@ -122,7 +146,26 @@ def model_threshold(model: Any) -> float:
         return 0.5
 
 
+def predict_frame(model: Any, x: pd.DataFrame) -> Any:
+    """``model.predict(x)`` for rows already typed by :func:`model_input`.
+
+    A model of this package (:class:`~mlops_airflow.core.served_model.SpecModel`) is called directly: MLflow's
+    check of its ``Any`` numeric columns goes value by value (measured: 0.3 s of 0.95 s for 66,667 rows with
+    six numeric features), and :func:`model_input` has already typed every column by the spec. Any other model
+    goes through MLflow.
+    """
+    unwrap = getattr(model, "unwrap_python_model", None)
+    if unwrap is not None:
+        try:
+            inner = unwrap()
+        except Exception:  # not a python_function model: MLflow's own path
+            inner = None
+        if type(inner).__name__ == "SpecModel" and hasattr(inner, "pipeline"):
+            return inner.predict(None, x)
+    return model.predict(x)
+
+
 def predict_rows(spec: ModelSpec, model: Any, rows: pd.DataFrame) -> tuple[Any, np.ndarray]:
     """A logged model's answer for raw ``rows`` and its score array (same probabilities for every user)."""
-    output = model.predict(model_input(spec, rows))
+    output = predict_frame(model, model_input(spec, rows))
     return output, output_scores(output, spec)

@@ -95,6 +95,24 @@ def prepare_features(frame: pd.DataFrame, config: dict[str, Any]) -> pd.DataFram
     return pd.DataFrame(columns, index=frame.index)
 
 
+def check_numbers(frame: pd.DataFrame, config: dict[str, Any]) -> None:
+    """Refuse a numeric feature value that is not a number (text such as ``"n/a"``), naming the column.
+
+    Integer, float and boolean columns pass as they are (missing values too); a column of Python objects
+    (JSON input) passes when each value that is present reads as a number.
+    """
+    for feature in config["features"]:
+        name = feature["name"]
+        if feature["type"] != "numeric" or name not in frame.columns or frame[name].dtype.kind in "biuf":
+            continue
+        values = frame[name]
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = values[numbers.isna() & values.notna()]
+        if len(bad):
+            shown = ", ".join(repr(v) for v in pd.unique(bad.astype(object))[:3])
+            raise ValueError(f"column {name!r} is a numeric feature: {len(bad)} value(s) are not numbers ({shown})")
+
+
 def label_key(value: Any) -> tuple[str, Any]:
     """A label value with its kind, so that ``True``, ``1`` and ``"1"`` never match one another.
 
@@ -169,6 +187,7 @@ class SpecModel(PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
+        check_numbers(model_input, self.config)  # the signature lets any value through numeric columns
         return model_output(self.pipeline, model_input, self.config)
 
 

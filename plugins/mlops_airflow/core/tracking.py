@@ -7,8 +7,10 @@ its DAG run (``airflow.dag_id`` + ``airflow.run_id``) and goes on logging into i
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from mlops_airflow.core import settings
+from mlops_airflow.core.encoding import dumps, jsonable
 
 TAG_DAG_ID = "airflow.dag_id"
 TAG_RUN_ID = "airflow.run_id"
@@ -135,7 +138,22 @@ def record_verdict(client: MlflowClient, run_id: str, verdict: str, detail: str)
 
 
 def log_json(client: MlflowClient, run_id: str, data: Any, artifact_file: str) -> None:
-    client.log_dict(run_id, data, artifact_file)
+    """Log ``data`` as strict JSON (:func:`~mlops_airflow.core.encoding.dumps`: an undefined metric is ``null``,
+    never ``NaN``); a ``.yaml``/``.yml`` file as YAML of the same values."""
+    if artifact_file.endswith((".yaml", ".yml")):
+        client.log_dict(run_id, jsonable(data), artifact_file)
+        return
+    client.log_text(run_id, dumps(data, indent=2), artifact_file)
+
+
+def load_json(client: MlflowClient, run_id: str, artifact_file: str) -> Any | None:
+    """A JSON artifact of the run, or ``None`` when the run has none at that path."""
+    with tempfile.TemporaryDirectory(dir=scratch_dir()) as scratch:
+        try:
+            path = client.download_artifacts(run_id, artifact_file, scratch)
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        return json.loads(Path(path).read_text())
 
 
 def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:
@@ -147,13 +165,15 @@ def log_figures(client: MlflowClient, run_id: str, figures: dict[str, Any], pref
         client.log_figure(run_id, fig, f"{prefix}/{name}")
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], prefix: str = "") -> None:
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float | None], prefix: str = "") -> None:
+    """Log the defined metrics; an undefined one (``None``, NaN, infinite) is left out (MLflow has no null)."""
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(f"{prefix}{k}", float(v), now, 0) for k, v in metrics.items() if v == v]
+    defined = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    batch = [Metric(f"{prefix}{k}", v, now, 0) for k, v in defined.items()]
     if batch:
         client.log_batch(run_id, metrics=batch)
 
@@ -169,7 +189,56 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 
 
 def dump_json(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=True, default=str)
+    """Strict JSON text of ``data`` (undefined numbers as ``null``), keys sorted."""
+    return dumps(data, indent=2, sort_keys=True)
+
+
+def all_pages(search: Any, **kwargs: Any) -> list[Any]:
+    """Every result of a paged MLflow search (collected before anything acts on them)."""
+    found: list[Any] = []
+    token = None
+    while True:
+        page = search(**kwargs, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _points_at(source: str, model: Any) -> bool:
+    """Whether a model version's ``source`` is the logged model ``model`` or lies in its artifacts."""
+    uri = f"models:/{model.model_id}"
+    location = str(model.artifact_location or "").rstrip("/")
+    return source == uri or source.startswith(uri + "/") or bool(location and source.startswith(location))
+
+
+def registered_models(client: MlflowClient, run_id: str, models: list[Any]) -> set[str] | None:
+    """Ids of ``models`` (logged models of run ``run_id``) a registered model version points at.
+
+    Asked of the registry, by model: the versions registered from the run and those whose source is the
+    model's ``models:/<id>`` URI, matched by ``model_id`` where the store records it (a version read back
+    from the SQLite store or a tracking server leaves it empty) or else by source. ``None`` when a version of
+    the run has a source that names none of them and no other logged model (``runs:/...``, a path): then no
+    model of the run is proven unregistered.
+    """
+    ids = {m.model_id for m in models}
+    versions = all_pages(client.search_model_versions, filter_string=f"run_id = '{_quote(run_id)}'")
+    for model in models:
+        versions += all_pages(client.search_model_versions, filter_string=f"source_path = 'models:/{model.model_id}'")
+    found: set[str] = set()
+    for version in versions:
+        source = str(version.source or "")
+        hits = {m.model_id for m in models if _points_at(source, m)}
+        if getattr(version, "model_id", None) in ids:
+            hits.add(version.model_id)
+        # models:/m-<id> names one logged model (maybe another run's); any other source of this run's version
+        # (runs:/..., a path) may be any of its models
+        if not hits and not source.startswith("models:/m-") and version.run_id == run_id:
+            return None
+        found |= hits
+    # a tracking server (and mlflow.register_model) also tags a registered model with its versions
+    found |= {m.model_id for m in models if (m.tags or {}).get("mlflow.modelVersions", "[]") not in ("", "[]")}
+    return found
 
 
 def scratch_dir() -> str:

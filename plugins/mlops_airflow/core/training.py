@@ -8,10 +8,11 @@ spec may add is a transformer factory in a module under ``include/``, imported h
 from __future__ import annotations
 
 import importlib.util
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -21,20 +22,25 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
 
 from mlops_airflow.core.config import FeatureSpec, ModelSpec, ThresholdOptimize, higher_is_better, module_file
+from mlops_airflow.core.data import DataError, Snapshot
 from mlops_airflow.core.estimators import load_estimator_class
-from mlops_airflow.core.evaluation import Target, compute_metrics
+from mlops_airflow.core.evaluation import Target, compute_metrics, undefined_reasons
 from mlops_airflow.core.scoring import encode_labels, model_config, output_scores
 from mlops_airflow.core.served_model import model_output, prepare_features
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class CandidateResult:
     index: int
     params: dict[str, Any]
-    metrics: dict[str, float]
+    #: Selection metrics; ``None`` (or NaN) where undefined on the selection rows.
+    metrics: dict[str, float | None]
     fit_seconds: float
-    #: Binary decision threshold chosen on the validation split (0.5 or the spec's fixed value otherwise).
+    #: Binary decision threshold chosen on the selection rows (0.5 or the spec's fixed value otherwise).
     threshold: float = 0.5
+    #: ``selection`` (:attr:`SelectionSplit.summary`) and ``undefined`` (why a metric is undefined).
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,7 +116,10 @@ def preprocessing(spec: ModelSpec) -> ColumnTransformer:
         elif f.type == "categorical":
             step = Pipeline(
                 [
-                    ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
+                    # missing: most_frequent fills a gap (None) with the window's commonest category
+                    ("impute", SimpleImputer(strategy="most_frequent", missing_values=None))
+                    if f.missing == "most_frequent"
+                    else ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
                     ("encode", _categorical_encoder(f)),
                 ]
             )
@@ -153,31 +162,202 @@ def large_buffers_to_os(threshold: int = 4 << 20) -> bool:
     return fixed
 
 
-def validation_split(spec: ModelSpec, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Time-based: the newest training batch validates the candidates, the rest fits them.
+class SplitError(DataError):
+    """Training rows too few or too one-sided to compare candidates or to gate on; the message has the numbers."""
 
-    Candidates (and the binary threshold) are chosen on this split, never on the evaluation set, so that
-    the gate's comparison with the champion on the evaluation set is not biased by the choice.
+
+@dataclass(frozen=True)
+class SelectionSplit:
+    """The training window split for candidate selection: ``fit`` rows and the newest ``valid`` rows."""
+
+    fit: pd.DataFrame
+    valid: pd.DataFrame
+    #: What the selection rows are: ``rows``, ``batches`` (0: the tail of a single batch), ``fit_rows`` and,
+    #: for a classifier, ``classes`` (rows per class present).
+    summary: dict[str, Any]
+
+
+def _day_ranks(stamps: pd.Series) -> tuple[np.ndarray, int]:
+    """Each row's batch as a rank by timestamp, 0 for the newest (-1: no timestamp), and the number of batches."""
+    if isinstance(stamps.dtype, pd.CategoricalDtype):  # text read as categorical: rank the distinct texts
+        present = stamps.cat.remove_unused_categories()
+        codes, uniques = present.cat.codes.to_numpy(), np.asarray(present.cat.categories)
+    else:
+        codes, uniques = pd.factorize(stamps, use_na_sentinel=True)
+        uniques = np.asarray(uniques)
+    rank_of = np.empty(len(uniques), dtype="int64")
+    rank_of[np.argsort(uniques, kind="stable")[::-1]] = np.arange(len(uniques))
+    ranks = np.where(codes >= 0, rank_of[np.maximum(codes, 0)] if len(uniques) else -1, -1)
+    return ranks.astype("int64", copy=False), len(uniques)
+
+
+def _class_index(spec: ModelSpec, y: pd.Series) -> np.ndarray:
+    """Index of every label in the spec's classes (-1 for one that is not among them)."""
+    typed = getattr(y.dtype, "kind", "O") in "biuf"
+    return Target.of(spec).index_of(np.asarray(y) if typed else np.asarray(y, dtype=object))
+
+
+def _selection_batches(rows: np.ndarray, classes: np.ndarray | None, min_rows: int) -> int:
+    """How many of the newest batches select: as few as hold ``min_rows`` rows and every class of the window,
+    never more than half the window's rows (the newest batch always), never the oldest batch."""
+    total, taken, k = int(rows.sum()), 0, 0
+    wanted = classes.sum(axis=0) > 0 if classes is not None else None
+    seen = np.zeros_like(wanted) if wanted is not None else None
+    while k < len(rows) - 1:
+        if k and 2 * (taken + int(rows[k])) > total:
+            break
+        taken += int(rows[k])
+        if classes is not None and seen is not None:
+            seen |= classes[k] > 0
+        k += 1
+        if taken >= min_rows and (wanted is None or bool((seen >= wanted).all())):
+            break
+    return k
+
+
+def _rows_or_tail(train: pd.DataFrame, selected: np.ndarray, fitted: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(fit, valid)`` as row slices (views, no copy of the window) when the selected rows are the frame's
+    tail, as they are when batches were read in time order; boolean masks otherwise."""
+    first = int(np.argmax(selected)) if selected.any() else len(selected)
+    if selected[first:].all() and fitted[:first].all():
+        return train.iloc[:first], train.iloc[first:]
+    return train[fitted], train[selected]
+
+
+def _present(counts: np.ndarray, classes: list[Any]) -> dict[str, int]:
+    return {str(c): int(n) for c, n in zip(classes, counts, strict=True) if n}
+
+
+def selection_split(spec: ModelSpec, train: pd.DataFrame) -> SelectionSplit:
+    """Split the training window by time for candidate selection (see :class:`~mlops_airflow.core.config.
+    WindowSpec`): the newest whole batches are the selection rows, the older ones fit the candidates.
+
+    Candidates (and the binary threshold) are chosen on these rows, never on the evaluation set, so that the
+    gate's comparison with the champion on the evaluation set is not biased by the choice. A window of a
+    single batch holds out its newest rows instead: a fifth, at least ``min_selection_rows``, at most half.
+
+    :raises SplitError: fewer than ``window.min_selection_rows`` selection rows, or (classifier) selection or
+        fit rows of a single class; the message gives the rows and classes of each part.
     """
-    ts = spec.source.timestamp_column
-    stamps = train[ts]
-    if isinstance(stamps.dtype, pd.CategoricalDtype):  # text read as categorical: compare the distinct texts
-        present = stamps.cat.remove_unused_categories().cat.categories
-        latest = (stamps == present.max()).to_numpy() if len(present) else np.zeros(len(stamps), dtype=bool)
-    else:
-        latest = (stamps == stamps.max()).to_numpy()
-    older = (stamps.notna() & ~latest).to_numpy()
-    first = int(np.argmax(latest)) if latest.any() else len(latest)
-    if latest[first:].all() and older[:first].all():
-        # The newest rows are the frame's tail (batches are read in time order): row slices are views, not a
-        # copy of the training window.
-        fit, valid = train.iloc[:first], train.iloc[first:]
-    else:
-        fit, valid = train[older], train[latest]
-    if fit.empty:  # a single training batch: hold out its last fifth instead
-        cut = int(len(train) * 0.8)
-        fit, valid = train.iloc[:cut], train.iloc[cut:]
-    return fit, valid
+    ranks, n_batches = _day_ranks(train[spec.source.timestamp_column])
+    min_rows = spec.window.min_selection_rows
+    index = _class_index(spec, train[spec.label.name]) if spec.is_classifier else None
+    k_classes = len(spec.classes)
+    per_batch = None
+    if index is not None:
+        known = (ranks >= 0) & (index >= 0)
+        flat = np.bincount(ranks[known] * k_classes + index[known], minlength=n_batches * k_classes)
+        per_batch = flat.reshape(n_batches, k_classes)
+    rows = np.bincount(ranks[ranks >= 0], minlength=n_batches)
+    k = _selection_batches(rows, per_batch, min_rows)
+    if k:
+        selected, fitted = (ranks >= 0) & (ranks < k), ranks >= k
+    else:  # a single batch: its newest rows (the frame's tail) select
+        n = len(train)
+        held = min(max(n - int(n * 0.8), min_rows), n // 2)
+        selected = np.arange(n) >= n - held
+        fitted = ~selected
+    fit_rows, valid = _rows_or_tail(train, selected, fitted)
+    summary: dict[str, Any] = {"rows": len(valid), "batches": k, "fit_rows": len(fit_rows)}
+    if index is not None:
+        summary["classes"] = _present(np.bincount(index[selected & (index >= 0)], minlength=k_classes), spec.classes)
+        summary["fit_classes"] = _present(np.bincount(index[fitted & (index >= 0)], minlength=k_classes), spec.classes)
+        summary["window_classes"] = _present(np.bincount(index[index >= 0], minlength=k_classes), spec.classes)
+    _check_selection(spec, summary, n_batches)
+    return SelectionSplit(fit_rows, valid, summary)
+
+
+def _check_selection(spec: ModelSpec, summary: dict[str, Any], n_batches: int) -> None:
+    problems = []
+    min_rows = spec.window.min_selection_rows
+    if summary["rows"] < min_rows:
+        problems.append(f"{summary['rows']} selection row(s), at least {min_rows} needed (window.min_selection_rows)")
+    if spec.is_classifier:
+        for part, key in (("selection", "classes"), ("fit", "fit_classes")):
+            if len(summary[key]) < 2:
+                problems.append(f"the {part} rows hold {len(summary[key])} class(es) {summary[key]}, at least 2 needed")
+    if problems:
+        where = "the newest rows of its single batch" if not summary["batches"] else f"{summary['batches']} batch(es)"
+        classes = f", classes {summary['window_classes']}" if spec.is_classifier else ""
+        raise SplitError(
+            f"{spec.name}: cannot compare candidates: {'; '.join(problems)}. The training window holds "
+            f"{summary['rows'] + summary['fit_rows']} row(s) in {n_batches} batch(es){classes}; selection takes the "
+            f"newest whole batches, never more than half of the window's rows (here {where}: {summary['rows']} "
+            f"row(s), {summary['fit_rows']} left to fit). Land more rows per batch, raise window.train_batches or "
+            "lower window.min_selection_rows."
+        )
+    missing = sorted(set(summary.get("window_classes", {})) - set(summary.get("classes", {})))
+    if missing:
+        log.warning(
+            "%s: class(es) %s of the training window are not among the %d selection row(s) (selection stops at half "
+            "the window's rows and never takes its oldest batch): selection metrics leave them out",
+            spec.name,
+            missing,
+            summary["rows"],
+        )
+
+
+def validation_split(spec: ModelSpec, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(fit, valid)`` of :func:`selection_split`."""
+    split = selection_split(spec, train)
+    return split.fit, split.valid
+
+
+def check_evaluation_set(spec: ModelSpec, labels: pd.Series, snapshot: Snapshot | None = None) -> dict[str, Any]:
+    """Check that the gate's evaluation set holds ``window.min_eval_rows`` rows and (classifier) two classes.
+
+    :param labels: the evaluation set's label column.
+    :param snapshot: named in the message, with how many of its newest batches would hold enough rows.
+    :return: ``rows`` and, for a classifier, ``classes`` (rows per class present).
+    :raises SplitError: with the rows and classes found and the setting that would change it.
+    """
+    need = spec.window.min_eval_rows
+    found: dict[str, Any] = {"rows": len(labels)}
+    problems = []
+    if len(labels) < need:
+        problems.append(f"at least {need} rows (window.min_eval_rows)")
+    if spec.is_classifier:
+        index = _class_index(spec, labels)
+        found["classes"] = _present(np.bincount(index[index >= 0], minlength=len(spec.classes)), spec.classes)
+        if len(found["classes"]) < 2:
+            problems.append("rows of at least 2 classes")
+    if problems:
+        holds = f"{found['rows']} row(s)" + (f", classes {found['classes']}" if spec.is_classifier else "")
+        raise SplitError(
+            f"{spec.name}: the evaluation set{_batch_names(snapshot)} holds {holds}; the gate needs "
+            f"{' and '.join(problems)}. {_eval_hint(spec, snapshot)}"
+        )
+    return found
+
+
+def _batch_names(snapshot: Snapshot | None) -> str:
+    if snapshot is None:
+        return ""
+    names = [b.name for b in snapshot.batches if b.part == "eval"]
+    return f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
+
+def _eval_hint(spec: ModelSpec, snapshot: Snapshot | None) -> str:
+    """How many of the newest batches would hold ``min_eval_rows`` rows (whole batches, newest first), and the
+    setting of the spec's kind of window that takes them."""
+    need, taken, count = spec.window.min_eval_rows, 0, 0
+    for batch in reversed(snapshot.batches if snapshot is not None else []):
+        taken, count = taken + batch.rows, count + 1
+        if taken >= need:
+            break
+    kind = getattr(spec.window, "kind", "batches")  # a window measured in batches, days or rows
+    setting = {
+        "rows": f"set window.eval_rows to {need} or more",
+        "time": "widen window.eval_days (or eval_weeks)",
+    }.get(kind, f"set window.eval_batches to {count} or more (the training window then starts earlier)")
+    if snapshot is None:
+        return "Widen the evaluation set (window) or lower window.min_eval_rows."
+    if taken < need:
+        return (
+            f"All {count} batch(es) of this snapshot hold {taken} rows: land more rows per batch, widen the "
+            "evaluation set (window) or lower window.min_eval_rows."
+        )
+    return f"The newest {count} batch(es) of this snapshot hold {taken} rows: {setting}, or lower window.min_eval_rows."
 
 
 def fit(spec: ModelSpec, params: dict[str, Any], rows: pd.DataFrame) -> Pipeline:
@@ -212,21 +392,40 @@ def score_rows(spec: ModelSpec, pipeline: Any, rows: pd.DataFrame, threshold: fl
     return output_scores(model_output(pipeline, rows, model_config(spec, threshold, [])), spec)
 
 
-def fit_candidate(spec: ModelSpec, params: dict[str, Any], train: pd.DataFrame) -> tuple[Pipeline, Any]:
-    """Fit on the fit split, choose the threshold and score on the validation split.
+@dataclass(frozen=True)
+class CandidateFit:
+    """A candidate fitted on the fit rows and scored on the selection rows."""
 
-    :return: the pipeline and ``(metrics, fit seconds, threshold)``.
-    """
-    fit_rows, valid = validation_split(spec, train)
+    pipeline: Pipeline
+    #: Every metric of the target's kind on the selection rows; NaN where undefined.
+    metrics: dict[str, float]
+    seconds: float
+    threshold: float
+    #: :attr:`SelectionSplit.summary` of the split it was chosen on.
+    selection: dict[str, Any]
+    #: Why each undefined (NaN) metric is undefined.
+    undefined: dict[str, str]
+
+
+def train_candidate(spec: ModelSpec, params: dict[str, Any], train: pd.DataFrame) -> CandidateFit:
+    """Fit on the fit rows, choose the threshold and score on the selection rows (:func:`selection_split`)."""
+    split = selection_split(spec, train)
     started = time.perf_counter()
-    pipeline = fit(spec, params, fit_rows)
+    pipeline = fit(spec, params, split.fit)
     seconds = time.perf_counter() - started
     target = Target.of(spec)
-    y_val = encode_labels(spec, valid[spec.label.name])
-    score = score_rows(spec, pipeline, valid)
+    y_val = encode_labels(spec, split.valid[spec.label.name])
+    score = score_rows(spec, pipeline, split.valid)
     threshold = decision_threshold(spec, y_val, score)
     metrics = compute_metrics(target, y_val, score, threshold=threshold)
-    return pipeline, (metrics, seconds, threshold)
+    undefined = undefined_reasons(target, y_val, score, metrics)
+    return CandidateFit(pipeline, metrics, seconds, threshold, split.summary, undefined)
+
+
+def fit_candidate(spec: ModelSpec, params: dict[str, Any], train: pd.DataFrame) -> tuple[Pipeline, Any]:
+    """:func:`train_candidate` as ``(pipeline, (metrics, fit seconds, threshold))``."""
+    done = train_candidate(spec, params, train)
+    return done.pipeline, (done.metrics, done.seconds, done.threshold)
 
 
 def fit_final(spec: ModelSpec, params: dict[str, Any], train: pd.DataFrame) -> Pipeline:
@@ -234,16 +433,34 @@ def fit_final(spec: ModelSpec, params: dict[str, Any], train: pd.DataFrame) -> P
     return fit(spec, params, train)
 
 
+def _defined(value: float | None) -> TypeGuard[float]:
+    return value is not None and bool(np.isfinite(float(value)))
+
+
 def best_candidate(spec: ModelSpec, results: list[CandidateResult]) -> CandidateResult:
-    """The candidate with the best primary metric on the validation split (ties: the lower index)."""
+    """The candidate with the best primary metric on the selection rows.
+
+    Ties go to the lower index. A candidate whose primary metric is undefined there (``None`` or NaN) ranks
+    after every candidate with a defined one.
+
+    :raises ValueError: no candidate finished, or none has a defined primary metric (the message names the
+        metric, the selection rows and their classes, and why it is undefined).
+    """
     if not results:
         raise ValueError(f"{spec.name}: no candidate finished training")
     metric = spec.primary
     sign = 1.0 if higher_is_better(metric) else -1.0
-
-    def key(r: CandidateResult) -> tuple[float, int]:
-        value = r.metrics.get(metric)
-        score = float("-inf") if value is None or value != value else sign * value
-        return (-score, r.index)
-
-    return sorted(results, key=key)[0]
+    defined = [(float(value), r) for r in results if _defined(value := r.metrics.get(metric))]
+    if not defined:
+        first = min(results, key=lambda r: r.index)
+        selection = first.extra.get("selection") or {}
+        rows = f"{selection['rows']} selection row(s)" if "rows" in selection else "the selection rows"
+        if "classes" in selection:
+            rows += f", classes {selection['classes']} of {[str(c) for c in spec.classes]}"
+        why = (first.extra.get("undefined") or {}).get(metric, "undefined on these rows")
+        raise ValueError(
+            f"{spec.name}: no candidate can be chosen: the primary metric {metric!r} is undefined for all "
+            f"{len(results)} candidate(s) on {rows} ({why}); choose another primary_metric or widen the selection "
+            "rows (window.min_selection_rows, window.train_batches)"
+        )
+    return min(defined, key=lambda scored: (-sign * scored[0], scored[1].index))[1]

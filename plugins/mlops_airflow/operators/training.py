@@ -125,10 +125,9 @@ def log_spec_model(
     from pathlib import Path
 
     import mlflow
-    from mlflow.models import infer_signature
 
     from mlops_airflow.core import served_model, tracking
-    from mlops_airflow.core.scoring import model_config, model_input
+    from mlops_airflow.core.scoring import model_config, model_input, model_signature
 
     config = model_config(spec, threshold, trusted_types(pipeline))
     example = model_input(spec, example_rows.head(5))
@@ -144,7 +143,7 @@ def log_spec_model(
             python_model=served_model.__file__,
             artifacts={"pipeline": str(pipeline_file)},
             model_config=config,
-            signature=infer_signature(example, served_model.model_output(pipeline, example, config)),
+            signature=model_signature(spec, example, served_model.model_output(pipeline, example, config)),
             input_example=example,
             params=params,
             tags=tags,
@@ -155,6 +154,9 @@ def log_spec_model(
 
 class TrainCandidateOperator(MlopsBaseOperator):
     """Fit one candidate of the search space as a nested MLflow run; a retry reuses a finished run.
+
+    Its XCom and its run's :data:`SELECTION_ARTIFACT` carry an undefined metric as ``null``; the task log says
+    which and why. Too few selection or evaluation rows fail the task without retries, with the numbers.
 
     Map it with ``.partial(..., map_index_template=CANDIDATE_MAP_INDEX_TEMPLATE)``.
 
@@ -172,8 +174,7 @@ class TrainCandidateOperator(MlopsBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import tracking
-        from mlops_airflow.core.data import load_part
-        from mlops_airflow.core.training import fit_candidate
+        from mlops_airflow.core.encoding import jsonable
 
         index, params = int(self.candidate["index"]), dict(self.candidate["params"])
         context["candidate_label"] = candidate_label(params)  # type: ignore[typeddict-unknown-key]
@@ -187,43 +188,107 @@ class TrainCandidateOperator(MlopsBaseOperator):
         )
         self.link_run(child)
         run = self.client.get_run(child)
-        primary = f"val_{self.spec.primary}"
-        if run.info.status == "FINISHED" and primary in run.data.metrics:
+        # fit_seconds is logged last, after every defined metric (an undefined one is never logged)
+        if run.info.status == "FINISHED" and "fit_seconds" in run.data.metrics:
             self.log.info("candidate %s already trained in MLflow run %s: reusing it", index, child)
-            metrics = {k[4:]: v for k, v in run.data.metrics.items() if k.startswith("val_")}
-            seconds = run.data.metrics.get("fit_seconds", 0.0)
-            threshold = run.data.metrics.get("decision_threshold", 0.5)
+            done = self._reuse(run)
         else:
-            from threadpoolctl import threadpool_limits
+            done = self._fit(child, params)
+        metrics = done["metrics"]
+        self.log.info("candidate %s (%s): %s", index, candidate_label(params), jsonable(metrics))
+        for metric, reason in (done.get("undefined") or {}).items():
+            self.log.warning(
+                "candidate %s (%s): selection metric %s is undefined (null): %s",
+                index,
+                candidate_label(params),
+                metric,
+                reason,
+            )
+        return jsonable({"index": index, "params": params, "mlflow_run_id": child, **done})
 
-            from mlops_airflow.core.training import large_buffers_to_os
+    def _fit(self, child: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Fit the candidate, log it to its run and finish the run."""
+        from threadpoolctl import threadpool_limits
 
-            large_buffers_to_os()
-            train = load_part(load_snapshot(self.snapshot), "train", self.spec.input_columns, self.spec.text_columns)
+        from mlops_airflow.core import tracking
+        from mlops_airflow.core.data import load_part
+        from mlops_airflow.core.training import large_buffers_to_os, train_candidate
+
+        large_buffers_to_os()
+        spec = self.spec
+        snapshot = load_snapshot(self.snapshot)
+        with refused_split():
+            check_evaluation(spec, snapshot)  # before the fit: a gate without enough rows fails now
+            train = load_part(snapshot, "train", spec.input_columns, spec.text_columns)
             threads = candidate_threads()
-            self.log.info("fitting candidate %s with %s native thread(s)", index, threads or "all")
+            self.log.info("fitting candidate %s with %s native thread(s)", self.candidate["index"], threads or "all")
             with threadpool_limits(limits=threads):
-                _, (metrics, seconds, threshold) = fit_candidate(self.spec, params, train)
-            tracking.log_params(self.client, child, {**self.spec.estimator.params, **params})
-            tracking.log_metrics(self.client, child, metrics, prefix="val_")
-            tracking.log_metrics(self.client, child, {"fit_seconds": seconds, "decision_threshold": threshold})
-            self.client.set_terminated(child, "FINISHED")
-        self.log.info("candidate %s (%s): %s", index, candidate_label(params), metrics)
+                fitted = train_candidate(spec, params, train)
+        done = {
+            "metrics": fitted.metrics,
+            "fit_seconds": round(fitted.seconds, 3),
+            "threshold": float(fitted.threshold),
+            "selection": fitted.selection,
+            "undefined": fitted.undefined,
+        }
+        tracking.log_params(self.client, child, {**spec.estimator.params, **params})
+        tracking.log_metrics(self.client, child, fitted.metrics, prefix="val_")
+        tracking.log_json(self.client, child, done, SELECTION_ARTIFACT)
+        tracking.log_metrics(
+            self.client, child, {"fit_seconds": fitted.seconds, "decision_threshold": fitted.threshold}
+        )
+        self.client.set_terminated(child, "FINISHED")
+        return done
+
+    def _reuse(self, run: Any) -> dict[str, Any]:
+        """What a finished run of this candidate recorded (undefined metrics were never logged: ``None``)."""
+        from mlops_airflow.core import tracking
+
+        logged = run.data.metrics
+        recorded = tracking.load_json(self.client, run.info.run_id, SELECTION_ARTIFACT) or {}
         return {
-            "index": index,
-            "params": params,
-            "metrics": metrics,
-            "fit_seconds": round(seconds, 3),
-            "threshold": float(threshold),
-            "mlflow_run_id": child,
+            "metrics": {m: logged.get(f"val_{m}") for m in self.spec.metric_names},
+            "fit_seconds": round(logged.get("fit_seconds", 0.0), 3),
+            "threshold": float(logged.get("decision_threshold", 0.5)),
+            "selection": recorded.get("selection") or {},
+            "undefined": recorded.get("undefined") or {},
         }
 
 
+#: A candidate run's record of its selection rows, metrics (null where undefined) and why any is undefined.
+SELECTION_ARTIFACT = "selection/candidate.json"
+
+
+@contextlib.contextmanager
+def refused_split() -> Iterator[None]:
+    """A window too small to select or gate on fails the task without retries (the data will not change)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow.core.training import SplitError
+
+    try:
+        yield
+    except SplitError as err:
+        raise AirflowFailException(str(err)) from None
+
+
+def check_evaluation(spec: Any, snapshot: Any, labels: Any = None) -> dict[str, Any]:
+    """:func:`~mlops_airflow.core.training.check_evaluation_set` of the snapshot's evaluation set (its label
+    column is read alone unless ``labels`` are given)."""
+    from mlops_airflow.core.data import load_part
+    from mlops_airflow.core.training import check_evaluation_set
+
+    if labels is None:
+        labels = load_part(snapshot, "eval", [spec.label.name])[spec.label.name]
+    return check_evaluation_set(spec, labels, snapshot)
+
+
 class SelectCandidateOperator(MlopsBaseOperator):
-    """Pick the best candidate on the validation split, refit it on the whole training window and log it.
+    """Pick the best candidate on the selection rows, refit it on the whole training window and log it.
 
     The logged model carries its signature and an input example; the run gets the dataset inputs (with
-    the snapshot's content hash), the candidate's metrics on the evaluation set and its plots.
+    the snapshot's content hash), the candidate's metrics on the evaluation set, its plots and
+    :data:`SELECTION_ARTIFACT` (the chosen candidate's metrics, ``null`` where undefined, and why).
 
     :param snapshot: the ``snapshot`` task's XCom.
     :param candidates: the mapped ``train`` task's XComs.
@@ -238,6 +303,9 @@ class SelectCandidateOperator(MlopsBaseOperator):
         self.candidates = candidates
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mlops_airflow.core.encoding import jsonable
         from mlops_airflow.core.training import CandidateResult, best_candidate
 
         spec = self.spec
@@ -248,36 +316,42 @@ class SelectCandidateOperator(MlopsBaseOperator):
                 dict(c["metrics"]),
                 float(c["fit_seconds"]),
                 float(c.get("threshold", 0.5)),
+                {"selection": c.get("selection") or {}, "undefined": c.get("undefined") or {}},
             )
             for c in (self.candidates[i] for i in range(len(self.candidates)))
             if c
         ]
-        best = best_candidate(spec, results)
+        try:
+            best = best_candidate(spec, results)
+        except ValueError as err:  # no candidate has a defined primary metric: a retry would not change that
+            raise AirflowFailException(str(err)) from None
         parent = self.parent_run_id(context)
         run = self.client.get_run(parent)
         model_uri = run.data.tags.get("mlops.candidate_model_uri")
         if model_uri and run.data.tags.get("mlops.selected_candidate") == str(best.index):
             self.log.info("candidate model already logged: %s", model_uri)
-            eval_metrics = {k[5:]: v for k, v in run.data.metrics.items() if k.startswith("eval_")}
+            eval_metrics = {m: run.data.metrics.get(f"eval_{m}") for m in spec.metric_names}
         else:
             model_uri, eval_metrics = self._refit_and_log(parent, best)
         self.log.info("selected candidate %s (%s): %s", best.index, candidate_label(best.params), model_uri)
-        return {
-            "model_uri": model_uri,
-            "candidate_index": best.index,
-            "params": best.params,
-            "threshold": best.threshold,
-            "validation_metrics": best.metrics,
-            "eval_metrics": eval_metrics,
-            "mlflow_run_id": parent,
-        }
+        return jsonable(
+            {
+                "model_uri": model_uri,
+                "candidate_index": best.index,
+                "params": best.params,
+                "threshold": best.threshold,
+                "validation_metrics": best.metrics,
+                "eval_metrics": eval_metrics,
+                "mlflow_run_id": parent,
+            }
+        )
 
     def _refit_and_log(self, parent: str, best: Any) -> tuple[str, dict[str, float]]:
         import mlflow
 
         from mlops_airflow.core import served_model, tracking
         from mlops_airflow.core.data import load_part
-        from mlops_airflow.core.evaluation import Target, compute_metrics
+        from mlops_airflow.core.evaluation import Target, compute_metrics, undefined_reasons
         from mlops_airflow.core.reports import evaluation_figures
         from mlops_airflow.core.scoring import encode_labels, model_config, model_input, output_scores
         from mlops_airflow.core.training import fit_final, large_buffers_to_os
@@ -286,8 +360,10 @@ class SelectCandidateOperator(MlopsBaseOperator):
         spec = self.spec
         snapshot = load_snapshot(self.snapshot)
         columns = spec.input_columns
-        train = load_part(snapshot, "train", columns, spec.text_columns)
         evaluation = load_part(snapshot, "eval", columns)
+        with refused_split():
+            check_evaluation(spec, snapshot, evaluation[spec.label.name])
+        train = load_part(snapshot, "train", columns, spec.text_columns)
         self._remove_unrecorded_models(parent)
         pipeline = fit_final(spec, best.params, train)
         config = model_config(spec, best.threshold, [])
@@ -296,6 +372,9 @@ class SelectCandidateOperator(MlopsBaseOperator):
         y_eval = encode_labels(spec, evaluation[spec.label.name])
         target = Target.of(spec)
         eval_metrics = compute_metrics(target, y_eval, score, threshold=best.threshold)
+        undefined = undefined_reasons(target, y_eval, score, eval_metrics)
+        for metric, reason in undefined.items():
+            self.log.warning("candidate %s: evaluation metric %s is undefined (null): %s", best.index, metric, reason)
 
         with mlflow.start_run(run_id=parent):
             for part, frame in (("train", train), ("eval", evaluation)):
@@ -318,6 +397,14 @@ class SelectCandidateOperator(MlopsBaseOperator):
             mlflow.log_params({f"selected.{k}": v for k, v in best.params.items()})
         tracking.log_metrics(self.client, parent, eval_metrics, prefix="eval_")
         tracking.log_metrics(self.client, parent, best.metrics, prefix="val_")
+        record = {
+            "candidate_index": best.index,
+            "validation_metrics": best.metrics,
+            "eval_metrics": eval_metrics,
+            "undefined": {"selection": best.extra.get("undefined") or {}, "evaluation": undefined},
+            "selection": best.extra.get("selection") or {},
+        }
+        tracking.log_json(self.client, parent, record, SELECTION_ARTIFACT)
         tracking.log_metrics(self.client, parent, {"decision_threshold": best.threshold})
         figures = evaluation_figures(target, y_eval, score, threshold=best.threshold)
         tracking.log_figures(self.client, parent, figures, "plots")
@@ -326,29 +413,38 @@ class SelectCandidateOperator(MlopsBaseOperator):
         return model_uri, eval_metrics
 
     def _remove_unrecorded_models(self, parent: str) -> None:
-        """Delete the logged models earlier tries of this task left in the run.
+        """Delete the logged models earlier tries of this task left in the run, if none is registered.
 
         Called when the run records no model for the selected candidate, so every logged model of the run is
         a leftover: PENDING (with its artifacts) from a try killed inside ``log_model``, FAILED if MLflow saw
         the error, READY from a try killed before it recorded the model, or recorded for a candidate no longer
-        selected. None is reused: this try logs and records its own. A model that a registered version points
-        at is kept. MLflow deletes logged models softly; ``mlflow gc`` frees their artifacts.
+        selected. None is reused: this try logs and records its own. Only a model the registry proves no
+        version points at is deleted (:func:`~mlops_airflow.core.tracking.registered_models`): a registered
+        one (a champion's) stays loadable and can be rolled back to. MLflow deletes logged models softly;
+        ``mlflow gc`` frees their artifacts.
         """
-        found: list[Any] = []
-        token = None
-        while True:  # collect every page before deleting: pages are offsets into the live result
-            page = self.client.search_logged_models(
-                [self.experiment_id], filter_string=f"source_run_id = '{parent}'", page_token=token
-            )
-            found.extend(page)
-            token = page.token
-            if not token:
-                break
+        from mlops_airflow.core import tracking
+
+        found = tracking.all_pages(
+            self.client.search_logged_models,
+            experiment_ids=[self.experiment_id],
+            filter_string=f"source_run_id = '{parent}'",
+        )
         if not found:
             return
-        registered = {v.model_id for v in self.client.search_model_versions(f"run_id = '{parent}'")}
+        registered = tracking.registered_models(self.client, parent, found)
+        if registered is None:
+            self.log.warning(
+                "run %s has a registered version whose source names no logged model: keeping its %d logged model(s)",
+                parent,
+                len(found),
+            )
+            return
         for model in found:
             if model.model_id in registered:
+                self.log.info(
+                    "keeping logged model %s of run %s: a registered version points at it", model.model_id, parent
+                )
                 continue
             self.log.warning(
                 "deleting logged model %s (status %s, candidate %s) that an earlier try left in run %s",
