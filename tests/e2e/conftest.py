@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import free_port, wait_for
 
 from mlops_airflow.core import demo_data
 
@@ -99,3 +105,38 @@ def mlflow_client(mlops_home: Path) -> Any:
     from mlops_airflow.core.tracking import client_for
 
     return client_for(settings.default_tracking_uri())
+
+
+# ------------------------------------------------------------------------- a real MLflow tracking server
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite store, proxied artifacts), the ``mlflow_default`` connection."""
+    import requests
+
+    url = f"http://127.0.0.1:{free_port()}"
+    log = tmp_path / "mlflow-server.log"
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+           "--port", url.rsplit(":", 1)[1], "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--serve-artifacts", "--artifacts-destination", str(tmp_path / "server-artifacts")]  # fmt: skip
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with log.open("wb") as out:
+        server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy() -> bool:
+        try:
+            return requests.get(f"{url}/health", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for("MLflow server health", healthy, server, log, seconds=120)
+        monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "mlflow", "host": url}))
+        # a registry server: the signing key comes from the environment, as the workers have it
+        monkeypatch.setenv("MLOPS_SIGNING_KEY", "a-cluster-key-only-airflow-holds")
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=60)

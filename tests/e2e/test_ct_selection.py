@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_trust_data import mlflow_server  # noqa: F401 - a real tracking server, for the retry test
 
 pytestmark = pytest.mark.e2e
 START = dt.date(2026, 1, 1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from e2e_support import free_port
 
 from mlops_airflow.core import demo_data, request_log, settings
 
@@ -24,12 +24,6 @@ MODEL = "credit_default"
 TOKEN = "monitor-test-token-0123456789"
 FEATURES = ["age", "income", "debt_ratio", "credit_lines", "late_payments", "utilization", "employment_type",
             "region", "home_ownership"]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve_drifted_traffic(tmp_path: Path, requests_count: int) -> None:

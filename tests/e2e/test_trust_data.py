@@ -12,13 +12,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from e2e_support import wait_for
 
 from mlops_airflow.core import demo_data
 
@@ -320,56 +319,6 @@ task = build_dags()["ct_credit_default"].get_task("select_candidate")
 task.snapshot, task.candidates = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 task.execute({"run_id": sys.argv[5], "ti": SimpleNamespace(try_number=1)})
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(what: str, done: Any, proc: subprocess.Popen, log: Path, seconds: float = 300) -> None:
-    """Poll ``done()`` until true; fail with the process's log if it exits first or never gets there."""
-    deadline = time.monotonic() + seconds
-    while not done():
-        assert proc.poll() is None, f"{what}: process exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"{what}: not reached:\n{log.read_text()[-3000:]}"
-        time.sleep(0.2)
-
-
-@pytest.fixture
-def mlflow_server(tmp_path: Path, mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A real MLflow tracking server (SQLite store, proxied artifacts), the ``mlflow_default`` connection."""
-    import requests
-
-    url = f"http://127.0.0.1:{free_port()}"
-    log = tmp_path / "mlflow-server.log"
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-           "--port", url.rsplit(":", 1)[1], "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-           "--serve-artifacts", "--artifacts-destination", str(tmp_path / "server-artifacts")]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with log.open("wb") as out:
-        server = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def healthy() -> bool:
-        try:
-            return requests.get(f"{url}/health", timeout=2).ok
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_for("MLflow server health", healthy, server, log, seconds=120)
-        monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "mlflow", "host": url}))
-        monkeypatch.setenv(
-            "MLOPS_SIGNING_KEY", "a-cluster-key-only-airflow-holds"
-        )  # a registry server: the key from the env
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=60)
 
 
 @pytest.mark.timeout(900)

@@ -9,20 +9,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import pytest
-import requests
 
 from mlops_airflow.core.registry import (
     CHAMPION,
@@ -86,50 +76,6 @@ class ConstantModel(mlflow.pyfunc.PythonModel):
 
 
 # ---------------------------------------------------------------------------- on a real MLflow server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def mlflow_server(mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An ``mlflow server`` process (SQLite backend, proxied artifacts) that ``mlflow_default`` points at."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    root = mlops_home / "server"
-    root.mkdir(parents=True)
-    cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180  # a startup bound, not an assertion on speed
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "mlflow", "host": url}))
-        monkeypatch.setenv(
-            "MLOPS_SIGNING_KEY", "a-cluster-key-only-airflow-holds"
-        )  # a registry server: the key from the env
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-        log.close()
 
 
 @pytest.fixture
