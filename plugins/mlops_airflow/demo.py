@@ -7,8 +7,11 @@ Two ways, never both on one metadata DB:
   running scheduler executes it; a second executor on the same database would run the same task instances
   twice ("Task Instance not found", "marking task as UP_FOR_RETRY").
 * Airflow is not up: the DAG runs in this process with ``dag.test()`` (the same task code as a scheduled run,
-  on the SQLite metadata DB). Each task's part of the output is also written where the Airflow UI reads task
-  logs, so that after ``make up`` every task of the demo run shows its log.
+  on the SQLite metadata DB). Airflow's output goes to ``$MLOPS_HOME/logs/demo-<UTC time>.log`` (the demo
+  prints where), the terminal shows one line per task; each task's part of the output is also written where
+  the Airflow UI reads task logs, so that after ``make up`` every task of the demo run shows its log.
+
+Either way the terminal shows one line per task instance as it finishes (state and seconds), then a summary.
 
 ``make`` has already generated the demo data, migrated the DB and created the ``mlflow_registry`` pool.
 """
@@ -16,21 +19,25 @@ Two ways, never both on one metadata DB:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import re
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+from urllib.parse import quote
 
 DAG_ID = "ct_credit_default"
 DEFAULT_AIRFLOW_URL = "http://127.0.0.1:8080"
 TERMINAL = {"success", "failed"}
+FINISHED = {"success", "failed", "skipped", "upstream_failed", "removed"}
 _TASK_START = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
 _TASK_END = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
+_NEW_STATE = re.compile(r"Task instance state updated .*\bnew_state=(\w+)")
 
 
 # ------------------------------------------------------------------------------ through a running Airflow
@@ -88,17 +95,17 @@ class AirflowApi:
         )
 
     def wait(self, dag_id: str, run_id: str, timeout: float = 3600) -> str:
+        """Wait for the run to end, printing one line per task instance as it finishes (state, seconds)."""
         deadline = time.monotonic() + timeout
-        seen: dict[str, str] = {}
+        shown: set[str] = set()
         while True:
             state = str(self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"])
             for ti in self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]:
-                key = ti["task_id"] + (
-                    f"[{ti['rendered_map_index'] or ti['map_index']}]" if ti["map_index"] >= 0 else ""
-                )
-                if ti["state"] and seen.get(key) != ti["state"]:
-                    seen[key] = ti["state"]
-                    print(f"  {key:<40} {ti['state']}", flush=True)
+                key = ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
+                if ti["state"] in FINISHED and key not in shown:
+                    shown.add(key)
+                    took = "" if ti.get("duration") is None else f"{float(ti['duration']):6.1f} s"
+                    print(f"  {key:<36} {ti['state']:<16} {took}", flush=True)
             if state in TERMINAL:
                 return state
             if time.monotonic() > deadline:
@@ -122,37 +129,73 @@ def run_through_airflow(url: str) -> tuple[str, str]:
     api = AirflowApi(url, "admin", admin_password())
     run_id = api.trigger(DAG_ID, {"reason": "make demo"})
     print(f"Airflow is up at {url}: triggered {DAG_ID} run {run_id}; waiting for the scheduler to run it", flush=True)
+    print(f"full task logs: {url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}", flush=True)
     return run_id, api.wait(DAG_ID, run_id)
 
 
 # ------------------------------------------------------------------------------ in this process
 
 
+class TaskProgress:
+    """One line per finished task instance, from ``dag.test()``'s own marks in the output it writes: the
+    task (``train[0]`` for a mapped one), the state the task runner reported and the seconds it took."""
+
+    def __init__(self, terminal: TextIO) -> None:
+        self.terminal = terminal
+        self.started: dict[tuple[str, int], float] = {}
+        self.state: dict[tuple[str, int], str] = {}
+        self.current: tuple[str, int] | None = None
+
+    def feed(self, line: str) -> None:
+        if start := _TASK_START.search(line):
+            self.current = (start.group(1), int(start.group(2)))
+            self.started[self.current] = time.monotonic()
+        elif self.current and (new := _NEW_STATE.search(line)) and new.group(1) != "running":
+            self.state[self.current] = new.group(1)
+        elif end := _TASK_END.search(line):
+            key = (end.group(1), int(end.group(2)))
+            seconds = time.monotonic() - self.started.get(key, time.monotonic())
+            self.show(key, self.state.get(key, "ended"), seconds)
+            self.current = None
+
+    def show(self, key: tuple[str, int], state: str, seconds: float | None) -> None:
+        task = key[0] if key[1] < 0 else f"{key[0]}[{key[1]}]"
+        took = "" if seconds is None else f"{seconds:6.1f} s"
+        self.terminal.write(f"  {task:<36} {state:<16} {took}\n")
+        self.terminal.flush()
+
+
 @contextlib.contextmanager
-def tee_output(lines: list[str]) -> Iterator[None]:
-    """Copy everything written to this process's stdout and stderr (file descriptors 1 and 2, where Airflow's
-    task logging writes) to the terminal and into ``lines``."""
+def captured_output(log: TextIO, on_line: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Send everything written to this process's stdout and stderr (file descriptors 1 and 2, where Airflow's
+    task logging writes) to ``log`` instead of the terminal, each line also to ``on_line``."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
+    streams = sys.stdout, sys.stderr
     read_end, write_end = os.pipe()
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
     os.close(write_end)
+    # Python's own streams too, in case they were replaced by objects not writing to the descriptors
+    sys.stdout = sys.stderr = os.fdopen(os.dup(1), "w", buffering=1, errors="replace")
 
     def pump() -> None:
-        with os.fdopen(read_end, "rb") as source, os.fdopen(os.dup(saved[0]), "wb", buffering=0) as terminal:
+        with os.fdopen(read_end, "rb") as source:
             for raw in source:
-                terminal.write(raw)
-                lines.append(raw.decode(errors="replace").rstrip("\n"))
+                line = raw.decode(errors="replace").rstrip("\n")
+                log.write(line + "\n")
+                if on_line is not None:
+                    on_line(line)
+        log.flush()
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     try:
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        sys.stdout.close()
+        sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1)  # closes the pipe's last write end: the reader sees its end
         os.dup2(saved[1], 2)
         reader.join(timeout=30)
@@ -197,15 +240,53 @@ def write_task_logs(dag_id: str, run_id: str, parts: dict[tuple[str, int], list[
     return written
 
 
+def never_ran(dag: Any, run_id: str, ran: set[tuple[str, int]]) -> list[tuple[tuple[str, int], str]]:
+    """Task instances of the run that never started (skipped by the gate, upstream failed), with their state,
+    in the DAG's order."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == run_id)
+        found = [((ti.task_id, ti.map_index), str(ti.state or "none")) for ti in tis.all()]
+    order = {task_id: i for i, task_id in enumerate(dag.task_dict)}
+    return sorted(((k, s) for k, s in found if k not in ran), key=lambda item: (order.get(item[0][0], 0), item[0]))
+
+
+def demo_log_path() -> Path:
+    """Where the in-process run's full output goes: ``$MLOPS_HOME/logs/demo-<UTC time>.log``."""
+    from mlops_airflow.core import settings
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = settings.mlops_home() / "logs" / f"demo-{stamp}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def run_in_process() -> tuple[str, str]:
-    """``dag.test()`` here, its task logs kept for the UI: (run id, final state)."""
+    """``dag.test()`` here: one line per task on the terminal, the full output in a log file, each task's part
+    also where the Airflow UI reads task logs: (run id, final state)."""
     from mlops_airflow.dag_factory import build_dags
 
+    path = demo_log_path()
+    print(f"{DAG_ID}: running in this process (Airflow is not up at {airflow_url()})", flush=True)
+    print(f"full log: {path}", flush=True)
     lines: list[str] = []
-    with tee_output(lines):
-        dag_run = build_dags()[DAG_ID].test(run_conf={"reason": "make demo"})
+    # the terminal as it is before the output is captured: the progress lines go there
+    with os.fdopen(os.dup(1), "w", buffering=1) as terminal:
+        progress = TaskProgress(terminal)
+
+        def on_line(line: str) -> None:
+            lines.append(line)
+            progress.feed(line)
+
+        dag = build_dags()[DAG_ID]
+        with path.open("w") as log, captured_output(log, on_line):
+            dag_run = dag.test(run_conf={"reason": "make demo"})
+        for key, state in never_ran(dag, dag_run.run_id, set(progress.started)):
+            progress.show(key, state, None)
     written = write_task_logs(DAG_ID, dag_run.run_id, split_by_task(lines))
-    print(f"task logs for the Airflow UI: {len(written)} file(s) under {written[0].parents[2] if written else '-'}")
+    print(f"task logs for the Airflow UI: {len(written)} file(s); the whole output: {path}")
     return str(dag_run.run_id), str(dag_run.state)
 
 

@@ -67,7 +67,8 @@ def test_a_second_default_rollback_never_serves_what_was_rolled_away_from(client
     assert (back.from_version, back.to_version) == (v2, v1)
     assert registry.rollback_target() is None
     with pytest.raises(
-        RegistryError, match=r"no good champion before the current one \(1\).*blessed versions are 2, 1"
+        RegistryError,
+        match=r"no good champion before the current one \(1\).*blessed versions are 1$",  # not v2
     ):
         registry.rollback("again", person(2))
     assert aliases(client)[CHAMPION] == v1

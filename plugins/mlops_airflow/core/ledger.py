@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlops_airflow.core.config import higher_is_better
 from mlops_airflow.core.registry import (
     CHALLENGER,
     CHAMPION,
@@ -38,6 +39,7 @@ from mlops_airflow.core.registry import (
 )
 
 GATE_REPORT = "gate/report.md"
+COMPARISON = "evaluation/comparison.json"
 DRIFT_REPORT = "drift/report.json"
 DRIFT_PLOTS = "drift/plots"
 EVALUATION_PLOTS = "evaluation"
@@ -147,12 +149,45 @@ class ModelStatus:
         last = self.ledger[-1].to_version if self.ledger else None
         return self.champion != last
 
+    @property
+    def moved_since_last_ct(self) -> LedgerEntry | None:
+        """The newest move of ``champion`` made after the last CT run started by another DAG run (a rollback,
+        a later promotion): the last CT run's verdict is history then, not what serves now."""
+        ct = self.last_ct
+        if ct is None or not ct.started_at:
+            return None
+        started = _parse_at(ct.started_at)
+        later = [
+            e
+            for e in self.ledger
+            if e.at and _parse_at(e.at) >= started and (e.dag_id, e.run_id) != (ct.dag_id, ct.run_id)
+        ]
+        return later[-1] if later else None
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["ledger"] = [e.to_dict() for e in self.ledger]
         data["last_ct"] = self.last_ct.to_dict() if self.last_ct else None
         data["unrecorded_move"] = self.unrecorded_move
+        moved = self.moved_since_last_ct
+        data["moved_since_last_ct"] = moved.to_dict() if moved else None
         return data
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    """One version on the metric trend: the primary metric its CT run measured on that run's evaluation rows,
+    and the gate's interval for it: the champion's value on the same rows plus the paired bootstrap interval
+    of the difference (None for a version judged against no champion)."""
+
+    version: str
+    value: float | None
+    lower: float | None
+    upper: float | None
+    judged_against: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _ms_to_iso(ms: int | None) -> str:
@@ -395,6 +430,53 @@ def model_status(client: Any, name: str, primary_metric: str) -> ModelStatus:
         last_monitor=last_monitor_run(client, experiment_id, primary_metric) if experiment_id else None,
         experiment_id=experiment_id,
     )
+
+
+def gate_interval(comparison: dict[str, Any], metric: str) -> tuple[float | None, float | None]:
+    """The candidate's ``metric`` interval the gate saw: the champion's value plus the bootstrap interval of
+    the oriented difference (candidate better = positive), on the metric's own scale; (None, None) without a
+    champion."""
+    boot = comparison.get("bootstrap") or {}
+    champion = (comparison.get("champion") or {}).get(metric)
+    low, high = boot.get("lower"), boot.get("upper")
+    if champion is None or low is None or high is None:
+        return None, None
+    if higher_is_better(metric):
+        return float(champion) + float(low), float(champion) + float(high)
+    return float(champion) - float(high), float(champion) - float(low)
+
+
+def metric_trend(
+    client: Any, name: str, metric: str, limit: int = 20, cache: dict[str, dict[str, Any]] | None = None
+) -> list[TrendPoint]:
+    """The newest ``limit`` versions of model ``name``, oldest first, with ``metric`` as their CT runs measured
+    it and the gate's interval (:func:`gate_interval`). ``cache``: comparisons already read, by run id (a
+    run's comparison never changes once written)."""
+    cache = {} if cache is None else cache
+    versions = sorted(_versions(client, name), key=lambda mv: int(mv.version))[-limit:]
+    points = []
+    for mv in versions:
+        run_id = str(mv.run_id or "")
+        if run_id and run_id not in cache:
+            found = read_json_artifact(client, run_id, COMPARISON)
+            if found is None:
+                points.append(TrendPoint(str(mv.version), None, None, None, None))
+                continue
+            cache[run_id] = found
+        comparison = cache.get(run_id, {})
+        value = (comparison.get("candidate") or {}).get(metric)
+        lower, upper = gate_interval(comparison, metric)
+        judged = comparison.get("champion_version")
+        points.append(
+            TrendPoint(
+                str(mv.version),
+                None if value is None else float(value),
+                lower,
+                upper,
+                None if judged is None else str(judged),
+            )
+        )
+    return points
 
 
 def run_in_experiment(client: Any, run_id: str, experiment_id: str | None) -> bool:

@@ -572,7 +572,9 @@ class ModelRegistry:
         return self._apply({**intent, **asdict(actor), "at": _now()})
 
     def _blessed_list(self) -> str:
-        return ", ".join(self.blessed_versions()) or "(none)"
+        last = {str(v): e for e in self.ledger() for v in (e.get("from"), e["to"]) if v is not None}  # newest move
+        away = {v for v, e in last.items() if e["op"] == "rollback" and str(e["to"]) != v}  # rolled away from since
+        return ", ".join(v for v in self.blessed_versions() if v not in away) or "(none)"
 
     def unpin(self, reason: str, actor: Actor) -> str | None:
         """Remove a rollback's pin (a person's decision); returns the version that was pinned, or None."""

@@ -9,6 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
+# MLflow draws a progress bar on stderr for every artifact download (tqdm); a task's stderr is logged at ERROR
+# level, so a successful promotion or rollback would show red "Downloading artifacts" lines. Set here, where
+# every task of the package starts, unless the environment says otherwise.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey

@@ -496,30 +496,38 @@ class RollbackOperator(_RegistryMixin, MlopsBaseOperator):
         self.reason = reason
         self.unpin = unpin
 
+    def refuse(self, message: str) -> AirflowFailException:
+        """A refused rollback: the reason on one ERROR line, the first thing the task log shows of the failure
+        (Airflow 3 logs "Task failed with exception" and the traceback after it), and a failure without
+        retries."""
+        message = " ".join(message.split())
+        self.log.error("ROLLBACK REFUSED: %s", message)
+        return AirflowFailException(message)
+
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import tracking
         from mlops_airflow.core.registry import RegistryError
 
         reason = (self.reason or "").strip()
         if not reason:
-            raise AirflowFailException("rollback needs a reason (param 'reason')")
+            raise self.refuse("rollback needs a reason (param 'reason')")
         version = (str(self.version).strip() if self.version is not None else "") or None
         if version in {"None", "null"}:
             version = None
         actor = self.actor(context)
         if str(self.unpin).strip().lower() in {"true", "1", "yes"}:
             if version is not None:
-                raise AirflowFailException("param 'unpin' removes the pin only: leave param 'version' empty")
+                raise self.refuse("param 'unpin' removes the pin only: leave param 'version' empty")
             try:
                 was = self.registry.unpin(reason, actor)
             except RegistryError as err:
-                raise AirflowFailException(str(err)) from None
+                raise self.refuse(str(err)) from None
             self.log.info("champion of %s: %s", self.model_name, f"unpinned version {was}" if was else "no pin")
             return {"model": self.model_name, "unpinned": was}
         try:
             move = self.registry.rollback(f"{reason} (rollback by {actor})", actor, version)
         except RegistryError as err:
-            raise AirflowFailException(str(err)) from None
+            raise self.refuse(str(err)) from None
         self.log.info("rollback of %s: %s", self.model_name, move)
         self.mlflow_url = tracking.model_url(self.model_name, move.to_version)
         notify_model_server(self.model_name, "rollback", str(move.to_version), logger=self.log)

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import html
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from mlops_airflow.core.encoding import html_text
+from mlops_airflow.ui.text import reason, run_label, version, when
 
 URL_PREFIX = "/mlops"
 NAV_ROUTE = "mlops-models"
@@ -79,8 +81,8 @@ def next_run(schedule: str | None, now: dt.datetime | None = None) -> str:
 
     presets = {"@daily": "0 0 * * *", "@hourly": "0 * * * *", "@weekly": "0 0 * * 0"}
     now = now or dt.datetime.now(dt.UTC)
-    when = croniter(presets.get(schedule, schedule), now).get_next(dt.datetime)
-    return f"{when:%Y-%m-%d %H:%M} UTC (cron {schedule}) or on a retrain request"
+    moment = croniter(presets.get(schedule, schedule), now).get_next(dt.datetime)
+    return f"{when(moment, now)}, cron {schedule}, or on a retrain request"
 
 
 def _status(spec: Any) -> Any:
@@ -113,19 +115,45 @@ h1{font-size:1.4rem;margin:0 0 .8rem} h2{font-size:1.1rem;margin:1.4rem 0 .5rem;
 table{border-collapse:collapse;margin:.3rem 0} th,td{border:1px solid #dde3ea;padding:.3rem .55rem;text-align:left;
 vertical-align:top} th{background:#f3f6f9} a{color:#0b63c5} .ok{color:#11702f;font-weight:600}
 .bad{color:#b42318;font-weight:600} .muted{color:#667085} .pill{display:inline-block;padding:0 .45rem;
-border-radius:.6rem;background:#e8f1fd;font-weight:600} .warn{background:#fff4e5;border:1px solid #f5c277;
-padding:.4rem .6rem} img{max-width:420px;border:1px solid #dde3ea;margin:.3rem} .report{max-width:1100px}
+border-radius:.6rem;background:#e8f1fd;font-weight:600;white-space:nowrap}
+.warn{background:#fff4e5;border:1px solid #f5c277;padding:.4rem .6rem}
+img{max-width:420px;border:1px solid #dde3ea;margin:.3rem} .report{max-width:1100px}
+.history{color:#667085;font-weight:600} .tag{display:inline-block;padding:0 .4rem;border-radius:.5rem;
+background:#eef0f3;color:#475467;font-size:12px;font-weight:600;margin-right:.3rem}
+details>summary{cursor:pointer;font-weight:600;margin:.4rem 0} .legend{font-size:12px;color:#667085;max-width:640px}
+"""
+
+#: Inside Airflow the page is framed with a sandbox (fixed by Airflow 3.3's UI; a plugin cannot add tokens to
+#: it) that stops a link from opening a tab or leaving the frame. The frame is same-origin with Airflow
+#: (``allow-same-origin``), so a click on a link marked ``data-out`` is replayed by a twin anchor in
+#: Airflow's own document, which no sandbox restricts: Airflow's pages open in Airflow's window, MLflow in
+#: a new tab. Opened on its own, the page's links work as written and this does nothing.
+LINKS_SCRIPT = """
+document.addEventListener('click', function (event) {
+  var link = event.target.closest ? event.target.closest('a[data-out]') : null;
+  if (!link || window.top === window || event.defaultPrevented || event.button !== 0) return;
+  var host;
+  try { host = window.top.document; } catch (err) { return; }
+  event.preventDefault();
+  var twin = host.createElement('a');
+  twin.href = link.href;
+  twin.target = (event.ctrlKey || event.metaKey || event.shiftKey) ? '_blank' : link.target;
+  if (link.rel) twin.rel = link.rel;
+  host.body.appendChild(twin);
+  twin.click();
+  twin.remove();
+});
 """
 
 
 def e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
+    return html_text("" if value is None else value)
 
 
 def _page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
-        f"<style>{STYLE}</style></head><body>{body}</body></html>"
+        f"<style>{STYLE}</style></head><body>{body}<script>{LINKS_SCRIPT}</script></body></html>"
     )
 
 
@@ -148,18 +176,22 @@ def stuck_notifications(model: str) -> str:
         return ""
     return (
         f"<p class='warn' id='stuck-notifications'><b>{found.count} notification(s) not delivered</b>, oldest queued "
-        f"{e(found.oldest)}; last error ({e(found.last_attempt_at)}): {e(found.last_error)}. They wait in "
-        f"<code>{e(model)}/outbox/</code> and are retried from {e(found.next_attempt_at)} by the model's next "
-        "notification and DAG notify_outbox.</p>"
+        f"{e(when(found.oldest))}; last error ({e(when(found.last_attempt_at))}): {e(found.last_error)}. They wait "
+        f"in <code>{e(model)}/outbox/</code> and are retried from {e(when(found.next_attempt_at))} by the model's "
+        "next notification and DAG notify_outbox.</p>"
     )
 
 
 def _airflow_run(dag_id: str, run_id: str, depth: int) -> str:
-    """A relative link to the Airflow UI's page of a DAG run (``depth``: folders below the prefix)."""
+    """A link to the Airflow UI's page of a DAG run, labelled by trigger and time (``depth``: folders below
+    the prefix; relative, so it works behind a reverse proxy)."""
     if not dag_id or not run_id:
         return ""
-    up = "../" * depth
-    return f"<a target='_top' href='{up}dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}'>{e(run_id)}</a>"
+    href = f"{'../' * depth}dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+    return (
+        f"<a class='airflow-run' data-out target='_top' href='{href}' title='{e(dag_id)} run {e(run_id)}'>"
+        f"{e(run_label(run_id))}</a>"
+    )
 
 
 def _mlflow_run(experiment_id: str | None, run_id: str | None, label: str = "MLflow run") -> str:
@@ -168,12 +200,15 @@ def _mlflow_run(experiment_id: str | None, run_id: str | None, label: str = "MLf
     if not experiment_id or not run_id:
         return ""
     url = f"{settings.mlflow_ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"<a target='_blank' rel='noopener' href='{e(url)}'>{e(label)}</a>"
+    return f"<a class='mlflow-run' data-out target='_blank' rel='noopener' href='{e(url)}'>{e(label)}</a>"
 
 
-def _verdict(ct: Any) -> str:
+def _verdict(ct: Any, history: bool = False) -> str:
+    """The last CT run's verdict; in grey, marked history, when the champion has moved since."""
     if ct is None:
         return "<span class='muted'>no CT run yet</span>"
+    if history:
+        return f"<span class='tag'>history</span><span class='history'>{e(ct.verdict)}</span>"
     css = "bad" if ct.validation == "failed" or ct.blessed is False else "ok" if ct.blessed else "muted"
     return f"<span class='{css}'>{e(ct.verdict)}</span>"
 
@@ -188,6 +223,17 @@ def _drift(mon: Any) -> str:
     return f"drift share {e(share)} (drifted: {e(feats)}){e(live)}{req}"
 
 
+def _move_text(move: Any) -> str:
+    """``rollback from v2`` / ``promotion from v1`` / ``promotion`` (the first champion)."""
+    name = {"promote": "promotion", "rollback": "rollback"}.get(move.op, move.op)
+    return f"{name} from {version(move.from_version)}" if move.from_version else name
+
+
+def _champion_move(st: Any) -> Any:
+    """The ledger's move that put the current champion in place (None when it was never recorded)."""
+    return next((x for x in reversed(st.ledger) if x.to_version == st.champion), None) if st.champion else None
+
+
 def render_overview(rows: list[tuple[Any, Any]], errors: dict[str, str]) -> str:
     head = (
         "<tr><th>model</th><th>champion</th><th>since</th><th>why</th><th>last CT run</th>"
@@ -195,18 +241,24 @@ def render_overview(rows: list[tuple[Any, Any]], errors: dict[str, str]) -> str:
     )
     body = []
     for spec, st in rows:
-        ct = st.last_ct
-        pin = ""
-        if st.pinned:
-            pin = " <span class='pill'>pinned</span>" if st.pinned == st.champion else f" (pinned: v{e(st.pinned)})"
+        ct, move = st.last_ct, _champion_move(st)
         champion = "<span class='muted'>none</span>"
         if st.champion:
+            pin = ""
+            if st.pinned:
+                pin = (
+                    " <span class='pill'>pinned</span>"
+                    if st.pinned == st.champion
+                    else f" (pinned: {version(st.pinned)})"
+                )
             refused = " <span class='bad'>not proven blessed</span>" if st.champion_refused else ""
-            champion = f"<span class='pill'>v{e(st.champion)}</span>{pin}{refused}"
+            champion = f"<span class='pill'>{e(version(st.champion))}</span>{pin}{refused}"
+        why = f"{e(_move_text(move))}: {e(reason(move.reason))}" if move else ""
         body.append(
             f"<tr><td><a href='{quote(spec.name)}'>{e(spec.name)}</a></td><td>{champion}</td>"
-            f"<td>{e(st.champion_since or '')}</td><td>{e(st.champion_why or '')}</td>"
-            f"<td>{_airflow_run(ct.dag_id, ct.run_id, 2) if ct else ''}</td><td>{_verdict(ct)}</td>"
+            f"<td>{e(when(move.at) if move else '')}</td><td>{why}</td>"
+            f"<td>{_airflow_run(ct.dag_id, ct.run_id, 2) if ct else ''}</td>"
+            f"<td>{_verdict(ct, st.moved_since_last_ct is not None)}</td>"
             f"<td>{_drift(st.last_monitor)}</td><td>{e(next_run(spec.schedule))}</td></tr>"
         )
     bad = "".join(f"<li><b>{e(path)}</b>: {e(msg)}</li>" for path, msg in sorted(errors.items()))
@@ -221,6 +273,168 @@ def render_markdown(text: str) -> str:
     return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
 
 
+def _warnings(st: Any, fairness_breach: str | None) -> list[str]:
+    parts = []
+    if st.champion_refused:
+        parts.append(
+            f"<p class='warn' id='champion-refused'><b>champion {e(version(st.champion))} is not proven blessed and "
+            f"does not serve</b>: {e(st.champion_refused)}</p>"
+        )
+    if st.unrecorded_move:
+        parts.append(
+            f"<p class='warn'>champion is {e(version(st.champion)) or 'unset'} but the ledger's last move put "
+            f"{e(version(st.ledger[-1].to_version if st.ledger else None)) or 'none'} there: it was moved outside "
+            "Airflow.</p>"
+        )
+    if fairness_breach:
+        parts.append(f"<p class='warn' id='champion-fairness'><b>fairness breach</b>: {e(fairness_breach)}</p>")
+    return parts
+
+
+def _pin_text(st: Any, move: Any) -> str:
+    """Who pinned the champion; the pin's reason only when another run than the champion's move set it (the
+    rollback that pinned it already says why in the row above)."""
+    who = st.pinned_by or {}
+    rule = f"CT runs do not move champion until a person unpins it (rollback_{e(st.name)} with unpin)"
+    if move is not None and (who.get("dag_id"), who.get("run_id")) == (move.dag_id, move.run_id):
+        return f"{e(version(st.pinned))}, by the same rollback: {rule}"
+    run = _airflow_run(str(who.get("dag_id") or ""), str(who.get("run_id") or ""), 2)
+    because = f": {e(reason(who.get('reason')))}" if who.get("reason") else ""
+    return f"{e(version(st.pinned))} by {e(who.get('dag_id'))} {run}{because}. {rule}"
+
+
+def _head(spec: Any, st: Any) -> str:
+    """The champion table; rows with nothing to say are left out."""
+    move = _champion_move(st)
+    rows = [("champion", f"<span class='pill' id='champion'>{e(version(st.champion)) or 'none'}</span>")]
+    if st.champion_proof:
+        rows[0] = (rows[0][0], rows[0][1] + f" <span class='muted'>proven blessed by its {e(st.champion_proof)}</span>")
+    if move is not None:
+        by = f" by {e(move.user)}" if move.user else ""
+        rows.append(
+            (
+                "since",
+                f"{e(when(move.at))}: {e(_move_text(move))}, {e(move.dag_id)} "
+                f"{_airflow_run(move.dag_id, move.run_id, 2)}{by}",
+            )
+        )
+        rows.append(("why", e(reason(move.reason))))
+    if st.pinned:
+        rows.append(("pinned", _pin_text(st, move)))
+    if st.previous_champion:
+        rows.append(("previous champion", e(version(st.previous_champion))))
+    if st.challenger:
+        rows.append(("challenger", e(version(st.challenger))))
+    rows.append(("next scheduled run", e(next_run(spec.schedule))))
+    cells = "".join(
+        f"<tr><th>{name}</th><td id='head-{name.replace(' ', '-')}'>{html}</td></tr>" for name, html in rows
+    )
+    return f"<table id='head'>{cells}</table>"
+
+
+def _trigger_note(move: Any) -> str:
+    """What started the move's run, when its link's label does not say it already (``manual run, ...``)."""
+    if not move.trigger or run_label(move.run_id).startswith(f"{move.trigger} run"):
+        return ""
+    return f"<br><span class='muted'>{e(move.trigger)}</span>"
+
+
+def _ledger(st: Any) -> str:
+    if not st.ledger:
+        return "<h2>Promotion ledger</h2><p class='muted'>champion never moved</p>"
+    exp = st.experiment_id
+    rows = "".join(
+        f"<tr><td>{e(when(x.at))}</td><td>{e(x.op)}</td><td>{e(version(x.from_version)) or '-'}</td>"
+        f"<td>{e(version(x.to_version))}</td>"
+        f"<td>{e(x.dag_id)} {_airflow_run(x.dag_id, x.run_id, 2)}{' by ' + e(x.user) if x.user else ''}"
+        f"{_trigger_note(x)}</td>"
+        f"<td>{e(reason(x.reason))}</td><td>{_mlflow_run(exp, x.source_run_id, 'gate report')}</td></tr>"
+        for x in reversed(st.ledger)
+    )
+    return (
+        "<h2>Promotion ledger</h2><table id='ledger'><tr><th>when (UTC)</th><th>move</th><th>from</th><th>to</th>"
+        f"<th>triggered by</th><th>reason</th><th>MLflow</th></tr>{rows}</table>"
+    )
+
+
+def _served_at(at: str | None, served: Any, error: str | None) -> str:
+    answer = ""
+    if error:
+        answer = f"<p class='bad'>{e(error)}</p>"
+    elif at:
+        answer = (
+            f"<p id='served-at'>At {e(when(at))}: {e(version(served.to_version))} served (since "
+            f"{e(when(served.at))}, {e(served.op)})</p>"
+            if served
+            else f"<p id='served-at'>At {e(when(at))}: no version served yet</p>"
+        )
+    return (
+        "<form method='get'><label>What served at <input name='at' placeholder='2026-05-01T12:00:00+00:00' "
+        f"value='{e(at or '')}'></label> <button>look up</button></form>{answer}"
+    )
+
+
+def _trend(spec: Any, st: Any, points: list[Any] | None) -> str:
+    from mlops_airflow.ui.trend import trend_svg
+
+    svg = trend_svg(points or [], st.champion, spec.primary)
+    if not svg:
+        return ""
+    legend = (
+        f"<p class='legend'>Dot: {e(spec.primary)} of each version on its CT run's evaluation rows. Bar: the gate's "
+        "interval for it (the champion of the day on the same rows plus the paired bootstrap interval of the "
+        "difference). Ring: the champion.</p>"
+    )
+    return f"<h2>Metric trend</h2>{svg}{legend}"
+
+
+def _last_ct(st: Any, report: str | None) -> str:
+    ct, exp = st.last_ct, st.experiment_id
+    if ct is None:
+        return "<h2>Last CT run</h2><p class='muted'>none yet</p>"
+    moved = st.moved_since_last_ct
+    parts = [f"<h2>Last CT run{' (history)' if moved else ''}</h2><div id='last-ct'>"]
+    if moved is not None:
+        parts.append(
+            f"<p class='muted' id='ct-history'>The champion has moved since this run: {e(_move_text(moved))} to "
+            f"{e(version(moved.to_version))}, {e(when(moved.at))}. The verdict below is what this run decided then, "
+            "not what serves now.</p>"
+        )
+    trigger = f"{ct.trigger}: {ct.trigger_reason}" if ct.trigger_reason else ct.trigger
+    parts.append(
+        f"<p id='verdict'>{_verdict(ct, moved is not None)}</p><p>{e(ct.dag_id)} "
+        f"{_airflow_run(ct.dag_id, ct.run_id, 2)}, started {e(when(ct.started_at))}"
+        f"{', trigger ' + e(trigger) if trigger else ''} &middot; {_mlflow_run(exp, ct.mlflow_run_id)}</p>"
+    )
+    if report:
+        parts.append(
+            f"<details id='gate-report-details'><summary>Gate report</summary><div class='report' id='gate-report'>"
+            f"{render_markdown(report)}</div></details>"
+        )
+    elif ct.validation == "failed":
+        parts.append("<p>The data failed validation; the task log of validate_data lists file, column, rule.</p>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _drift_section(spec: Any, st: Any) -> str:
+    mon, exp = st.last_monitor, st.experiment_id
+    parts = [f"<h2>Drift</h2><div id='drift'><p>{_drift(mon)}</p>"]
+    if mon is not None:
+        parts.append(
+            f"<p>monitor_{e(spec.name)} {_airflow_run(f'monitor_{spec.name}', mon.run_id, 2)}, started "
+            f"{e(when(mon.started_at))}, champion {e(version(mon.champion_version))} &middot; "
+            f"{_mlflow_run(exp, mon.mlflow_run_id)}</p>"
+        )
+        if mon.retrain_reason:
+            parts.append(f"<p>{e(mon.retrain_reason)}</p>")
+        for path in mon.plots:
+            src = f"{quote(spec.name)}/image?run={quote(mon.mlflow_run_id)}&amp;path={quote(path)}"
+            parts.append(f"<img alt='{e(path)}' src='{src}'>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
 def render_model(
     spec: Any,
     st: Any,
@@ -229,89 +443,22 @@ def render_model(
     served: Any,
     error: str | None,
     fairness_breach: str | None = None,
+    *,
+    trend: list[Any] | None = None,
 ) -> str:
-    """The model's page; ``fairness_breach``: the fairness limits the champion breaks (:func:`_fairness_breach`)."""
-    ct, mon, exp = st.last_ct, st.last_monitor, st.experiment_id
+    """The model's page: the champion, the promotion ledger, what served when, the metric trend, the last CT
+    run (its gate report folded), drift. ``fairness_breach``: the fairness limits the champion breaks
+    (:func:`_fairness_breach`); ``trend``: :func:`mlops_airflow.core.ledger.metric_trend`'s points."""
     parts = [f"<p><a href='./'>&larr; all models</a></p><h1>{e(spec.name)}</h1>"]
     if spec.description:
         parts.append(f"<p class='muted'>{e(spec.description)}</p>")
-    if st.champion_refused:
-        parts.append(
-            f"<p class='warn' id='champion-refused'><b>champion v{e(st.champion)} is not proven blessed and does "
-            f"not serve</b>: {e(st.champion_refused)}</p>"
-        )
-    if st.unrecorded_move:
-        parts.append(
-            f"<p class='warn'>champion is v{e(st.champion)} but the ledger's last move put "
-            f"v{e(st.ledger[-1].to_version if st.ledger else None)} there: it was moved outside Airflow.</p>"
-        )
-    if fairness_breach:
-        parts.append(f"<p class='warn' id='champion-fairness'><b>fairness breach</b>: {e(fairness_breach)}</p>")
-    pin = ""
-    if st.pinned:
-        who = st.pinned_by or {}
-        pin = f"<tr><th>pinned</th><td>v{e(st.pinned)} by {e(who.get('dag_id'))} ({e(who.get('reason'))})</td></tr>"
-    parts.append(
-        "<table>"
-        f"<tr><th>champion</th><td id='champion'><span class='pill'>v{e(st.champion)}</span></td></tr>"
-        f"<tr><th>since</th><td>{e(st.champion_since)}</td></tr><tr><th>why</th><td>{e(st.champion_why)}</td></tr>"
-        f"{pin}<tr><th>previous champion</th><td>{e(st.previous_champion)}</td></tr>"
-        f"<tr><th>challenger</th><td>{e(st.challenger)}</td></tr>"
-        f"<tr><th>next scheduled run</th><td>{e(next_run(spec.schedule))}</td></tr></table>"
-    )
-    parts.append("<h2>Last CT run</h2>")
-    if ct is None:
-        parts.append("<p class='muted'>none yet</p>")
-    else:
-        parts.append(
-            f"<p id='verdict'>{_verdict(ct)}</p><p>Airflow run {_airflow_run(ct.dag_id, ct.run_id, 2)} "
-            f"({e(ct.started_at)}, trigger {e(ct.trigger)}{': ' + e(ct.trigger_reason) if ct.trigger_reason else ''}) "
-            f"&middot; {_mlflow_run(exp, ct.mlflow_run_id)}</p>"
-        )
-        if report:
-            parts.append(f"<div class='report' id='gate-report'>{render_markdown(report)}</div>")
-        elif ct.validation == "failed":
-            parts.append("<p>The data failed validation; the task log of validate_data lists file, column, rule.</p>")
-    parts.append("<h2>Promotion ledger</h2>")
-    if st.ledger:
-        rows = "".join(
-            f"<tr><td>{e(x.at)}</td><td>{e(x.op)}</td><td>{e(x.from_version or '-')}</td><td>v{e(x.to_version)}</td>"
-            f"<td>{e(x.dag_id)} {_airflow_run(x.dag_id, x.run_id, 2)}{' by ' + e(x.user) if x.user else ''}"
-            f"{'<br><span class=muted>' + e(x.trigger) + '</span>' if x.trigger else ''}</td>"
-            f"<td>{e(x.reason)}</td><td>{_mlflow_run(exp, x.source_run_id, 'gate report')}</td></tr>"
-            for x in reversed(st.ledger)
-        )
-        parts.append(
-            "<table id='ledger'><tr><th>when (UTC)</th><th>move</th><th>from</th><th>to</th>"
-            f"<th>triggered by</th><th>reason</th><th>MLflow</th></tr>{rows}</table>"
-        )
-    else:
-        parts.append("<p class='muted'>champion never moved</p>")
-    answer = ""
-    if error:
-        answer = f"<p class='bad'>{e(error)}</p>"
-    elif at:
-        answer = (
-            f"<p id='served-at'>At {e(at)}: v{e(served.to_version)} served (since {e(served.at)}, {e(served.op)})</p>"
-            if served
-            else f"<p id='served-at'>At {e(at)}: no version served yet</p>"
-        )
-    parts.append(
-        "<form method='get'><label>What served at <input name='at' placeholder='2026-05-01T12:00:00+00:00' "
-        f"value='{e(at or '')}'></label> <button>look up</button></form>{answer}"
-    )
-    parts.append("<h2>Drift</h2>")
-    parts.append(f"<p>{_drift(mon)}</p>")
-    if mon is not None:
-        parts.append(
-            f"<p>{_airflow_run(f'monitor_{spec.name}', mon.run_id, 2)} ({e(mon.started_at)}, champion "
-            f"v{e(mon.champion_version)}) &middot; {_mlflow_run(exp, mon.mlflow_run_id)}</p>"
-        )
-        if mon.retrain_reason:
-            parts.append(f"<p>{e(mon.retrain_reason)}</p>")
-        for path in mon.plots:
-            src = f"{quote(spec.name)}/image?run={quote(mon.mlflow_run_id)}&amp;path={quote(path)}"
-            parts.append(f"<img alt='{e(path)}' src='{src}'>")
+    parts += _warnings(st, fairness_breach)
+    parts.append(_head(spec, st))
+    parts.append(_ledger(st))
+    parts.append(_served_at(at, served, error))
+    parts.append(_trend(spec, st, trend))
+    parts.append(_last_ct(st, report))
+    parts.append(_drift_section(spec, st))
     return "".join(parts)
 
 
@@ -366,11 +513,23 @@ async def model_page(name: str, user: UserDep, at: str | None = None) -> HTMLRes
     report = None
     if st.last_ct is not None:
         report = await asyncio.to_thread(gate_report, _client(), st.last_ct.mlflow_run_id)
-    when, error = _parse_at(at)
-    served = served_at(st.ledger, when) if when else None
+    moment, error = _parse_at(at)
+    served = served_at(st.ledger, moment) if moment else None
     breach = await asyncio.to_thread(_fairness_breach, st)
     stuck = await asyncio.to_thread(stuck_notifications, spec.name)
-    return _page(f"{name}: model", stuck + render_model(spec, st, report, at if when else None, served, error, breach))
+    trend = await asyncio.to_thread(_trend_points, spec)
+    page = render_model(spec, st, report, at if moment else None, served, error, breach, trend=trend)
+    return _page(f"{name}: model", stuck + page)
+
+
+#: Comparisons already read for the metric trend, by MLflow run id (written once by a CT run, never changed).
+_COMPARISONS: dict[str, dict[str, Any]] = {}
+
+
+def _trend_points(spec: Any) -> list[Any]:
+    from mlops_airflow.core.ledger import metric_trend
+
+    return metric_trend(_client(), spec.name, spec.primary, cache=_COMPARISONS)
 
 
 def _fairness_breach(st: Any) -> str | None:

@@ -1,0 +1,112 @@
+"""The metric trend of the model page: an inline SVG drawn on the server (no script, no network, no plotting
+library in the api-server), one column per version: the primary metric its CT run measured, the gate's
+interval for it, and the champion ringed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from mlops_airflow.core.encoding import html_text
+
+WIDTH, HEIGHT = 640, 240
+LEFT, RIGHT, TOP, BOTTOM = 64, 24, 28, 36
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _ticks(low: float, high: float, count: int = 4) -> list[float]:
+    """About ``count`` round values spanning ``low``..``high``."""
+    raw = (high - low) / count
+    step = 10 ** math.floor(math.log10(raw))
+    step = next(m * step for m in (1, 2, 5, 10) if m * step >= raw)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step) + 1)]
+
+
+def _bounds(points: Sequence[Any]) -> tuple[float, float] | None:
+    values = [v for p in points for v in (p.value, p.lower, p.upper) if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.12 or abs(high) * 0.01 or 0.01
+    return low - pad, high + pad
+
+
+def _title(point: Any, metric: str) -> str:
+    text = f"v{point.version}: {metric} " + ("not measured" if point.value is None else _fmt(point.value))
+    if point.lower is not None and point.upper is not None:
+        text += f"; gate interval {_fmt(point.lower)} to {_fmt(point.upper)} against v{point.judged_against}"
+    elif point.value is not None:
+        text += "; no champion to judge against (first version)"
+    return text
+
+
+def trend_svg(points: Sequence[Any], champion: str | None, metric: str) -> str:
+    """The SVG of :func:`mlops_airflow.core.ledger.metric_trend`'s points; empty when none was measured."""
+    bounds = _bounds(points)
+    if bounds is None:
+        return ""
+    low, high = bounds
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    step = plot_w / len(points)
+
+    def x(i: int) -> float:
+        return LEFT + step * (i + 0.5)
+
+    def y(value: float) -> float:
+        return TOP + plot_h * (high - value) / (high - low)
+
+    parts = [
+        f"<svg id='metric-trend' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' "
+        f"viewBox='0 0 {WIDTH} {HEIGHT}' role='img' aria-label='{html_text(metric)} per version'>",
+        f"<line x1='{LEFT}' y1='{TOP}' x2='{LEFT}' y2='{TOP + plot_h}' stroke='#98a2b3'/>",
+        f"<line x1='{LEFT}' y1='{TOP + plot_h}' x2='{WIDTH - RIGHT}' y2='{TOP + plot_h}' stroke='#98a2b3'/>",
+        f"<text x='{LEFT}' y='14' font-size='12' fill='#344054'>{html_text(metric)}</text>",
+    ]
+    for tick in _ticks(low, high):
+        ty = y(tick)
+        parts.append(
+            f"<line x1='{LEFT - 4}' y1='{ty:.1f}' x2='{WIDTH - RIGHT}' y2='{ty:.1f}' stroke='#eaecf0'/>"
+            f"<text x='{LEFT - 8}' y='{ty + 4:.1f}' font-size='11' text-anchor='end' fill='#667085'>{_fmt(tick)}</text>"
+        )
+    line = " ".join(f"{x(i):.1f},{y(p.value):.1f}" for i, p in enumerate(points) if p.value is not None)
+    parts.append(f"<polyline points='{line}' fill='none' stroke='#84adea' stroke-width='1.5'/>")
+    for i, point in enumerate(points):
+        parts.append(_column(point, x(i), y, TOP + plot_h, champion, metric))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _column(point: Any, cx: float, y: Any, axis: float, champion: str | None, metric: str) -> str:
+    is_champion = champion is not None and str(point.version) == str(champion)
+    css = "point champion" if is_champion else "point"
+    title = html_text(_title(point, metric))
+    out = [f"<g class='{css}' data-version='{html_text(point.version)}'><title>{title}</title>"]
+    if point.lower is not None and point.upper is not None:
+        top, bottom = y(point.upper), y(point.lower)
+        out.append(
+            f"<line class='interval' x1='{cx:.1f}' y1='{top:.1f}' x2='{cx:.1f}' y2='{bottom:.1f}' stroke='#667085' "
+            f"stroke-width='2'/><line x1='{cx - 6:.1f}' y1='{top:.1f}' x2='{cx + 6:.1f}' y2='{top:.1f}' "
+            f"stroke='#667085' stroke-width='2'/><line x1='{cx - 6:.1f}' y1='{bottom:.1f}' x2='{cx + 6:.1f}' "
+            f"y2='{bottom:.1f}' stroke='#667085' stroke-width='2'/>"
+        )
+    if point.value is not None:
+        cy = y(point.value)
+        out.append(f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='4.5' fill='#0b63c5'/>")
+        if is_champion:
+            out.append(
+                f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='10' fill='none' stroke='#11702f' stroke-width='2.5'/>"
+                f"<text x='{cx + 13:.1f}' y='{cy - 8:.1f}' font-size='11' font-weight='600' fill='#11702f'>"
+                "champion</text>"
+            )
+    label = f"v{point.version}"
+    weight = " font-weight='700'" if is_champion else ""
+    out.append(
+        f"<text x='{cx:.1f}' y='{axis + 18:.1f}' font-size='12' text-anchor='middle'{weight} fill='#1d2733'>"
+        f"{html_text(label)}</text></g>"
+    )
+    return "".join(out)
