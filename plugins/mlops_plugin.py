@@ -1,22 +1,14 @@
-"""Airflow plugin of mlops-airflow: the MLflow link on task instances, and the model page (an app the
-api-server mounts under ``/mlops`` with a "Models" entry in the nav)."""
+"""Airflow plugin of mlops-airflow for a deployment that takes the package from its plugins folder (the
+reference project): the class lives in :mod:`mlops_airflow.plugin`.
 
-from airflow.plugins_manager import AirflowPlugin
+Where the distribution is installed (``pip install mlops-airflow``, or ``uv sync`` in this repository), its
+``airflow.plugins`` entry point registers the plugin; this file then registers nothing, because Airflow would
+report the second registration of the same name as a plugin import error.
+"""
 
-from mlops_airflow.operators.base import MlflowRunLink
-from mlops_airflow.ui.app import NAV_ROUTE, URL_PREFIX, app
+from importlib.metadata import entry_points
 
+if not any(ep.value == "mlops_airflow.plugin:MlopsPlugin" for ep in entry_points(group="airflow.plugins")):
+    from mlops_airflow.plugin import MlopsPlugin
 
-class MlopsPlugin(AirflowPlugin):
-    name = "mlops_airflow"
-    operator_extra_links = [MlflowRunLink()]
-    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "mlops-airflow models"}]
-    # href relative to Airflow's base URL (no leading slash), so it works behind a reverse proxy
-    external_views = [
-        {
-            "name": "Models",
-            "href": f"{URL_PREFIX.strip('/')}/models/",
-            "url_route": NAV_ROUTE,
-            "destination": "nav",
-        }
-    ]
+    __all__ = ["MlopsPlugin"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,13 @@ from typing import Any
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, BaseOperator, Param
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
-from mlops_airflow.core.config import ModelSpec, ModelSpecError, candidate_grid, load_specs_tolerant
+from mlops_airflow.core.config import (
+    ModelSpec,
+    ModelSpecError,
+    candidate_grid,
+    load_specs_tolerant,
+    use_models_dir,
+)
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # only the invalid-spec stand-in DAG (never scheduled)
 REGISTRY_POOL = "mlflow_registry"
@@ -135,9 +143,10 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
                 type=["null", "string"],
                 description="Landing zone (path or URI) to train on instead of the spec's source.uri",
             ),
+            # null allowed: the trigger form treats a plain string param as required and keeps Trigger disabled
             "reason": Param(
-                "",
-                type="string",
+                None,
+                type=["null", "string"],
                 description="Why this run was started (optional; recorded in MLflow as mlops.trigger.reason)",
             ),
         },
@@ -380,16 +389,19 @@ class InvalidSpecOperator(BaseOperator):
         raise AirflowFailException(self.message)
 
 
-def build_dags(specs: list[ModelSpec] | None = None) -> dict[str, DAG]:
+def build_dags(specs: list[ModelSpec] | None = None, directory: Path | None = None) -> dict[str, DAG]:
     """Every DAG of every model spec, keyed by DAG id.
 
     A YAML that fails validation breaks only its own model: it gets a stand-in DAG that shows the error and a
     warning in the parse log, while every good model keeps its DAGs.
+
+    :param specs: the specs to build (default: every spec in ``directory``).
+    :param directory: where the specs are read (default: :func:`mlops_airflow.core.config.models_dir`).
     """
     dags: dict[str, DAG] = {}
     errors: dict[Path, ModelSpecError] = {}
     if specs is None:
-        specs, errors = load_specs_tolerant()
+        specs, errors = load_specs_tolerant(directory)
     for spec in specs:
         for builder in (build_ct_dag, build_monitor_dag, build_predict_dag, build_rollback_dag):
             dag = builder(spec)
@@ -401,3 +413,28 @@ def build_dags(specs: list[ModelSpec] | None = None) -> dict[str, DAG]:
         if stand_in.dag_id not in dags:
             dags[stand_in.dag_id] = stand_in
     return dags
+
+
+def model_dags(models_dir: str | os.PathLike[str]) -> dict[str, DAG]:
+    """Every DAG of the model specs in ``models_dir``, keyed by DAG id: the whole of a DAG file::
+
+        from mlops_airflow import model_dags
+
+        globals().update(model_dags("include/models"))
+
+    The folder becomes this process's models folder (:func:`mlops_airflow.core.config.use_models_dir`): a
+    task's process parses the DAG file before it runs, so the task reads its spec from the same folder.
+
+    :param models_dir: folder of the model YAMLs; a relative path is relative to the folder of the calling DAG
+        file (so it travels with a DAG bundle), not to the working directory.
+    :raises ModelSpecError: the folder does not exist (Airflow shows it as the DAG file's import error).
+    """
+    directory = Path(models_dir).expanduser()
+    caller = sys._getframe(1).f_globals.get("__file__")
+    if not directory.is_absolute():
+        directory = (Path(caller).parent if caller else Path.cwd()) / directory
+    if not directory.is_dir():
+        raise ModelSpecError(
+            f"{directory}: no folder of model specs there (model_dags({str(models_dir)!r}) in {caller or 'the caller'})"
+        )
+    return build_dags(directory=use_models_dir(directory))

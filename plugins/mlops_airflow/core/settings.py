@@ -29,7 +29,12 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def mlops_home() -> Path:
-    return Path(os.environ.get("MLOPS_HOME") or REPO_ROOT / ".local")
+    """``MLOPS_HOME``; else ``.local`` of this checkout, or, installed as a package, ``$AIRFLOW_HOME/mlops``."""
+    if os.environ.get("MLOPS_HOME"):
+        return Path(os.environ["MLOPS_HOME"])
+    if (REPO_ROOT / "pyproject.toml").exists():
+        return REPO_ROOT / ".local"
+    return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow") / "mlops"
 
 
 def data_root() -> str:

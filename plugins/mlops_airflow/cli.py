@@ -1,0 +1,346 @@
+"""``mlops``: the command line of mlops-airflow.
+
+``mlops lint PATH...``
+    Check model spec files (or every spec in a folder) as the DAG factory does: the same validation
+    (:func:`mlops_airflow.core.config.load_model_spec`, with the file's folder as the models folder), then the
+    model's DAGs are built. One line per error: file, line, key and the rule broken; exit status 1 on any.
+``mlops status MODEL``
+    Who serves the model, since when and why, whether that version is proven blessed, the last CT verdict and
+    the last monitor run, read from MLflow (nothing is written). Exit status 1 when the champion is not proven
+    blessed (it does not serve).
+
+Importing this module does not import Airflow or MLflow: ``mlops lint --no-dags`` stays quick enough for a
+pre-commit hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from mlops_airflow.core.config import MODELS_DIR_ENV, ModelSpec, ModelSpecError, load_model_spec, spec_files
+from mlops_airflow.core.encoding import dumps
+
+#: A problem line of an "invalid model spec" message: ``  <key>: <rule>``.
+_PROBLEM = re.compile(r"^  (\S+): (.*)$")
+#: A dotted spec key (what a one-line spec error starts with, e.g. ``name: ...``).
+_KEY = re.compile(r"^[A-Za-z_][\w.]*$")
+#: The key of an error the DAG factory raises while building a valid spec's DAGs.
+DAGS_KEY = "<dags>"
+
+
+@dataclass(frozen=True)
+class LintError:
+    """One broken rule of one spec file; ``line`` is 1-based (the key's line, or the nearest enclosing one)."""
+
+    file: str
+    line: int
+    key: str
+    rule: str
+
+    def __str__(self) -> str:
+        rule = self.rule.replace("\n", "\n    ")
+        return f"{self.file}:{self.line}: {self.key}: {rule}" if self.key else f"{self.file}:{self.line}: {rule}"
+
+
+def problems(path: Path, error: ModelSpecError) -> list[tuple[str, str]]:
+    """The ``(key, rule)`` pairs of a spec error, worded as :func:`~mlops_airflow.core.config.load_model_spec`
+    worded them (the key is empty for an error of the whole file, such as YAML that does not parse)."""
+    text = str(error).removeprefix(f"{path}: ")
+    head, _, body = text.partition("\n")
+    if head == "invalid model spec":
+        found: list[list[str]] = []
+        for line in body.splitlines():
+            match = _PROBLEM.match(line)
+            if match:
+                found.append([match[1], match[2]])
+            elif found:  # a rule worded on several lines
+                found[-1][1] += "\n" + line
+        return [(key, rule) for key, rule in found]
+    key, sep, rule = text.partition(": ")
+    return [(key, rule)] if sep and _KEY.match(key) else [("", text)]
+
+
+def key_line(text: str, key: str) -> int:
+    """The 1-based line of dotted ``key`` (list items by index, e.g. ``features.0.type``) in YAML ``text``: of
+    its deepest part that is there (a missing key points at its parent); for text that does not parse, the
+    line of the syntax error."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        return mark.line + 1 if mark else 1
+    except yaml.YAMLError:
+        return 1
+    line = 1 if node is None else node.start_mark.line + 1
+    for part in key.split(".") if key and not key.startswith("<") else []:
+        child = _child(node, part)
+        if child is None:
+            break
+        line, node = child
+    return line
+
+
+def _child(node: Any, part: str) -> tuple[int, Any] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == part:
+                return key_node.start_mark.line + 1, value
+    if isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+        item = node.value[int(part)]
+        return item.start_mark.line + 1, item
+    return None
+
+
+@contextlib.contextmanager
+def models_folder(folder: Path) -> Iterator[None]:
+    """``folder`` as the models folder while a spec in it is checked, as ``model_dags(folder)`` makes it for the
+    DAG file: transformer modules resolve under its parent (unless ``MLOPS_INCLUDE_DIR`` says otherwise)."""
+    before = os.environ.get(MODELS_DIR_ENV)
+    os.environ[MODELS_DIR_ENV] = str(folder.resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MODELS_DIR_ENV, None)
+        else:
+            os.environ[MODELS_DIR_ENV] = before
+
+
+def _spec_errors(path: Path, error: ModelSpecError) -> list[LintError]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    return [LintError(str(path), key_line(text, key), key, rule) for key, rule in problems(path, error)]
+
+
+def _dag_errors(path: Path, spec: ModelSpec) -> list[LintError]:
+    """What the DAG factory raises while building the model's DAGs from a valid spec (in a DAG file, an
+    import error that takes down every model of that file)."""
+    from mlops_airflow import dag_factory
+
+    errors = []
+    for build in (
+        dag_factory.build_ct_dag,
+        dag_factory.build_monitor_dag,
+        dag_factory.build_predict_dag,
+        dag_factory.build_rollback_dag,
+    ):
+        try:
+            build(spec)
+        except Exception as err:  # any exception here is an import error of the user's DAG file
+            errors.append(LintError(str(path), 1, DAGS_KEY, f"{build.__name__}: {type(err).__name__}: {err}"))
+    return errors
+
+
+def lint_file(path: Path, *, build_dags: bool = True) -> list[LintError]:
+    """Every error of one spec file, as the DAG factory finds them (:func:`load_specs_tolerant`'s rules)."""
+    with models_folder(path.parent):
+        try:
+            spec = load_model_spec(path)
+        except ModelSpecError as err:
+            return _spec_errors(path, err)
+        except OSError as err:
+            return _spec_errors(path, ModelSpecError(f"{path}: cannot be read: {err}"))
+        return _dag_errors(path, spec) if build_dags else []
+
+
+def lint_targets(paths: Sequence[Path]) -> tuple[list[Path], list[LintError]]:
+    """The spec files named by ``paths`` (a folder stands for its ``*.yaml``/``*.yml``, as the factory reads it),
+    and an error for a path that names none."""
+    files: list[Path] = []
+    errors: list[LintError] = []
+    for path in paths:
+        if path.is_dir():
+            found = spec_files(path)
+            files += found
+            if not found:
+                errors.append(LintError(str(path), 1, "", "no model spec (*.yaml, *.yml) in this folder"))
+        elif path.exists():
+            files.append(path)
+        else:
+            errors.append(LintError(str(path), 1, "", "no such file or folder"))
+    return files, errors
+
+
+def lint(paths: Sequence[Path], *, build_dags: bool = True) -> tuple[list[Path], list[LintError]]:
+    """The files checked and every error found in them."""
+    files, errors = lint_targets(paths)
+    for path in files:
+        errors += lint_file(path, build_dags=build_dags)
+    return files, errors
+
+
+def _cmd_lint(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    files, errors = lint(args.paths, build_dags=not args.no_dags)
+    if args.format == "json":
+        print(dumps({"files": [str(f) for f in files], "errors": [asdict(e) for e in errors]}, indent=2), file=out)
+    else:
+        for error in errors:
+            print(error, file=out)
+        bad = len({e.file for e in errors})
+        summary = f"{len(errors)} error(s) in {bad} file(s)" if errors else "no errors"
+        print(f"mlops lint: {len(files)} spec file(s) checked, {summary}", file=err)
+    return 1 if errors else 0
+
+
+# ------------------------------------------------------------------------------------------------ status
+
+
+class StatusError(RuntimeError):
+    """The status cannot be read (no spec, no store, a bad signing key); the message says which and where."""
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlops_airflow.core.tracking import client_for
+
+    if tracking_uri.startswith("sqlite:///"):
+        store = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not store.is_file():  # MLflow would create an empty store there
+            raise StatusError(f"no MLflow store at {store} (set MLFLOW_TRACKING_URI or pass --tracking-uri)")
+    return client_for(tracking_uri)
+
+
+def model_status(name: str, models_dir: Path | None, tracking_uri: str | None) -> Any:
+    """:func:`mlops_airflow.core.ledger.model_status`, with the champion checked by the champion resolver
+    (:func:`mlops_airflow.core.champion.resolve`) under this process's signing key, if it has one."""
+    from dataclasses import replace
+
+    from mlflow.exceptions import MlflowException
+
+    from mlops_airflow.core import settings
+    from mlops_airflow.core.champion import NoVersionError, UnblessedVersionError, resolve
+    from mlops_airflow.core.config import get_spec
+    from mlops_airflow.core.ledger import model_status as read_status
+    from mlops_airflow.core.signing import SigningKeyError, signing_key
+
+    uri = tracking_uri or settings.default_tracking_uri()
+    try:
+        spec = get_spec(name, models_dir)
+        client = _client(uri)
+        st = read_status(client, spec.name, spec.primary)
+        key = signing_key(uri, create=False)  # reading never creates the embedded default's key
+    except (ModelSpecError, SigningKeyError, MlflowException) as error:
+        raise StatusError(f"{name}: {error}") from None
+    if st.champion is None:
+        return st
+    try:
+        proof = resolve(client, spec.name, key).provenance
+    except UnblessedVersionError as refusal:
+        return replace(st, champion_refused=str(refusal))
+    except NoVersionError:  # moved away while it was read
+        return st
+    except MlflowException as error:
+        raise StatusError(f"{name}: {error}") from None
+    return replace(st, champion_proof="signature" if proof.signed else "source run")
+
+
+def status_lines(st: Any) -> list[str]:
+    """The status as a person reads it: one ``label: value`` line per fact."""
+    rows = [("model", st.name)]
+    if st.champion is None:
+        rows.append(("champion", "none yet (no version has been promoted)"))
+    elif st.champion_refused:
+        rows.append(("champion", f"v{st.champion}, NOT PROVEN BLESSED, does not serve: {st.champion_refused}"))
+    else:
+        rows.append(("champion", f"v{st.champion}, proven blessed by its {st.champion_proof}"))
+    if st.champion is not None:
+        rows.append(("since", f"{st.champion_since} ({st.champion_why})" if st.champion_since else "no record"))
+    if st.unrecorded_move:
+        rows.append(("warning", "champion was moved outside Airflow: the ledger's last move put it elsewhere"))
+    if st.pinned:
+        rows.append(("pinned", f"v{st.pinned}: no CT run moves champion until a rollback run unpins it"))
+    for label, version in (("challenger", st.challenger), ("previous", st.previous_champion)):
+        if version:
+            rows.append((label, f"v{version}"))
+    ct = st.last_ct
+    rows.append(("last CT", f"{ct.started_at} ({ct.dag_id} {ct.run_id}): {ct.verdict}" if ct else "none"))
+    rows.append(("last monitor", _monitor_text(st.last_monitor)))
+    width = max(len(label) for label, _ in rows) + 1
+    return [f"{label + ':':<{width}} {value}" for label, value in rows]
+
+
+def _monitor_text(mon: Any) -> str:
+    if mon is None:
+        return "none"
+    drift = "n/a" if mon.drift_share is None else f"{mon.drift_share:.2f}"
+    features = f" ({', '.join(mon.drifted_features)})" if mon.drifted_features else ""
+    live = "n/a" if mon.live_metric is None else f"{mon.live_metric:.4g}"
+    retrain = f"retrain requested: {mon.retrain_reason}" if mon.retrain_requested else "no retrain requested"
+    return f"{mon.started_at} on v{mon.champion_version}: drift share {drift}{features}, live metric {live}, {retrain}"
+
+
+def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        st = model_status(args.model, args.models_dir, args.tracking_uri)
+    except StatusError as error:
+        print(f"mlops status: {error}", file=err)
+        return 2
+    if args.format == "json":
+        print(dumps(st.to_dict(), indent=2), file=out)
+    else:
+        print("\n".join(status_lines(st)), file=out)
+    return 1 if st.champion_refused else 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mlops_airflow.provider import PACKAGE_NAME, distribution_version
+
+    parser = argparse.ArgumentParser(
+        prog="mlops",
+        description="Command line of mlops-airflow: check model specs, read a model's status.",
+        epilog="Run `mlops COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PACKAGE_NAME} {distribution_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    lint_cmd = sub.add_parser(
+        "lint",
+        help="check model spec files as the DAG factory does",
+        description="Check model spec files as the DAG factory does: the spec rules, then building the model's "
+        "DAGs. Prints FILE:LINE: KEY: RULE per error and exits with status 1 on any error.",
+    )
+    lint_cmd.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="a spec file, or a folder of *.yaml")
+    lint_cmd.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    lint_cmd.add_argument(
+        "--no-dags", action="store_true", help="check the spec rules only, without building DAGs (no Airflow import)"
+    )
+    status_cmd = sub.add_parser(
+        "status",
+        help="who serves a model, since when and why, the last CT verdict and monitor run",
+        description="Read a model's status from MLflow: the champion (and whether it is proven blessed), since "
+        "when and why, the last CT run's verdict and the last monitor run. Exit status 1 when the champion is not "
+        "proven blessed, 2 when the status cannot be read.",
+    )
+    status_cmd.add_argument("model", help="the model's name (its spec file's stem)")
+    status_cmd.add_argument(
+        "--models-dir", type=Path, help=f"folder of the model specs (default: ${MODELS_DIR_ENV}, else include/models)"
+    )
+    status_cmd.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded local store)"
+    )
+    status_cmd.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Entry point of the ``mlops`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    command = {"lint": _cmd_lint, "status": _cmd_status}[args.command]
+    return command(args, out or sys.stdout, err or sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
