@@ -44,6 +44,36 @@ def test_demo_spec_loads():
         (lambda d: d["gate"].update(confidence=1.5), "gate.confidence", "less than 1"),
         (lambda d: d.update(surprise=True), "surprise", "Extra inputs"),
         (lambda d: d["features"][1].update(min=10, max=1), "features.1", "greater than max"),
+        (
+            lambda d: d.update(window={"train_days": 365, "eval_batches": 1}),
+            "window",
+            "eval_batches, train_days measure the window in batches and time; a window is measured one way",
+        ),
+        (
+            lambda d: d.update(window={"train_rows": 5000, "eval_days": 7}),
+            "window",
+            "eval_days, train_rows measure the window in time and rows",
+        ),
+        (lambda d: d.update(window={"eval_days": 7}), "window", "train_days or train_weeks is missing"),
+        (
+            lambda d: d.update(window={"train_days": 7, "train_weeks": 1, "eval_days": 1}),
+            "window",
+            "train_days and train_weeks both give the training window",
+        ),
+        (lambda d: d["label"].update(nullable=True), "label.nullable", "max_unlabelled_fraction (0.0..1.0)"),
+        (lambda d: d["label"].update(max_unlabelled_fraction=1.5), "label.max_unlabelled_fraction", "less than"),
+        (
+            lambda d: d["features"][6].update(impute="most_frequent"),
+            "features.6",
+            "missing: own_category (default) or missing: most_frequent",
+        ),
+        (lambda d: d["features"][7].update(categories=[1, 2.5]), "features.7.categories", "2.5 is a fraction"),
+        (
+            lambda d: d["features"][7].update(categories=[3, "3"]),
+            "features.7.categories",
+            "['3'] listed more than once",
+        ),
+        (lambda d: d["features"][0].update(missing="most_frequent"), "features.0", "missing do(es) not apply"),
     ],
 )
 def test_wrong_spec_names_file_key_and_reason(tmp_path, change, key, why):
@@ -65,3 +95,48 @@ def test_not_yaml(tmp_path):
     path.write_text("name: [unclosed")
     with pytest.raises(ModelSpecError, match="not valid YAML"):
         load_model_spec(path)
+
+
+def test_windows_by_time_rows_or_batches(tmp_path):
+    by_days = load_model_spec(write_variant(tmp_path, lambda d: d.update(window={"train_days": 365, "eval_days": 21})))
+    assert by_days.window.kind == "time" and (by_days.window.train_size, by_days.window.eval_size) == (365, 21)
+    assert by_days.window.train_batches is None  # not a window of 14 + 1 files
+    by_weeks = load_model_spec(write_variant(tmp_path, lambda d: d.update(window={"train_weeks": 52, "eval_days": 10})))
+    assert (by_weeks.window.train_size, by_weeks.window.eval_size) == (364, 10)
+    by_rows = load_model_spec(
+        write_variant(tmp_path, lambda d: d.update(window={"train_rows": 9000, "eval_rows": 900}))
+    )
+    assert by_rows.window.kind == "rows" and by_rows.window.describe().startswith("the newest 900 labelled row(s)")
+    default = load_model_spec(write_variant(tmp_path, lambda d: d.pop("window")))
+    assert (default.window.kind, default.window.train_batches, default.window.eval_batches) == ("batches", 14, 1)
+    only_eval = load_model_spec(write_variant(tmp_path, lambda d: d.update(window={"eval_batches": 3})))
+    assert (only_eval.window.train_batches, only_eval.window.eval_batches) == (14, 3)
+
+
+def test_integer_and_boolean_category_codes_are_matched_by_value_as_the_model_reads_them(tmp_path):
+    import numpy as np
+
+    from mlops_airflow.core.config import category_code
+    from mlops_airflow.core.served_model import category_text
+
+    def codes(d):
+        d["features"][7].update(categories=[3, 4, 5, 6, 8], missing="most_frequent")
+        d["features"][8].update(categories=[True, False])
+
+    spec = load_model_spec(write_variant(tmp_path, codes))
+    assert spec.feature("region").categories == ["3", "4", "5", "6", "8"]
+    assert spec.feature("region").missing == "most_frequent"
+    assert spec.feature("home_ownership").categories == ["True", "False"]
+    # a declared code is the text a landed or served value is compared by, whatever type it lands as
+    for value in (3, 3.0, "3", True, False, "north", 0, -2, 8.0):
+        assert category_code(value) == category_text(value), value
+    for landed in (np.int64(3), np.float64(3.0), np.bool_(True)):
+        assert category_text(landed) in {"3", "True"}
+
+
+def test_late_labels_are_declared_on_the_label(tmp_path):
+    spec = load_model_spec(
+        write_variant(tmp_path, lambda d: d["label"].update(delay_days=3, max_unlabelled_fraction=0.1))
+    )
+    assert (spec.label.delay_days, spec.label.max_unlabelled_fraction) == (3, 0.1)
+    assert (load_model_spec(GOOD).label.delay_days, load_model_spec(GOOD).label.max_unlabelled_fraction) == (0, 0.0)

@@ -1,12 +1,77 @@
-"""Snapshots: immutable, content-hashed, idempotent, never left half-written."""
+"""Snapshots: immutable, content-hashed, idempotent, never left half-written; windows in batches, days or
+rows; rows without a label counted and never loaded."""
 
 from __future__ import annotations
 
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
 import pytest
+import yaml
 
 from mlops_airflow.core import demo_data
-from mlops_airflow.core.config import get_spec
+from mlops_airflow.core.config import ModelSpec, get_spec, parse_model_spec
 from mlops_airflow.core.data import DataError, load_part, read_manifest, write_snapshot
+
+TICKETS = Path(__file__).resolve().parents[1] / "e2e" / "models" / "ticket_outcome.yaml"
+DAY_0 = dt.date(2026, 2, 1)
+OUTCOMES = ["resolved", "reopened", "escalated"]
+
+
+def ticket_spec(label: dict[str, Any] | None = None, **changes: Any) -> ModelSpec:
+    """The end-to-end tests' ticket model (outcomes three days late, a window of 28 + 7 days), changed."""
+    data = yaml.safe_load(TICKETS.read_text())
+    data["label"].update(label or {})
+    return parse_model_spec({**data, **changes})
+
+
+def land_tickets(
+    folder: Path,
+    first: int,
+    last: int,
+    *,
+    rows: int = 10,
+    span: int = 1,
+    unlabelled: dict[int, int] | None = None,
+    plan_codes: Any = None,
+) -> list[Path]:
+    """Ticket files from day ``first`` to ``last`` (day 0 is 2026-02-01), one per ``span`` days, ``rows`` tickets a
+    day opened at 09:00 (``span`` 1: the date alone). ``unlabelled``: day -> tickets of that day without an
+    outcome; ``plan_codes``: the day's plan codes (default integers 3..8)."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for start in range(first, last + 1, span):
+        frames = []
+        for day in range(start, min(start + span, last + 1)):
+            date = DAY_0 + dt.timedelta(days=day)
+            outcome: list[Any] = [OUTCOMES[(day + i) % 3] for i in range(rows)]
+            for i in range((unlabelled or {}).get(day, 0)):
+                outcome[-1 - i] = None
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "opened_on": date.isoformat() if span == 1 else f"{date.isoformat()}T09:00:00",
+                        "wait_minutes": [float(5 * i) for i in range(rows)],
+                        "plan_code": plan_codes
+                        if plan_codes is not None
+                        else [[3, 4, 5, 6, 8][i % 5] for i in range(rows)],
+                        "first_contact": [i % 2 == 0 for i in range(rows)],
+                        "channel": ["email", "phone"] * (rows // 2) + ["chat"] * (rows % 2),
+                        "outcome": outcome,
+                    }
+                )
+            )
+        path = folder / f"tickets_{DAY_0 + dt.timedelta(days=start):%Y-%m-%d}.csv"
+        pd.concat(frames, ignore_index=True).to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def day_file(day: int) -> str:
+    return f"tickets_{DAY_0 + dt.timedelta(days=day):%Y-%m-%d}.csv"
 
 
 @pytest.fixture
@@ -230,3 +295,87 @@ def test_the_newest_training_day_validates_without_copying_the_window(spec, land
         shuffled = train.sample(frac=1.0, random_state=0)  # rows out of time order: still split by day
         fit_s, valid_s = validation_split(spec, shuffled)
         assert sorted(valid_s.index) == sorted(valid.index) and sorted(fit_s.index) == sorted(fit.index)
+
+
+def test_a_window_in_days_keeps_whole_batches_and_loads_the_rows_inside_its_bounds(tmp_path):
+    """Weekly files and a window of 20 + 10 days: the files the bounds cut are kept whole (one copy even when
+    both parts use it), the manifest records the bounds, and loading uses the rows inside them only."""
+    spec = ticket_spec(window={"train_days": 20, "eval_days": 10})
+    land_tickets(tmp_path / "landing", 0, 69, span=7)  # weeks 0..9; the newest row is on day 69
+
+    snap = write_snapshot(spec, str(tmp_path / "landing"), str(tmp_path / "snap"))
+
+    week = [day_file(7 * k) for k in range(10)]
+    assert [b.name for b in snap.batches if b.part == "eval"] == week[8:10]
+    assert [b.name for b in snap.batches if b.part == "train"] == week[5:9]  # week 5 holds days 40-41
+    assert snap.bounds == {
+        "column": "opened_on",
+        "train": ["2026-03-13T00:00:00+00:00", "2026-04-02T00:00:00+00:00"],
+        "eval": ["2026-04-02T00:00:00+00:00", "2026-04-12T00:00:00+00:00"],
+    }
+    assert read_manifest(str(tmp_path / "snap")).bounds == snap.bounds
+    assert len(list((tmp_path / "snap").rglob("*.parquet"))) == 5  # week 8 is copied once
+    assert (snap.train_rows, snap.eval_rows) == (200, 100)
+    train, evaluation = load_part(snap, "train"), load_part(snap, "eval")
+    assert (len(train), len(evaluation)) == (200, 100)
+    days = {part: frame["opened_on"].str[:10] for part, frame in (("train", train), ("eval", evaluation))}
+    assert (days["train"].min(), days["train"].max()) == ("2026-03-13", "2026-04-01")
+    assert (days["eval"].min(), days["eval"].max()) == ("2026-04-02", "2026-04-11")
+    assert list(load_part(snap, "eval", ["outcome"]).columns) == ["outcome"]  # the bounds' column read, not given
+
+
+def test_a_window_in_rows_takes_the_newest_whole_batches_holding_the_labelled_rows_it_needs(tmp_path):
+    spec = ticket_spec({"max_unlabelled_fraction": 0.5, "delay_days": 0}, window={"train_rows": 100, "eval_rows": 25})
+    land_tickets(tmp_path / "landing", 0, 29, unlabelled={29: 4})
+
+    snap = write_snapshot(spec, str(tmp_path / "landing"), str(tmp_path / "snap"))
+
+    assert [b.name for b in snap.batches if b.part == "eval"] == [day_file(d) for d in (27, 28, 29)]  # 26 rows
+    assert [b.name for b in snap.batches if b.part == "train"] == [day_file(d) for d in range(17, 27)]
+    assert (snap.train_rows, snap.eval_rows, snap.unlabelled_rows) == (100, 26, 4)
+    with pytest.raises(DataError, match=r"holding 296 labelled row\(s\); window.eval_rows needs 1000"):
+        write_snapshot(
+            ticket_spec({"max_unlabelled_fraction": 0.5}, window={"train_rows": 100, "eval_rows": 1000}),
+            str(tmp_path / "landing"),
+            str(tmp_path / "short"),
+        )
+
+
+def test_a_window_in_days_with_no_training_day_landed_is_refused(tmp_path):
+    land_tickets(tmp_path / "landing", 0, 4)
+    with pytest.raises(DataError, match=r"5 batch\(es\) for evaluation and 0 for training"):
+        write_snapshot(ticket_spec(), str(tmp_path / "landing"), str(tmp_path / "snap"))
+    assert not (tmp_path / "snap").exists()
+
+
+def test_rows_without_a_label_are_counted_and_never_loaded(tmp_path):
+    spec = ticket_spec(
+        {"delay_days": 2, "max_unlabelled_fraction": 0.2}, window={"train_batches": 5, "eval_batches": 2}
+    )
+    land_tickets(tmp_path / "landing", 0, 9, unlabelled={3: 2, 9: 10})  # day 9: no outcome yet
+
+    snap = write_snapshot(spec, str(tmp_path / "landing"), str(tmp_path / "snap"))
+
+    assert {b.name: b.unlabelled for b in snap.batches if b.unlabelled} == {day_file(3): 2, day_file(9): 10}
+    assert [b.name for b in snap.batches if b.awaiting_labels] == [day_file(8), day_file(9)]  # the newest 2 days
+    assert (snap.unlabelled_rows, snap.summary()["unlabelled_rows"]) == (12, 12)
+    assert (snap.train_rows, snap.eval_rows) == (48, 10)
+    evaluation = load_part(snap, "eval", spec.input_columns)
+    assert len(evaluation) == 10 and evaluation["outcome"].notna().all()
+    assert len(load_part(snap, "train", ["wait_minutes"])) == 48  # the label is read to leave rows out, not given
+
+
+def test_labels_landed_later_are_used_by_the_next_run_and_a_cleared_run_keeps_the_bytes_it_read(tmp_path):
+    spec = ticket_spec({"delay_days": 2}, window={"train_batches": 5, "eval_batches": 2})
+    landing, snapshots = tmp_path / "landing", tmp_path / "snapshots"
+    land_tickets(landing, 0, 9, unlabelled={8: 10, 9: 10})
+    first = write_snapshot(spec, str(landing), str(snapshots / "run-1"), run_id="run-1")
+    assert (first.eval_rows, first.unlabelled_rows) == (0, 20)
+
+    land_tickets(landing, 8, 9)  # the outcomes arrive: the same files, landed again with them
+
+    cleared = write_snapshot(spec, str(landing), str(snapshots / "run-1"), run_id="run-1")
+    assert cleared == first and len(load_part(cleared, "eval")) == 0  # its own snapshot, not the new files
+    second = write_snapshot(spec, str(landing), str(snapshots / "run-2"), run_id="run-2")
+    assert second.content_hash != first.content_hash
+    assert (second.eval_rows, second.unlabelled_rows) == (20, 0) and len(load_part(second, "eval")) == 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from test_data import day_file, land_tickets, ticket_spec
 
 from mlops_airflow.core import demo_data
 from mlops_airflow.core.config import get_spec
@@ -90,6 +91,9 @@ def test_a_file_with_extra_columns_is_judged_on_the_columns_the_suite_names(spec
     assert [(f.file, f.column, f.unexpected_count, f.element_count) for f in summary.failed] == [
         ("batch_2026-01-03.csv", "region", 7, 300)
     ]
+    # what was not checked is said once, in one line of the report
+    assert summary.ignored_columns == ["application_id", "free_text"]
+    assert summary.message().count("columns not in the spec, ignored: application_id, free_text") == 1
 
 
 def test_a_passing_file_is_validated_once_and_a_changed_or_failing_one_again(spec, tmp_path):
@@ -127,4 +131,80 @@ def test_a_row_without_its_time_is_named(spec, tmp_path):
     assert not summary.success
     assert [(f.file, f.column, f.expectation, f.unexpected_count) for f in summary.failed] == [
         ("batch_2026-01-04.csv", "event_date", "expect_column_values_to_not_be_null", 3)
+    ]
+
+
+def test_a_missing_column_is_named_first_then_the_expectations_it_breaks(spec, tmp_path):
+    summary = validate_snapshot(spec, snapshot_with(tmp_path, "missing_column"))
+    lines = summary.message().splitlines()
+    assert lines[0].startswith("data validation failed: column `utilization` is missing (batch_2026-01-04.csv)")
+    assert lines[1] == "  batch_2026-01-04.csv: column `utilization` is missing (expect_column_to_exist)"
+    assert all("column 'utilization'" in line and "column is missing" in line for line in lines[2:5]), lines
+    assert summary.failed[0].expectation == "expect_column_to_exist"
+
+
+def test_integer_category_codes_match_by_value_as_landed_or_served(tmp_path):
+    """Declared ``[3, 4, 5, 6, 8]``: a day of integers, one with gaps (floats) and one of text pass; a code not
+    declared and a fraction fail, naming file and column; the server refuses what validation refuses."""
+    import pandas as pd
+
+    from mlops_airflow.serving.inputs import InputError, check_rows
+
+    spec = ticket_spec(window={"train_batches": 5, "eval_batches": 1})
+    landing = tmp_path / "landing"
+    land_tickets(landing, 0, 3)  # integer codes
+    land_tickets(landing, 4, 4, plan_codes=[3, None, 4, 5, 6, 8, 3, 4, 5, 6])  # a gap: read back as floats
+    text = pd.read_csv(land_tickets(landing, 5, 5)[0]).astype({"plan_code": str})
+    text.to_parquet(landing / day_file(5).replace(".csv", ".parquet"))  # text codes, "3"
+    (landing / day_file(5)).unlink()
+    land_tickets(landing, 6, 6, plan_codes=[3, 7, 4, 5, 6, 8, 3, 4, 5, 6])
+    land_tickets(landing, 7, 7, plan_codes=[3, 3.5, 4, 5, 6, 8, 3, 4, 5, 6])
+
+    summary = validate_snapshot(spec, write_snapshot(spec, str(landing), str(tmp_path / "snap")))
+
+    assert {(f.file, f.column, f.expectation, f.unexpected_count) for f in summary.failed} == {
+        (day_file(6), "plan_code", "expect_column_values_to_be_in_set", 1),
+        (day_file(7), "plan_code", "expect_column_values_to_be_in_set", 1),
+        (day_file(7), "plan_code", "expect_column_values_to_be_in_type_list", 1),
+    }
+    assert "value_set=['3', '4', '5', '6', '8']" in summary.message()
+    rows = {"wait_minutes": [1.0] * 4, "first_contact": [True, False, True, False], "channel": ["email"] * 4}
+    checked = check_rows(spec, {**rows, "plan_code": [3, "3", 3.0, 8]}, 10)
+    assert list(checked.rows["plan_code"]) == ["3", "3", "3", "8"]
+    with pytest.raises(InputError) as refused:
+        check_rows(spec, {**rows, "plan_code": [3, 7, 4, 5]}, 10)
+    assert "column 'plan_code', row 1, value '7': not in categories [3, 4, 5, 6, 8]" in str(refused.value)
+
+
+def test_rows_without_a_label_up_to_the_limit_and_a_batch_awaiting_them_pass(tmp_path):
+    """At most 10 % of a day's tickets without an outcome, but the newest day (``delay_days: 1``) may have none;
+    once it is no longer the newest, its verdict is not reused: it is judged by the full rule."""
+    spec = ticket_spec(
+        {"delay_days": 1, "max_unlabelled_fraction": 0.1}, window={"train_batches": 5, "eval_batches": 1}
+    )
+    landing, cache = tmp_path / "landing", tmp_path / "validation"
+    land_tickets(landing, 0, 6, unlabelled={2: 3, 4: 1, 6: 10})
+
+    summary = validate_snapshot(spec, write_snapshot(spec, str(landing), str(tmp_path / "a")), cache=cache)
+
+    assert [(f.file, f.column, f.rule, f.unexpected_count, f.element_count) for f in summary.failed] == [
+        (day_file(2), "outcome", "expect_column_values_to_not_be_null(mostly=0.9)", 3, 10)
+    ]
+    assert (summary.unlabelled_rows, summary.awaiting_labels) == (14, [day_file(6)])
+    assert summary.unlabelled_files == {day_file(2): 3, day_file(4): 1, day_file(6): 10}
+    assert "14 row(s) without a label, left out of training and evaluation" in summary.message()
+
+    land_tickets(landing, 7, 7)  # a new day: day 6 no longer awaits its outcomes
+    later = validate_snapshot(spec, write_snapshot(spec, str(landing), str(tmp_path / "b")), cache=cache)
+    assert [(f.file, f.unexpected_count) for f in later.failed] == [(day_file(2), 3), (day_file(6), 10)]
+
+
+def test_a_time_that_is_not_iso_8601_fails_where_the_window_is_in_days(tmp_path):
+    landing = tmp_path / "landing"
+    paths = land_tickets(landing, 0, 9)
+    paths[4].write_text(paths[4].read_text().replace("2026-02-05", "05/02/2026"))
+    spec = ticket_spec(window={"train_days": 8, "eval_days": 2})
+    summary = validate_snapshot(spec, write_snapshot(spec, str(landing), str(tmp_path / "snap")))
+    assert [(f.file, f.column, f.expectation, f.unexpected_count) for f in summary.failed] == [
+        (day_file(4), "opened_on", "expect_column_values_to_be_iso8601", 10)
     ]

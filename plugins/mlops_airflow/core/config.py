@@ -101,6 +101,24 @@ FEATURE_TYPES = ("numeric", "categorical", "boolean", "datetime")
 DATETIME_PARTS = ("year", "month", "day", "dayofweek", "dayofyear", "hour", "minute", "is_weekend")
 
 
+def category_code(value: Any) -> Any:
+    """A declared category as the text every reader compares it by: ``3`` (or ``3.0``) is ``"3"``, ``true``
+    is ``"True"``, text stays as it is; anything else is returned unchanged (pydantic refuses it).
+
+    The same text as :func:`mlops_airflow.core.served_model.category_text` gives a landed or served value
+    (this module cannot import that one at DAG-parse time); a unit test keeps the two equal.
+    """
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        if not value.is_integer():
+            raise ValueError(f"{value!r} is a fraction; a category is text, an integer or a boolean")
+        return str(int(value))
+    return value
+
+
 class FeatureSpec(_Strict):
     """One input column: its checks (validation) and its preprocessing (the model's pipeline).
 
@@ -113,7 +131,9 @@ class FeatureSpec(_Strict):
     nullable: bool = True
     min: float | None = None
     max: float | None = None
-    #: Allowed categories (categorical features only); other values fail validation.
+    #: Allowed categories (categorical features only): text, integer or boolean codes, kept as text (``3`` is
+    #: ``"3"``, as a landed ``3``, ``3.0`` or ``"3"`` is); another value fails validation. Not declared: any
+    #: value is valid, and one the model never saw in training is encoded as "none of these".
     categories: list[str] | None = None
     #: Largest share of nulls tolerated when ``nullable`` is true.
     max_null_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
@@ -127,6 +147,9 @@ class FeatureSpec(_Strict):
     log: bool | None = None
     # categorical
     encoding: Literal["onehot", "ordinal", "target"] | None = None
+    #: A missing value: ``own_category`` (default: a category of its own) or ``most_frequent`` (the training
+    #: window's most frequent category).
+    missing: Literal["own_category", "most_frequent"] | None = None
     #: Categories rarer than this (a count >= 1, or a share < 1) are grouped into one "infrequent" category.
     min_frequency: float | None = Field(default=None, gt=0)
     max_categories: int | None = Field(default=None, ge=2)
@@ -135,14 +158,31 @@ class FeatureSpec(_Strict):
     #: ``module:function`` under ``include/`` returning an sklearn transformer for this column (task time).
     transformer: str | None = None
 
+    @field_validator("categories", mode="before")
+    @classmethod
+    def _category_codes(cls, values: Any) -> Any:
+        if not isinstance(values, list):
+            return values
+        codes = [category_code(v) for v in values]
+        texts = [c for c in codes if isinstance(c, str)]
+        twice = sorted({c for c in texts if texts.count(c) > 1})
+        if twice:
+            raise ValueError(f"{twice} listed more than once (3 and '3' are one category)")
+        return codes
+
     @model_validator(mode="after")
     def _check_options(self) -> FeatureSpec:
         by_type = {
             "numeric": {"impute", "fill_value", "scale", "log", "min", "max"},
-            "categorical": {"encoding", "min_frequency", "max_categories", "categories"},
+            "categorical": {"encoding", "min_frequency", "max_categories", "categories", "missing"},
             "boolean": set(),
             "datetime": {"parts"},
         }
+        if self.type == "categorical" and self.impute is not None:
+            raise ValueError(
+                f"impute applies to numeric features; a categorical feature treats a missing value with "
+                f"missing: own_category (default) or missing: most_frequent (got impute: {self.impute})"
+            )
         others = set().union(*by_type.values()) - by_type[self.type]
         given = sorted(k for k in others if getattr(self, k) is not None)
         if given:
@@ -170,11 +210,33 @@ LabelValue = bool | int | str
 
 class LabelSpec(_Strict):
     """The target. Classification: its allowed ``values`` (ints, strings or booleans, one type), in the order
-    the probability columns follow; binary models name the ``positive`` one (default: the second value)."""
+    the probability columns follow; binary models name the ``positive`` one (default: the second value).
+
+    Late labels: a row without a label is never trained or evaluated on; it is counted (task log, snapshot
+    manifest, validation summary, MLflow). Each landed batch may hold at most ``max_unlabelled_fraction`` of
+    such rows, except a batch awaiting its labels: one holding a row of the newest ``delay_days`` days (by
+    the timestamp column, counted back from the newest landed row). Labels that arrive later are landed by
+    replacing the batch file under the same name; the next run reads the new bytes.
+    """
 
     name: str
     values: list[LabelValue] | None = None
     positive: LabelValue | None = None
+    #: Days a label takes to arrive: batches of the newest ``delay_days`` days may lack labels in any share.
+    delay_days: int = Field(default=0, ge=0)
+    #: Largest share of rows without a label in one batch (older than ``delay_days``); 0: every row labelled.
+    max_unlabelled_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nullable_hint(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "nullable" in data:
+            raise ValueError(
+                "nullable: a label is not nullable as a feature is; rows without one are left out of training "
+                "and evaluation: say how many a batch may hold with max_unlabelled_fraction (0.0..1.0) and how "
+                "long labels take with delay_days"
+            )
+        return data
 
     @field_validator("values")
     @classmethod
@@ -191,8 +253,28 @@ class LabelSpec(_Strict):
         return values
 
 
+WindowKind = Literal["batches", "time", "rows"]
+#: Keys of a window by kind: training keys, evaluation keys.
+WINDOW_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "batches": (("train_batches",), ("eval_batches",)),
+    "time": (("train_days", "train_weeks"), ("eval_days", "eval_weeks")),
+    "rows": (("train_rows",), ("eval_rows",)),
+}
+
+
 class WindowSpec(_Strict):
-    """Time-based split: the newest ``eval_batches`` batches are held out for evaluation.
+    """The evaluation set and the training window, measured one way: in landed batches (files), in time (days
+    or weeks of the timestamp column) or in labelled rows.
+
+    * batches (default ``{train_batches: 14, eval_batches: 1}``): the newest ``eval_batches`` batches are the
+      evaluation set, the ``train_batches`` before them the training window;
+    * time (``{train_days: 365, eval_days: 21}``, or ``_weeks``): whole calendar days (UTC) counted back from
+      the day of the newest landed row; the evaluation set is the newest ``eval_days``, the training window
+      the ``train_days`` before them. Every batch holding a row of either is kept whole in the snapshot, and
+      rows outside the bounds (recorded in the snapshot) are not used;
+    * rows (``{train_rows: 20000, eval_rows: 2000}``): the newest whole batches holding at least ``eval_rows``
+      labelled rows are the evaluation set, the whole batches before them holding ``train_rows`` the
+      training window (a batch is never split).
 
     Candidates are compared on the newest training batches (the selection rows): as few whole batches as hold
     ``min_selection_rows`` rows and, for a classifier, every class of the training window, never more than
@@ -200,12 +282,86 @@ class WindowSpec(_Strict):
     an evaluation set under ``min_eval_rows`` rows or with one class, fails training with the numbers.
     """
 
-    train_batches: int = Field(default=14, ge=1)
-    eval_batches: int = Field(default=1, ge=1)
+    #: Landed batches (files) of the training window, before the evaluation batches (default 14 when the window
+    #: is measured in batches).
+    train_batches: int | None = Field(default=None, ge=1)
+    #: The newest landed batches, held out for evaluation (default 1 when the window is measured in batches).
+    eval_batches: int | None = Field(default=None, ge=1)
+    #: Days of the timestamp column in the training window, before the evaluation days.
+    train_days: int | None = Field(default=None, ge=1)
+    #: The newest days of the timestamp column (whole UTC days, up to the newest landed row), for evaluation.
+    eval_days: int | None = Field(default=None, ge=1)
+    #: ``train_days`` in weeks (7 days each); one of the two.
+    train_weeks: int | None = Field(default=None, ge=1)
+    #: ``eval_days`` in weeks (7 days each); one of the two.
+    eval_weeks: int | None = Field(default=None, ge=1)
+    #: Labelled rows of the training window (whole batches, before the evaluation batches).
+    train_rows: int | None = Field(default=None, ge=1)
+    #: Labelled rows of the evaluation set: the newest whole batches holding at least this many.
+    eval_rows: int | None = Field(default=None, ge=1)
     #: Fewest rows candidates are compared on.
     min_selection_rows: int = Field(default=50, ge=1)
     #: Fewest rows the gate's evaluation set may hold.
     min_eval_rows: int = Field(default=50, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batches_by_default(cls, data: Any) -> Any:
+        """No key of a window by time or rows: a window by batches, 14 for training and 1 for evaluation."""
+        if isinstance(data, dict):
+            other = [k for kind in ("time", "rows") for keys in WINDOW_KEYS[kind] for k in keys]
+            if not any(data.get(k) is not None for k in other):
+                data = {"train_batches": 14, "eval_batches": 1, **{k: v for k, v in data.items() if v is not None}}
+        return data
+
+    @model_validator(mode="after")
+    def _one_way(self) -> WindowSpec:
+        given = {kind: [k for keys in WINDOW_KEYS[kind] for k in keys if getattr(self, k) is not None]
+                 for kind in WINDOW_KEYS}  # fmt: skip
+        kinds = [kind for kind, keys in given.items() if keys]
+        if len(kinds) > 1:
+            mixed = [k for kind in kinds for k in given[kind]]
+            raise ValueError(
+                f"{', '.join(mixed)} measure the window in {' and '.join(kinds)}; a window is measured one way: "
+                "{train_batches, eval_batches}, {train_days|train_weeks, eval_days|eval_weeks} or "
+                "{train_rows, eval_rows}"
+            )
+        kind = kinds[0]
+        for side, keys in zip(("training", "evaluation"), WINDOW_KEYS[kind], strict=True):
+            set_keys = [k for k in keys if getattr(self, k) is not None]
+            if len(set_keys) > 1:
+                raise ValueError(f"{' and '.join(set_keys)} both give the {side} window; keep one")
+            if not set_keys:
+                raise ValueError(f"{' or '.join(keys)} is missing: a window by {kind} names both its parts")
+        return self
+
+    @property
+    def kind(self) -> WindowKind:
+        """``batches``, ``time`` or ``rows``."""
+        if self.train_days or self.train_weeks:
+            return "time"
+        return "rows" if self.train_rows else "batches"
+
+    def _count(self, part: str) -> int:
+        if self.kind == "time":
+            days, weeks = getattr(self, f"{part}_days"), getattr(self, f"{part}_weeks")
+            return int(days) if days is not None else 7 * int(weeks)
+        return int(getattr(self, f"{part}_{self.kind}"))
+
+    @property
+    def train_size(self) -> int:
+        """The training window's size: batches, days (weeks counted as 7 days) or labelled rows."""
+        return self._count("train")
+
+    @property
+    def eval_size(self) -> int:
+        """The evaluation set's size: batches, days (weeks counted as 7 days) or labelled rows."""
+        return self._count("eval")
+
+    def describe(self) -> str:
+        """The window in words, e.g. ``the newest 21 day(s) for evaluation, the 365 before them for training``."""
+        unit = {"batches": "batch(es)", "time": "day(s)", "rows": "labelled row(s) (whole batches)"}[self.kind]
+        return f"the newest {self.eval_size} {unit} for evaluation, the {self.train_size} before them for training"
 
 
 class Distribution(_Strict):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +28,7 @@ from mlops_airflow.core.config import ModelSpec
 from mlops_airflow.core.landing import DataError, LandingZone, as_path
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 def safe_name(text: str) -> str:
@@ -63,6 +65,17 @@ class BatchFile:
     read_rule: str | None = None
     #: The column that rule names, where there is one.
     read_column: str | None = None
+    #: Rows of it inside its part's time bounds (``None``: every row; windows by batches or rows).
+    window_rows: int | None = None
+    #: Rows of it (inside the bounds) without a label: never trained or evaluated on.
+    unlabelled: int = 0
+    #: It holds a row of the newest ``label.delay_days`` days: its labels may still be missing.
+    awaiting_labels: bool = False
+
+    @property
+    def used_rows(self) -> int:
+        """The rows loading gives of it: inside its part's bounds, with a label."""
+        return (self.rows if self.window_rows is None else self.window_rows) - self.unlabelled
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,13 @@ class Snapshot:
     run_id: str | None = None
     #: Batches left out as not yet whole by the landing protocol, ``name: reason``.
     skipped: list[str] = field(default_factory=list)
+    #: A window by time: ``{"column": ..., "train": [start, end], "eval": [start, end]}`` (ISO-8601, UTC, the
+    #: start included, the end not). Loading uses the rows inside a part's bounds only.
+    bounds: dict[str, Any] | None = None
+    #: The label column: loading leaves out rows without a value in it (``None``: every row).
+    label_column: str | None = None
+    #: Rows of the window without a label (left out of training and evaluation).
+    unlabelled_rows: int = 0
     #: The path object the snapshot was written to or read from: it carries the storage connection
     #: (``s3://conn_id@bucket/...`` in ``uri`` is not readable without it). Not serialized.
     root: Any = field(default=None, compare=False, repr=False)
@@ -106,6 +126,8 @@ class Snapshot:
             "batches": len(self.batches),
             "eval_batches": [b.name for b in self.batches if b.part == "eval"],
             "skipped_batches": [s.split(":", 1)[0] for s in self.skipped],
+            "unlabelled_rows": self.unlabelled_rows,
+            "time_bounds": self.bounds,
         }
 
 
@@ -122,9 +144,10 @@ def write_snapshot(
 ) -> Snapshot:
     """Copy the training window and evaluation set of ``source_uri`` to ``dest_uri`` as Parquet.
 
-    The newest ``window.eval_batches`` files are the evaluation set, the ``window.train_batches`` before
-    them the training window. Idempotent: an existing complete snapshot at ``dest_uri`` is returned as is,
-    if it was written for the same ``run_id``.
+    The window is measured as the spec's ``window`` says (:class:`~mlops_airflow.core.config.WindowSpec`):
+    in batches, in time (whole batches covering it, and its bounds in the manifest) or in labelled rows.
+    Idempotent: an existing complete snapshot at ``dest_uri`` is returned as is, if it was written for the
+    same ``run_id``; it names the bytes it read, so a batch landed again later is not seen by that run.
 
     :param within: the folder ``dest_uri`` must lie strictly below (the model's ``snapshots/``; default: the
         parent of ``dest_uri``); nothing outside it is ever deleted.
@@ -146,64 +169,265 @@ def write_snapshot(
 
     zone = LandingZone.of(spec, source_uri)
     files = zone.files()
-    need = spec.window.eval_batches + 1
-    if len(files) < need:
+    window = spec.window
+    if window.kind == "batches" and len(files) < (need := window.eval_size + 1):
         raise DataError(
             f"{source_uri}: {len(files)} batch file(s) landed, at least {need} needed "
-            f"({spec.window.eval_batches} for evaluation, 1 or more for training)"
+            f"({window.eval_size} for evaluation, 1 or more for training)"
         )
+    if not files:
+        raise DataError(f"{source_uri}: no batch file landed")
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        batches = _copy_window(spec, zone, files, dest)
-        if len(batches) < need:
-            raise zone.shortage(len(batches), need)
-        digest = hashlib.sha256()
-        for batch in batches:
-            # The landed bytes' hash: every value, name and type is in them, and they are read once.
-            read = f"{batch.part}/{batch.name}:{batch.sha256}" if batch.sha256 else f"{batch.name}:unreadable"
-            digest.update(read.encode())
-        snapshot = Snapshot(
-            uri=str(dest_uri),
-            content_hash=digest.hexdigest(),
-            train_rows=sum(b.rows for b in batches if b.part == "train"),
-            eval_rows=sum(b.rows for b in batches if b.part == "eval"),
-            batches=batches,
-            source_uri=str(source_uri),
-            run_id=run_id,
-            skipped=list(zone.skipped),
-            root=dest,
-        )
+        placer = Placer(spec)
+        batches = _copy_window(placer, zone, files, dest)
+        placer.check(batches, zone, source_uri)
+        snapshot = _manifest(spec, placer, batches, dest, dest_uri, source_uri, run_id, zone)
         (dest / MANIFEST).write_text(json.dumps(snapshot.to_dict(), indent=2))
     except BaseException:
         remove_tree(dest, within=within)  # never leave a partial snapshot behind
         raise
+    if snapshot.unlabelled_rows:
+        log.info(
+            "%d row(s) without a label are left out of training and evaluation: %s",
+            snapshot.unlabelled_rows,
+            ", ".join(f"{b.name} ({b.unlabelled})" for b in snapshot.batches if b.unlabelled),
+        )
     return snapshot
 
 
-def _copy_window(spec: ModelSpec, zone: LandingZone, files: list[Any], dest: Any) -> list[BatchFile]:
-    """Copy the newest whole batches to ``dest`` as Parquet, newest first: ``window.eval_batches`` for
-    evaluation, then up to ``window.train_batches`` for training. A refused or unreadable file keeps its place
-    (validation fails on it); a batch not yet whole is skipped, or fails, as the landing protocol says.
+def _manifest(
+    spec: ModelSpec,
+    placer: Placer,
+    batches: list[BatchFile],
+    dest: Any,
+    dest_uri: Any,
+    source_uri: Any,
+    run_id: str | None,
+    zone: LandingZone,
+) -> Snapshot:
+    """The snapshot's manifest: its batches, their rows used and without a label, and its content hash (the
+    landed bytes of each batch in its part, and the time bounds of a window by time)."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        # The landed bytes' hash: every value, name and type is in them, and they are read once.
+        read = f"{batch.part}/{batch.name}:{batch.sha256}" if batch.sha256 else f"{batch.name}:unreadable"
+        digest.update(read.encode())
+    bounds = placer.bounds()
+    if bounds is not None:  # the same bytes cut at other days are other data
+        digest.update(json.dumps(bounds, sort_keys=True).encode())
+    return Snapshot(
+        uri=str(dest_uri),
+        content_hash=digest.hexdigest(),
+        train_rows=sum(b.used_rows for b in batches if b.part == "train"),
+        eval_rows=sum(b.used_rows for b in batches if b.part == "eval"),
+        batches=batches,
+        source_uri=str(source_uri),
+        run_id=run_id,
+        skipped=list(zone.skipped),
+        bounds=bounds,
+        label_column=spec.label.name,
+        unlabelled_rows=sum(b.unlabelled for b in batches),
+        root=dest,
+    )
+
+
+DAY = pd.Timedelta(days=1)
+
+
+def row_times(values: Any) -> pd.Series:
+    """A timestamp column (Arrow or pandas) as UTC moments: ISO-8601 text, dates or timestamps; a time without
+    a zone is UTC. ``NaT`` where a value is missing or not an ISO-8601 time."""
+    series = values if isinstance(values, pd.Series) else values.to_pandas()
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        return pd.to_datetime(series, utc=True)
+    return pd.to_datetime(series.astype("object"), utc=True, errors="coerce", format="ISO8601")
+
+
+def has_label(values: Any) -> Any:
+    """Per row of an Arrow column, whether it holds a value (null, and NaN in a float column, do not)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    present = pc.is_valid(values)
+    if pa.types.is_floating(values.type):
+        present = pc.and_(present, pc.invert(pc.fill_null(pc.is_nan(values), True)))
+    return np.asarray(present.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+@dataclass
+class Placement:
+    """Where one landed batch goes: its parts, and per part the rows inside its bounds and without a label."""
+
+    parts: list[str]
+    window_rows: dict[str, int | None] = field(default_factory=dict)
+    unlabelled: dict[str, int] = field(default_factory=dict)
+    awaiting_labels: bool = False
+
+
+class Placer:
+    """Decides, batch by batch from the newest, which part of the snapshot a batch goes to, as the spec's
+    window says (:class:`~mlops_airflow.core.config.WindowSpec`), and when the window is full.
+
+    A window by time ends with the day of the newest landed row (the newest batch's); a batch whose earliest
+    row is at or before the training window's start is its last (batch files are named in time order).
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.window = spec.window
+        #: Batches (window by batches or time) or labelled rows (window by rows) taken, per part.
+        self.taken = {"eval": 0, "train": 0}
+        #: The day after the newest landed row (windows by time, and label delays).
+        self.end: pd.Timestamp | None = None
+        self.done = False
+        self.needs_times = self.window.kind == "time" or spec.label.delay_days > 0
+
+    def full(self) -> bool:
+        """Whether the window holds all it needs before the next batch is read."""
+        if self.window.kind == "time":
+            return self.done
+        return self.taken["train"] >= self.window.train_size
+
+    def current(self) -> str:
+        """The part an unplaceable batch (unreadable, no time) keeps its place in."""
+        if self.window.kind == "time":
+            return "train" if self.taken["train"] else "eval"
+        return "eval" if self.taken["eval"] < self.window.eval_size else "train"
+
+    def bounds(self) -> dict[str, Any] | None:
+        """The time bounds of a window by time (``None`` before any row had a time, or for other windows)."""
+        if self.window.kind != "time" or self.end is None:
+            return None
+        eval_start = self.end - self.window.eval_size * DAY
+        train_start = eval_start - self.window.train_size * DAY
+        text = [t.isoformat() for t in (train_start, eval_start, self.end)]
+        return {"column": self.spec.source.timestamp_column, "train": text[:2], "eval": text[1:]}
+
+    def unreadable(self) -> str:
+        """The part of a batch that cannot be read: it keeps its place, so that validation names it."""
+        part = self.current()
+        self.taken[part] += 1 if self.window.kind != "rows" else 0
+        return part
+
+    def place(self, table: Any) -> Placement:
+        """The placement of one readable batch (an Arrow table), newest first."""
+        import numpy as np
+
+        n = table.num_rows
+        label = self.spec.label.name
+        labelled = has_label(table.column(label)) if label in table.column_names else np.ones(n, dtype=bool)
+        times = self._times(table)
+        awaiting = False
+        if times is not None and self.end is not None and self.spec.label.delay_days and times.notna().any():
+            awaiting = bool(times.max() >= self.end - self.spec.label.delay_days * DAY)
+        if self.window.kind != "time":
+            part = self.current()
+            self.taken[part] += int(labelled.sum()) if self.window.kind == "rows" else 1
+            return Placement([part], {part: None}, {part: int((~labelled).sum())}, awaiting)
+        return self._place_in_time(times, labelled, awaiting)
+
+    def _times(self, table: Any) -> pd.Series | None:
+        column = self.spec.source.timestamp_column
+        if not self.needs_times or column not in table.column_names:
+            return None
+        times = row_times(table.column(column))
+        if self.end is None and times.notna().any():
+            self.end = times.max().floor("D") + DAY
+        return times
+
+    def _place_in_time(self, times: pd.Series | None, labelled: Any, awaiting: bool) -> Placement:
+        bounds = self.bounds()
+        if times is None or bounds is None or not times.notna().any():
+            part = self.current()  # no time to place it by: it keeps its place, and validation names it
+            return Placement([part], {part: 0}, {part: 0}, awaiting)
+        placement = Placement([], awaiting_labels=awaiting)
+        for part in ("eval", "train"):
+            start, stop = (pd.Timestamp(t) for t in bounds[part])
+            inside = ((times >= start) & (times < stop)).to_numpy()
+            if inside.any():
+                placement.parts.append(part)
+                placement.window_rows[part] = int(inside.sum())
+                placement.unlabelled[part] = int((inside & ~labelled).sum())
+                self.taken[part] += 1
+        if times.min() <= pd.Timestamp(bounds["train"][0]):
+            self.done = True  # older batches hold older rows
+        return placement
+
+    def check(self, batches: list[BatchFile], zone: LandingZone, source_uri: Any) -> None:
+        """Refuse a snapshot without a training batch, or without the rows a window by rows needs."""
+        train = [b for b in batches if b.part == "train"]
+        evaluation = [b for b in batches if b.part == "eval"]
+        kind = self.window.kind
+        if kind == "batches" and len(batches) < self.window.eval_size + 1:
+            raise zone.shortage(len(batches), self.window.eval_size + 1)
+        if kind == "rows" and self.taken["eval"] < self.window.eval_size:
+            raise DataError(
+                f"{source_uri}: {len(evaluation)} whole batch(es) landed, holding {self.taken['eval']} labelled "
+                f"row(s); window.eval_rows needs {self.window.eval_size} for evaluation and 1 or more batch(es) "
+                "before them for training"
+            )
+        if not train or not evaluation:
+            bounds = self.bounds()
+            where = f" (training window {bounds['train'][0]} to {bounds['train'][1]})" if bounds else ""
+            raise DataError(
+                f"{source_uri}: {len(evaluation)} batch(es) for evaluation and {len(train)} for training"
+                f"{where}; a snapshot needs 1 or more of each ({self.window.describe()})"
+            )
+
+
+def _copy_window(placer: Placer, zone: LandingZone, files: list[Any], dest: Any) -> list[BatchFile]:
+    """Copy the newest whole batches to ``dest`` as Parquet, newest first, as ``placer`` places them, until the
+    window is full. A refused or unreadable file keeps its place (validation fails on it); a batch not yet
+    whole is skipped, or fails, as the landing protocol says. A batch with rows in both parts of a window by
+    time is copied once and listed in both.
 
     :returns: the batches, training oldest first, then evaluation oldest first.
     """
-    eval_batches, window = spec.window.eval_batches, spec.window.eval_batches + spec.window.train_batches
     chosen: list[BatchFile] = []
-    for path, outcome in zone.newest(window, files):
-        part = "eval" if len(chosen) < eval_batches else "train"
+    reads = zone.newest(len(files), files)
+    while not placer.full():
+        try:
+            path, outcome = next(reads)
+        except StopIteration:
+            break
         if isinstance(outcome, DataError):
             unread = BatchFile(
-                path.name, str(path), part, read_error=str(outcome), read_rule=outcome.rule, read_column=outcome.column
+                path.name,
+                str(path),
+                placer.unreadable(),
+                read_error=str(outcome),
+                read_rule=outcome.rule,
+                read_column=outcome.column,
             )
             chosen.append(unread)
             continue
         table, file_hash = outcome
-        target = f"{part}/{path.name.rsplit('.', 1)[0]}.parquet"
-        out = dest / target
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_parquet(table, out)
-        columns = [str(c) for c in table.column_names]
-        chosen.append(BatchFile(path.name, str(path), part, table.num_rows, columns, target, sha256=file_hash))
+        placement = placer.place(table)
+        if not placement.parts:
+            log.warning("%s: no row inside the window (%s); not used", path.name, placer.window.describe())
+        else:
+            target = f"{placement.parts[0]}/{path.name.rsplit('.', 1)[0]}.parquet"
+            out = dest / target
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_parquet(table, out)
+            columns = [str(c) for c in table.column_names]
+            for part in placement.parts:
+                chosen.append(
+                    BatchFile(
+                        path.name,
+                        str(path),
+                        part,
+                        table.num_rows,
+                        columns,
+                        target,
+                        sha256=file_hash,
+                        window_rows=placement.window_rows.get(part),
+                        unlabelled=placement.unlabelled.get(part, 0),
+                        awaiting_labels=placement.awaiting_labels,
+                    )
+                )
         del table, outcome
     return [b for b in reversed(chosen) if b.part == "train"] + [b for b in reversed(chosen) if b.part == "eval"]
 
@@ -291,10 +515,36 @@ def concat_frame(tables: list[Any]) -> pd.DataFrame:
     return pd.concat([t.to_pandas() for t in tables], ignore_index=True)
 
 
+def used_rows(
+    snapshot: Snapshot, batch: BatchFile, columns: list[str] | None = None, categorical: Iterable[str] = ()
+) -> Any:
+    """The rows of one snapshot file its part uses, as an Arrow table: inside the part's time bounds (a window
+    by time) and with a label. The columns these rules read are read too, and dropped unless asked for."""
+    import pyarrow as pa
+
+    window = snapshot.bounds or {}
+    bounds = window.get(batch.part)
+    time_column = window["column"] if bounds and batch.window_rows != batch.rows else None
+    label = snapshot.label_column if batch.unlabelled else None
+    extra = [c for c in dict.fromkeys([time_column, label]) if c and columns is not None and c not in columns]
+    table = read_snapshot_file(snapshot, batch, None if columns is None else [*columns, *extra], categorical)
+    keep = None
+    if time_column is not None and bounds is not None:
+        times = row_times(table.column(time_column))
+        keep = ((times >= pd.Timestamp(bounds[0])) & (times < pd.Timestamp(bounds[1]))).to_numpy()
+    if label is not None:
+        labelled = has_label(table.column(label))
+        keep = labelled if keep is None else keep & labelled
+    if keep is not None:
+        table = table.filter(pa.array(keep))
+    return table.drop_columns(extra) if extra else table
+
+
 def load_part(
     snapshot: Snapshot, part: str, columns: list[str] | None = None, categorical: Iterable[str] = ()
 ) -> pd.DataFrame:
-    """The training (``train``) or evaluation (``eval``) set of a snapshot as one frame.
+    """The training (``train``) or evaluation (``eval``) set of a snapshot as one frame: the rows of its
+    batches inside the part's time bounds and with a label (:func:`used_rows`).
 
     :param columns: read only these columns (the others are never read from the Parquet files).
     :param categorical: text columns that come back as pandas categoricals: one copy of each distinct text
@@ -303,7 +553,7 @@ def load_part(
     import pyarrow as pa
 
     categorical = list(categorical)
-    tables = [read_snapshot_file(snapshot, b, columns, categorical) for b in snapshot.batches if b.part == part]
+    tables = [used_rows(snapshot, b, columns, categorical) for b in snapshot.batches if b.part == part]
     if not tables:
         raise DataError(f"{snapshot.uri}: snapshot has no {part} batches")
     frame = concat_frame(tables)

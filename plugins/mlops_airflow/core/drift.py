@@ -146,7 +146,16 @@ def _numeric_drift(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float, floa
 
 
 def _as_categories(values: pd.Series) -> pd.Series:
-    return values.astype(object).where(values.notna(), MISSING).astype(str)
+    """Each value as the category text the model encodes it by (an integer code with a gap on one side, read
+    back as ``3.0``, is the same category as ``3`` on the other), nulls as :data:`MISSING`."""
+    import numpy as np
+    import pandas as pd
+
+    from mlops_airflow.core.served_model import category_text
+
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    texts = np.array([*(category_text(u) for u in uniques), MISSING], dtype=object)
+    return pd.Series(texts[codes], index=values.index, dtype=object)
 
 
 def _categorical_drift(ref: pd.Series, cur: pd.Series) -> tuple[float, float, float, float]:

@@ -85,8 +85,7 @@ def build_card(
         "",
         "## Training data",
         "",
-        f"- Window: the last {spec.window.train_batches} batch(es) for training, the newest "
-        f"{spec.window.eval_batches} for evaluation ({snapshot.get('batches')} batch(es) in the snapshot; "
+        f"- Window: {spec.window.describe()} ({snapshot.get('batches')} batch(es) in the snapshot; "
         f"evaluation: {', '.join(snapshot.get('eval_batches') or []) or '-'})",
         f"- Rows: {snapshot.get('train_rows')} training, {snapshot.get('eval_rows')} evaluation",
         f"- Content hash: `{snapshot.get('content_hash')}`",

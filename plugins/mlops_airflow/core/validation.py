@@ -4,9 +4,17 @@ Each file is validated on its own, so that a failure names the landed file it ca
 immutable: a file's passing verdict is reused by the file's SHA-256 and the suite's hash (kept under
 ``<storage>/<model>/validation/<suite hash>/``), so a daily run validates the newly landed file only.
 
+GX judges the values the model reads: a categorical feature as the text it is encoded by (a landed ``3``,
+``3.0`` or ``"3"`` is the category ``"3"``, as a declared ``3`` is), an integer label with gaps as integers.
+A batch may hold up to ``label.max_unlabelled_fraction`` rows without a label; one awaiting its labels
+(``label.delay_days``) is judged by a suite without that rule. Columns a batch has beyond the spec's are
+ignored and listed; a column the spec names and a batch lacks is reported first, as missing.
+
 Besides the GX suite, a numeric feature (or a regression label) holding ``inf`` / ``-inf`` fails
-(:func:`infinite_values`), and a landed file the landing zone refused (outside the landing roots, over the
-size cap, a column named twice, not a table) fails with the rule it broke.
+(:func:`infinite_values`), a categorical code that is a fraction fails, a timestamp that is not an ISO-8601
+time fails where the window is measured in time (:func:`other_checks`), and a landed file the landing zone
+refused (outside the landing roots, over the size cap, a column named twice, not a table) fails with the rule
+it broke.
 
 The result is a small summary (counts and failed expectations, never the unexpected rows), fit for XCom and
 MLflow; :class:`DataValidationError` carries it and fails the task closed.
@@ -22,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mlops_airflow.core.config import ModelSpec
-from mlops_airflow.core.data import BatchFile, Snapshot, read_snapshot_file
+from mlops_airflow.core.data import BatchFile, Snapshot, read_snapshot_file, row_times
 from mlops_airflow.core.landing import READER_VERSION
 
 log = logging.getLogger(__name__)
@@ -54,6 +62,10 @@ class DataValidationError(ValueError):
         super().__init__(summary.message())
 
 
+#: The expectation a column the spec names and a batch lacks breaks first.
+COLUMN_EXISTS = "expect_column_to_exist"
+
+
 @dataclass(frozen=True)
 class FailedExpectation:
     file: str
@@ -63,6 +75,10 @@ class FailedExpectation:
     unexpected_count: int | None = None
     element_count: int | None = None
     observed: str | None = None
+
+    @property
+    def missing_column(self) -> bool:
+        return self.expectation == COLUMN_EXISTS
 
 
 @dataclass
@@ -75,6 +91,13 @@ class ValidationSummary:
     failed: list[FailedExpectation] = field(default_factory=list)
     #: Files whose passing verdict was reused (same bytes, same suite) instead of validated again.
     reused: int = 0
+    #: Columns landed beyond the spec's (timestamp, features, label): never read, never checked.
+    ignored_columns: list[str] = field(default_factory=list)
+    #: Rows of the window without a label (left out of training and evaluation), and per file.
+    unlabelled_rows: int = 0
+    unlabelled_files: dict[str, int] = field(default_factory=dict)
+    #: Files of the newest ``label.delay_days`` days: their labels may still be missing.
+    awaiting_labels: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -84,9 +107,18 @@ class ValidationSummary:
 
     def message(self) -> str:
         if self.success:
-            return f"data valid: {self.files} file(s), {self.rows} rows, {self.expectations} expectations"
-        lines = [f"data validation failed: {len(self.failed)} expectation(s) broken in {self.files} file(s)"]
+            head = f"data valid: {self.files} file(s), {self.rows} rows, {self.expectations} expectations"
+            return "\n".join([head, *self.notes()])
+        missing = [f for f in self.failed if f.missing_column]
+        first = ""
+        if missing:
+            names = ", ".join(dict.fromkeys(f"`{f.column}`" for f in missing))
+            first = f"column {names} is missing ({missing[0].file}{', ...' if len(missing) > 1 else ''}); "
+        lines = [f"data validation failed: {first}{len(self.failed)} expectation(s) broken in {self.files} file(s)"]
         for f in self.failed[:20]:
+            if f.missing_column:
+                lines.append(f"  {f.file}: {f.rule}")
+                continue
             where = f"column {f.column!r}" if f.column else "table"
             counts = ""
             if f.unexpected_count is not None:
@@ -96,13 +128,31 @@ class ValidationSummary:
             lines.append(f"  {f.file}: {where}: {f.rule}{counts}")
         if len(self.failed) > 20:
             lines.append(f"  ... and {len(self.failed) - 20} more")
-        return "\n".join(lines)
+        return "\n".join([*lines, *self.notes()])
+
+    def notes(self) -> list[str]:
+        """One line each for what the data holds that is not used: columns, and rows without a label."""
+        lines = []
+        if self.ignored_columns:
+            lines.append(f"  columns not in the spec, ignored: {', '.join(self.ignored_columns)}")
+        if self.unlabelled_rows:
+            files = ", ".join(f"{name} ({n})" for name, n in list(self.unlabelled_files.items())[:5])
+            more = ", ..." if len(self.unlabelled_files) > 5 else ""
+            lines.append(
+                f"  {self.unlabelled_rows} row(s) without a label, left out of training and evaluation: {files}{more}"
+            )
+        if self.awaiting_labels:
+            lines.append(f"  awaiting labels (label.delay_days): {', '.join(self.awaiting_labels)}")
+        return lines
 
 
-def build_suite(spec: ModelSpec, gx: Any) -> Any:
-    """The expectation suite of a model spec (features, label and table shape)."""
+def build_suite(spec: ModelSpec, gx: Any, awaiting: bool = False) -> Any:
+    """The expectation suite of a model spec (features, label and table shape).
+
+    :param awaiting: for a batch awaiting its labels (``label.delay_days``): no rule on missing labels.
+    """
     e = gx.expectations
-    suite = gx.ExpectationSuite(name=f"{spec.name}_batch")
+    suite = gx.ExpectationSuite(name=f"{spec.name}_batch{'_awaiting_labels' if awaiting else ''}")
     suite.add_expectation(e.ExpectTableRowCountToBeBetween(min_value=1))
     suite.add_expectation(e.ExpectColumnToExist(column=spec.source.timestamp_column))
     # Every row needs its time: the training window's newest day validates the candidates.
@@ -124,7 +174,10 @@ def build_suite(spec: ModelSpec, gx: Any) -> Any:
         if feat.categories is not None:
             suite.add_expectation(e.ExpectColumnValuesToBeInSet(column=feat.name, value_set=feat.categories))
     suite.add_expectation(e.ExpectColumnToExist(column=spec.label.name))
-    suite.add_expectation(e.ExpectColumnValuesToNotBeNull(column=spec.label.name))
+    if not awaiting:
+        unlabelled = spec.label.max_unlabelled_fraction
+        mostly = {"mostly": 1.0 - unlabelled} if unlabelled else {}
+        suite.add_expectation(e.ExpectColumnValuesToNotBeNull(column=spec.label.name, **mostly))
     suite.add_expectation(
         e.ExpectColumnValuesToBeInTypeList(column=spec.label.name, type_list=label_types(spec.label.values))
     )
@@ -156,21 +209,91 @@ def infinite_values(spec: ModelSpec, file: str, frame: Any) -> list[FailedExpect
     return failed
 
 
+def judged_frame(spec: ModelSpec, frame: Any) -> Any:
+    """The values GX judges, as the model reads them: a categorical feature as the text the model encodes
+    (:func:`~mlops_airflow.core.served_model.category_text`: ``3``, ``3.0`` and ``"3"`` are ``"3"``); an integer
+    label a gap made float as integers; a column without a single value as ``object`` (it has no type)."""
+    import numpy as np
+    import pandas as pd
+
+    from mlops_airflow.core.served_model import category_text
+
+    frame = frame.copy(deep=False)
+    typed = {f.name: f.type for f in spec.features}
+    for name in frame.columns:
+        values = frame[name]
+        if typed.get(name) == "categorical":
+            codes, uniques = pd.factorize(values, use_na_sentinel=True)
+            texts = np.array([*(category_text(u) for u in uniques), None], dtype=object)
+            frame[name] = pd.Series(texts[codes], index=frame.index, dtype=object)
+        elif name == spec.label.name:
+            frame[name] = _judged_label(spec, values)
+        elif typed.get(name) in {"boolean", "datetime"} and values.isna().all():
+            frame[name] = values.astype(object)
+    return frame
+
+
+def _judged_label(spec: ModelSpec, values: Any) -> Any:
+    """The label column as its declared values type it (rows without a label leave gaps, not another type)."""
+    kinds = label_types(spec.label.values)
+    if kinds is NUMERIC_TYPES:  # regression: any number
+        return values
+    if values.isna().all():
+        return values.astype(object)
+    integers = kinds is not BOOLEAN_TYPES and kinds is not TEXT_TYPES
+    if integers and values.dtype.kind == "f" and bool((values.dropna() % 1 == 0).all()):
+        return values.astype("Int64")  # integer labels with gaps read back as float
+    return values
+
+
+def other_checks(spec: ModelSpec, file: str, frame: Any) -> list[FailedExpectation]:
+    """What GX does not check: infinities (:func:`infinite_values`), a categorical code that is a fraction (a
+    float column's values must be whole numbers), and, where the window is measured in time or labels arrive
+    late, a timestamp that is not an ISO-8601 time (its row would belong to no window)."""
+    failed = infinite_values(spec, file, frame)
+    for feature in spec.features:
+        values = frame[feature.name] if feature.name in frame.columns else None
+        if feature.type != "categorical" or values is None or values.dtype.kind != "f":
+            continue
+        count = int(((values.dropna() % 1) != 0).sum())
+        if count:
+            expectation = "expect_column_values_to_be_in_type_list"
+            rule = f"{expectation} (text, integer or boolean category codes, not fractions)"
+            failed.append(FailedExpectation(file, expectation, feature.name, rule, count, len(frame)))
+    column = spec.source.timestamp_column
+    if (spec.window.kind == "time" or spec.label.delay_days) and column in frame.columns:
+        present = frame[column].notna()
+        count = int((row_times(frame[column]).isna() & present).sum())
+        if count:
+            expectation = "expect_column_values_to_be_iso8601"
+            rule = f"{expectation} (the window and the label delay are measured in its days)"
+            failed.append(FailedExpectation(file, expectation, column, rule, count, len(frame)))
+    return failed
+
+
 def _rule(config: Any) -> str:
     kwargs = {k: v for k, v in config.kwargs.items() if k not in {"column", "batch_id"} and v is not None}
     args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     return f"{config.type}({args})" if args else config.type
 
 
-def _failed_from(file: str, result: Any) -> list[FailedExpectation]:
-    failed = []
+def _failed_from(file: str, result: Any, absent: list[str]) -> list[FailedExpectation]:
+    """The broken expectations of one file's result; those on a column it lacks (``absent``) say so."""
+    failed = [
+        FailedExpectation(file, COLUMN_EXISTS, column, f"column `{column}` is missing ({COLUMN_EXISTS})")
+        for column in absent
+    ]
     for r in result.results:
         if r.success:
             continue
         config = r.expectation_config
+        if config.type == COLUMN_EXISTS and config.kwargs.get("column") in absent:
+            continue  # reported first, above
         res = r.result or {}
         observed = res.get("observed_value")
-        if r.exception_info and r.exception_info.get("raised_exception"):
+        if config.kwargs.get("column") in absent:
+            observed = "column is missing"
+        elif r.exception_info and r.exception_info.get("raised_exception"):
             observed = str(r.exception_info.get("exception_message", "error"))[:200]
         failed.append(
             FailedExpectation(
@@ -186,17 +309,37 @@ def _failed_from(file: str, result: Any) -> list[FailedExpectation]:
     return failed
 
 
-def suite_hash(spec: ModelSpec) -> str:
+def suite_hash(spec: ModelSpec, awaiting: bool = False) -> str:
     """What a verdict depends on besides the file: the suite (the spec's rules and the code building it), the
-    GX version and the file reader. Computed without importing GX."""
+    GX version and the file reader. Computed without importing GX.
+
+    :param awaiting: the suite of a batch awaiting its labels.
+    """
     import inspect
     from importlib.metadata import version
+
+    from mlops_airflow.core.served_model import category_text
 
     rules = {
         "features": [f.model_dump(mode="json") for f in spec.features],
         "label": spec.label.model_dump(mode="json"),
         "timestamp": spec.source.timestamp_column,
-        "code": [inspect.getsource(f) for f in (build_suite, label_types, finite_columns, infinite_values)],
+        "window": spec.window.kind,
+        "awaiting": awaiting,
+        "code": [
+            inspect.getsource(f)
+            for f in (
+                build_suite,
+                label_types,
+                finite_columns,
+                infinite_values,
+                judged_frame,
+                _judged_label,
+                other_checks,
+                category_text,
+                row_times,
+            )
+        ],
         "types": [NUMERIC_TYPES, TEXT_TYPES, BOOLEAN_TYPES, DATETIME_TYPES],
     }
     text = json.dumps([rules, version("great_expectations"), READER_VERSION], sort_keys=True, default=str)
@@ -246,16 +389,23 @@ class VerdictCache:
 def validate_snapshot(spec: ModelSpec, snapshot: Snapshot, *, cache: Any = None) -> ValidationSummary:
     """Validate every batch of a snapshot; unreadable files and a too-small training set fail too.
 
+    A batch listed in both parts (a window by time) is validated once. The summary lists the columns landed
+    beyond the spec's and counts the rows without a label.
+
     :param cache: folder of reusable passing verdicts (a path object); ``None`` validates every file.
     """
-    verdicts = VerdictCache(cache, suite_hash(spec)) if cache is not None else None
-    summary = ValidationSummary(success=True, files=len(snapshot.batches), rows=0, expectations=0)
+    batches = list({(b.name, b.sha256, b.snapshot_file): b for b in snapshot.batches}.values())
+    verdicts = None
+    if cache is not None:
+        verdicts = {awaiting: VerdictCache(cache, suite_hash(spec, awaiting)) for awaiting in (False, True)}
+    summary = ValidationSummary(success=True, files=len(batches), rows=0, expectations=0)
+    _describe(spec, snapshot, batches, summary)
     todo: list[BatchFile] = []
-    for batch in snapshot.batches:
+    for batch in batches:
         if batch.snapshot_file is None:  # refused or unreadable when landed: the rule it broke
             rule = batch.read_rule or "readable_table"
             summary.failed.append(FailedExpectation(batch.name, rule, batch.read_column, f"{rule}: {batch.read_error}"))
-        elif verdicts is not None and (verdict := verdicts.passed(batch)) is not None:
+        elif verdicts is not None and (verdict := verdicts[batch.awaiting_labels].passed(batch)) is not None:
             summary.rows += batch.rows
             summary.reused += 1
             count = verdict.get("expectations")  # absent in verdicts recorded before it was kept
@@ -271,10 +421,11 @@ def validate_snapshot(spec: ModelSpec, snapshot: Snapshot, *, cache: Any = None)
                 "<training window>",
                 "min_training_rows",
                 None,
-                f"training window must hold at least {spec.min_rows} rows",
+                f"training window must hold at least {spec.min_rows} labelled rows",
                 observed=str(snapshot.train_rows),
             )
         )
+    summary.failed.sort(key=lambda f: not f.missing_column)  # a missing column first: it explains the rest
     summary.success = not summary.failed
     log.info(
         "%s (%d file verdict(s) reused, %d expectation result(s) evaluated)",
@@ -283,6 +434,18 @@ def validate_snapshot(spec: ModelSpec, snapshot: Snapshot, *, cache: Any = None)
         summary.evaluated,
     )
     return summary
+
+
+def _describe(spec: ModelSpec, snapshot: Snapshot, batches: list[BatchFile], summary: ValidationSummary) -> None:
+    """What the snapshot's manifest tells without reading a file: extra columns, rows without a label."""
+    named = set(spec.input_columns)
+    extra = (c for b in batches for c in b.columns if c not in named)
+    summary.ignored_columns = list(dict.fromkeys(extra))
+    for batch in snapshot.batches:
+        if batch.unlabelled:
+            summary.unlabelled_files[batch.name] = summary.unlabelled_files.get(batch.name, 0) + batch.unlabelled
+    summary.unlabelled_rows = sum(summary.unlabelled_files.values())
+    summary.awaiting_labels = [b.name for b in batches if b.awaiting_labels]
 
 
 def _run_suite(
@@ -302,24 +465,26 @@ def _run_suite(
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    suite = context.suites.add(build_suite(spec, gx))
-    summary.expectations = len(suite.expectations) + len(finite_columns(spec))
+    suites = {awaiting: context.suites.add(build_suite(spec, gx, awaiting)) for awaiting in (False, True)}
+    summary.expectations = len(suites[False].expectations) + len(finite_columns(spec))
     asset = context.data_sources.add_pandas("snapshot").add_dataframe_asset("batch")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole")
-    named = {spec.source.timestamp_column, spec.label.name, *(f.name for f in spec.features)}
+    named = list(dict.fromkeys([spec.source.timestamp_column, *(f.name for f in spec.features), spec.label.name]))
     for batch in todo:
         columns = [c for c in batch.columns if c in named] or None
+        absent = [c for c in named if c not in batch.columns]
         frame = read_snapshot_file(snapshot, batch, columns).to_pandas()
         summary.rows += len(frame)
-        gx_batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+        suite = suites[batch.awaiting_labels]
+        gx_batch = batch_definition.get_batch(batch_parameters={"dataframe": judged_frame(spec, frame)})
         # Pass or fail first (about a third cheaper: no unexpected values are gathered); a file that fails is
         # validated again for the counts and values its error names.
         result = gx_batch.validate(suite, result_format="BOOLEAN_ONLY")
         if not result.success:
             result = gx_batch.validate(suite, result_format="BASIC")
-        failed = _failed_from(batch.name, result) + infinite_values(spec, batch.name, frame)
+        failed = _failed_from(batch.name, result, absent) + other_checks(spec, batch.name, frame)
         del frame, gx_batch
         summary.evaluated += len(result.results) + len(finite_columns(spec))
         summary.failed.extend(failed)
         if verdicts is not None and not failed:
-            verdicts.record(batch, summary.expectations)
+            verdicts[batch.awaiting_labels].record(batch, summary.expectations)

@@ -227,6 +227,7 @@ class ValidateDataOperator(MlopsBaseOperator):
         tracking.log_json(self.client, run_id, summary.to_dict(), "validation/summary.json")
         self.client.set_tag(run_id, "mlops.validation", "passed" if summary.success else "failed")
         self.client.log_metric(run_id, "validation_failed_expectations", len(summary.failed))
+        self.client.log_metric(run_id, "unlabelled_rows", summary.unlabelled_rows)  # not trained or evaluated on
         result = summary.to_dict()
         context["ti"].xcom_push(key="validation_summary", value=result)
         if not summary.success:
