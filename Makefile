@@ -28,7 +28,7 @@ UP_ENV := AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) AIRFLO
   AIRFLOW__CORE__PARALLELISM=$(NPROC)
 MLFLOW_UI_PORT ?= 5000
 
-.PHONY: help setup data demo-day airflow-db demo up serve test ci lint typecheck pytest-fast pytest test-cluster bench bench-cluster bench-scale requirements clean browser screenshots
+.PHONY: spec-docs help setup data demo-day airflow-db demo up serve test ci lint typecheck pytest-fast pytest test-cluster bench bench-cluster bench-scale requirements clean browser screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -133,6 +133,9 @@ bench-cluster: setup ## train-step wall time with two Celery workers against one
 bench-scale: setup ## ct_credit_default at 1M rows against bare pandas + scikit-learn, one train task's memory (ROWS_PER_DAY=666667: 10M)
 	$(RUN) python benchmarks/scale.py --rows-per-day $(or $(ROWS_PER_DAY),66667)
 	$(RUN) python benchmarks/train_memory.py --rows-per-day $(or $(ROWS_PER_DAY),66667)
+
+spec-docs: setup ## regenerate docs/model-spec.md (the model spec reference) from the schema
+	$(RUN) python -m mlops_airflow.core.spec_reference > docs/model-spec.md
 
 requirements: setup ## export the pinned requirements.txt for platforms that take one (e.g. the image)
 	$(UV) export --frozen --no-hashes --no-dev --extra cluster --no-emit-project -o requirements.txt

@@ -71,6 +71,7 @@ class LandingSpec(_Strict):
     ``_MANIFEST.json`` lists its row count and SHA-256 and the file matches them.
     """
 
+    #: How a batch is known to be whole: ``none`` (default), ``success_marker`` or ``manifest`` (see above).
     protocol: Literal["none", "success_marker", "manifest"] = "none"
     #: A batch not whole yet: ``skip`` it (warned; older batches fill the window) or ``fail`` the task.
     on_incomplete: Literal["skip", "fail"] = "skip"
@@ -81,10 +82,14 @@ class LandingSpec(_Strict):
 class SourceSpec(_Strict):
     """Where batches land: a directory (local path or fsspec URI) of daily files."""
 
+    #: Folder (local path or fsspec URI) the labelled batch files land in; a relative path is under
+    #: ``MLOPS_DATA_ROOT``, e.g. ``landing/credit_default`` or ``s3://bucket/credit``.
     uri: str
+    #: Batch file format, ``csv`` or ``parquet`` (a ``.csv``, ``.parquet`` or ``.pq`` file is read by its suffix).
     format: Literal["csv", "parquet"] = "csv"
     #: Column holding the batch date; batches are ordered by it.
     timestamp_column: str = "event_date"
+    #: How a landed batch is known to be whole (see LandingSpec); the scoring zone is read the same way.
     landing: LandingSpec = LandingSpec()
     #: Largest landed file read, in bytes (default: ``MLOPS_MAX_FILE_BYTES``, else 2 GiB); larger is refused.
     max_file_bytes: int | None = Field(default=None, ge=1)
@@ -93,7 +98,10 @@ class SourceSpec(_Strict):
 class ScoringSpec(_Strict):
     """Where unlabelled batches to score land (``predict_<model>``); relative to ``MLOPS_DATA_ROOT``."""
 
+    #: Folder (local path or fsspec URI) of the unlabelled batches ``predict_<model>`` scores; a relative path
+    #: is under ``MLOPS_DATA_ROOT``; default ``scoring/<model name>``.
     uri: str | None = None
+    #: Scoring file format, ``csv`` or ``parquet`` (a ``.csv``, ``.parquet`` or ``.pq`` file is read by its suffix).
     format: Literal["csv", "parquet"] = "csv"
 
 
@@ -125,11 +133,16 @@ class FeatureSpec(_Strict):
     Preprocessing options apply to one feature type each; naming one on another type is a spec error.
     """
 
+    #: Column name in the landed batches and in serving requests, e.g. ``income``.
     name: str
+    #: How the column is checked and preprocessed: ``numeric``, ``categorical`` (text, integer or boolean
+    #: codes), ``boolean`` or ``datetime`` (a timestamp or date text).
     type: Literal["numeric", "categorical", "boolean", "datetime"]
     #: Whether nulls are allowed (imputed by the pipeline) or a validation failure.
     nullable: bool = True
+    #: Numeric: smallest allowed value (inclusive); a smaller one fails validation and is out of domain when served.
     min: float | None = None
+    #: Numeric: largest allowed value (inclusive); a larger one fails validation and is out of domain when served.
     max: float | None = None
     #: Allowed categories (categorical features only): text, integer or boolean codes, kept as text (``3`` is
     #: ``"3"``, as a landed ``3``, ``3.0`` or ``"3"`` is); another value fails validation. Not declared: any
@@ -141,19 +154,29 @@ class FeatureSpec(_Strict):
     #: boolean); ``drop``: validated but not a model input (e.g. a sensitive attribute kept for reports).
     use: Literal["model", "passthrough", "drop"] = "model"
     # numeric
+    #: Numeric: how a missing value is filled: ``median`` (default), ``mean``, ``most_frequent``, ``constant``
+    #: (``fill_value``) or ``none`` (left as NaN for an estimator that takes it).
     impute: Literal["median", "mean", "most_frequent", "constant", "none"] | None = None
+    #: Numeric: the value ``impute: constant`` fills in, e.g. ``0``.
     fill_value: float | str | None = None
+    #: Numeric: standardise to zero mean and unit variance (default true); ``false`` keeps the values as they are.
     scale: bool | None = None
+    #: Numeric: ``true`` applies ``log1p`` before scaling (values must be >= 0); default false.
     log: bool | None = None
     # categorical
+    #: Categorical: ``onehot`` (default: one 0/1 column per category), ``ordinal`` (one integer code per
+    #: category; unknown is -1) or ``target`` (scikit-learn's TargetEncoder: a cross-fitted target mean).
     encoding: Literal["onehot", "ordinal", "target"] | None = None
     #: A missing value: ``own_category`` (default: a category of its own) or ``most_frequent`` (the training
     #: window's most frequent category).
     missing: Literal["own_category", "most_frequent"] | None = None
     #: Categories rarer than this (a count >= 1, or a share < 1) are grouped into one "infrequent" category.
     min_frequency: float | None = Field(default=None, gt=0)
+    #: Categorical, ``onehot`` or ``ordinal``: at most this many categories are encoded, the rarest grouped into
+    #: one "infrequent" category (counted among them), e.g. ``20``.
     max_categories: int | None = Field(default=None, ge=2)
     # datetime
+    #: Datetime: the parts (in UTC) the model gets as numbers; default ``[year, month, day, dayofweek]``.
     parts: list[Literal["year", "month", "day", "dayofweek", "dayofyear", "hour", "minute", "is_weekend"]] | None = None
     #: ``module:function`` under ``include/`` returning an sklearn transformer for this column (task time).
     transformer: str | None = None
@@ -219,8 +242,12 @@ class LabelSpec(_Strict):
     replacing the batch file under the same name; the next run reads the new bytes.
     """
 
+    #: Column of the landed batches that holds the target, e.g. ``default``; it may not also be a feature.
     name: str
+    #: Classification (required): the label values, in the order of the ``proba_<value>`` output columns,
+    #: e.g. ``[0, 1]``; 2 values for ``binary``, 3 or more for ``multiclass``. Regression: leave it out.
     values: list[LabelValue] | None = None
+    #: Binary only: the value that is the positive class (its probability is thresholded); default: the second.
     positive: LabelValue | None = None
     #: Days a label takes to arrive: batches of the newest ``delay_days`` days may lack labels in any share.
     delay_days: int = Field(default=0, ge=0)
@@ -367,9 +394,14 @@ class WindowSpec(_Strict):
 class Distribution(_Strict):
     """A random-search distribution of one estimator parameter."""
 
+    #: ``uniform``: a number between ``low`` and ``high``; ``loguniform``: the same on a log scale (``low`` > 0);
+    #: ``randint``: an integer from ``low`` to ``high``, both included; ``choice``: one of ``values``.
     distribution: Literal["uniform", "loguniform", "randint", "choice"]
+    #: Lower bound of ``uniform``, ``loguniform`` and ``randint``; below ``high``, e.g. ``0.001``.
     low: float | None = None
+    #: Upper bound of ``uniform``, ``loguniform`` and ``randint``, e.g. ``1.0``.
     high: float | None = None
+    #: The values ``choice`` draws from, e.g. ``[lbfgs, saga]``.
     values: list[Any] | None = None
 
     @model_validator(mode="after")
@@ -398,8 +430,12 @@ class Distribution(_Strict):
 class SearchSpec(_Strict):
     """How candidates are drawn from ``search_space``: every combination (grid) or ``n_candidates`` samples."""
 
+    #: ``grid``: every combination of the ``search_space`` lists; ``random``: ``n_candidates`` draws (needed
+    #: for distributions).
     kind: Literal["grid", "random"] = "grid"
+    #: Random search (required there): how many distinct candidates to draw, 1 to 64, e.g. ``16``.
     n_candidates: int | None = Field(default=None, ge=1, le=MAX_CANDIDATES)
+    #: Seed of the random draws: the same spec draws the same candidates on every run.
     seed: int = 0
 
 
@@ -412,9 +448,13 @@ class EstimatorSpec(_Strict):
 
     #: Import path, e.g. ``sklearn.linear_model.LogisticRegression``: a classifier or regressor of the task.
     cls: str = Field(alias="class")
+    #: Constructor parameters every candidate gets, e.g. ``{max_iter: 150, random_state: 0}``; a
+    #: ``search_space`` value for the same parameter overrides it.
     params: dict[str, ParamValue] = Field(default_factory=dict)
     #: Parameter -> list of values (grid; or ``choice`` in random search) or a distribution (random search).
     search_space: dict[str, list[ParamValue] | Distribution] = Field(default_factory=dict)
+    #: How candidates are drawn from ``search_space``: ``{kind: grid}`` (default) or
+    #: ``{kind: random, n_candidates: 16, seed: 0}``.
     search: SearchSpec = SearchSpec()
     #: Largest grid allowed: a grid over it is a spec error, never silently cut.
     max_candidates: int = Field(default=8, ge=1, le=MAX_CANDIDATES)
@@ -444,13 +484,16 @@ class EstimatorSpec(_Strict):
 
 
 class MetricBound(_Strict):
+    #: The candidate's metric on the evaluation set must be at least this, e.g. ``0.7``.
     min: float | None = None
+    #: The candidate's metric on the evaluation set must be at most this, e.g. ``0.2``.
     max: float | None = None
 
 
 class ThresholdOptimize(_Strict):
     """Choose the binary decision threshold on the validation split."""
 
+    #: ``f1``: the threshold with the best F1; ``youden``: the one with the best TPR - FPR (Youden's J).
     optimize: Literal["f1", "youden"]
 
 
@@ -464,7 +507,11 @@ class GateSpec(_Strict):
     max_regression: float = Field(default=0.01, ge=0.0)
     #: Optional required improvement of the point estimate over the champion.
     min_improvement: float | None = None
+    #: Two-sided coverage of the paired-bootstrap interval of (candidate - champion) whose lower bound is
+    #: checked against ``max_regression``.
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    #: Bootstrap resamples of the evaluation set (at least 100) drawn by ``evaluate_vs_champion``; more is
+    #: steadier and slower.
     n_bootstrap: int = Field(default=1000, ge=100)
     #: Per-slice non-regression margin on the primary metric (point estimate).
     slice_max_regression: float = Field(default=0.05, ge=0.0)
@@ -472,6 +519,7 @@ class GateSpec(_Strict):
     min_slice_size: int = Field(default=50, ge=1)
     #: With no champion: ``absolute_only`` blesses on the absolute thresholds alone; ``reject`` never does.
     first_run_policy: Literal["absolute_only", "reject"] = "absolute_only"
+    #: ``true``: a person approves in Airflow (task ``approve``, after ``smoke_test``) before ``promote`` runs.
     require_approval: bool = False
 
 
@@ -480,18 +528,26 @@ class DriftSpec(_Strict):
 
     #: Number of newest landed batches that make up "recent production data".
     window_batches: int = Field(default=1, ge=1)
+    #: A feature drifts when its test's p-value (KS for numeric, chi-squared for categorical) is below this
+    #: and its PSI reaches ``psi_threshold``.
     p_value: float = Field(default=0.01, gt=0.0, lt=1.0)
+    #: Smallest population stability index (PSI) of a drifted feature, together with ``p_value``.
     psi_threshold: float = Field(default=0.2, gt=0.0)
     #: Share of drifted features that requests a retrain.
     drift_share: float = Field(default=0.3, gt=0.0, le=1.0)
     #: Drop of the live primary metric below the champion's evaluation metric that requests a retrain.
     max_metric_drop: float = Field(default=0.05, ge=0.0)
+    #: Hours after a retrain request in which ``request_retrain`` sends no other (logged as suppressed).
     cooldown_hours: float = Field(default=24.0, ge=0.0)
 
 
 class SmokeTestSpec(_Strict):
+    #: Largest prediction time per row in milliseconds (median of 5 calls on ``rows`` rows, one thread);
+    #: slower fails the smoke test of ``challenger`` before promotion.
     max_latency_ms_per_row: float = Field(default=5.0, gt=0.0)
+    #: How many evaluation rows (the first ones) the registered ``challenger`` is scored and timed on.
     rows: int = Field(default=200, ge=1)
+    #: ``true``: also serve the model with ``mlflow models serve`` and post 20 rows; no answer fails the test.
     serve: bool = False
 
 
@@ -526,7 +582,11 @@ class FairnessCriterion(_Strict):
     """A fairness criterion the gate checks on the candidate: ``metric`` across the groups of
     ``attribute`` (a categorical or boolean feature, a model input or not) must not exceed ``max``."""
 
+    #: A categorical or boolean feature whose groups are compared (``use: drop`` keeps it out of the model),
+    #: e.g. ``gender``.
     attribute: str
+    #: ``demographic_parity_difference`` or ``equalized_odds_difference`` (binary), or ``<metric>_difference``
+    #: of a metric of the model's kind, e.g. ``roc_auc_difference``.
     metric: str
     #: Largest difference between two groups tolerated (in the metric's own units).
     max: float = Field(ge=0.0)
@@ -537,7 +597,9 @@ class FairnessCriterion(_Strict):
 class ModelCardSpec(_Strict):
     """What the generated model card states that the data cannot tell: intended use and known limitations."""
 
+    #: What the model is for and for whom: the card's "Intended use" section.
     intended_use: str = ""
+    #: Known limitations, one bullet each in the card's "Known limitations" section.
     limitations: list[str] = Field(default_factory=list)
 
 
@@ -561,7 +623,9 @@ def _conn_id(value: str) -> str:
 class EmailNotifySpec(_Strict):
     """E-mail through Airflow's SMTP notifier: server, login and sender live in the connection."""
 
+    #: Airflow SMTP connection that holds the server, login and sender, e.g. ``smtp_ml``.
     conn_id: str = "smtp_default"
+    #: Recipients (at least one), e.g. ``[ml-team@example.com]``.
     to: list[str] = Field(min_length=1)
     #: Sender; empty = the connection's ``from_email`` extra.
     from_email: str | None = None
@@ -572,6 +636,7 @@ class EmailNotifySpec(_Strict):
 class SlackNotifySpec(_Strict):
     """Slack through the Slack provider's webhook notifier: the webhook URL lives in the connection."""
 
+    #: Airflow Slack incoming-webhook connection that holds the webhook URL, e.g. ``slack_ml``.
     conn_id: str = "slack_default"
 
     _check_conn = field_validator("conn_id")(_conn_id)
@@ -580,8 +645,12 @@ class SlackNotifySpec(_Strict):
 class NotifySpec(_Strict):
     """Who hears about the model's promotions, rollbacks, rejections, bad data, retrain requests, approvals."""
 
+    #: Send e-mail through an Airflow SMTP connection, e.g. ``{to: [ml-team@example.com]}``.
     email: EmailNotifySpec | None = None
+    #: Post to Slack through an Airflow Slack webhook connection, e.g. ``{conn_id: slack_ml}``.
     slack: SlackNotifySpec | None = None
+    #: The events that send a message (default: all six), e.g. ``[promotion, rollback, gate_rejected]``;
+    #: ``approval_waiting`` comes only with ``gate.require_approval``.
     events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))  # type: ignore[arg-type]
 
     @model_validator(mode="after")
@@ -594,16 +663,26 @@ class NotifySpec(_Strict):
 class ModelSpec(_Strict):
     """One continuously trained model."""
 
+    #: Lower snake_case, equal to the file name: the MLflow experiment and registered model, and the
+    #: suffix of the model's DAG ids (``ct_<name>``, ``predict_<name>``, ...), e.g. ``credit_default``.
     name: str
+    #: What the model predicts, in a sentence: shown in the CT DAG's docs, on the model page and the model card.
     description: str = ""
+    #: Owner of the model's Airflow tasks (shown in the DAG list) and on the model card, e.g. ``risk-ml``.
     owner: str = "mlops"
     #: ``classification`` (binary or multiclass, from the number of ``label.values``), or the kind itself.
     task: Literal["classification", "binary", "multiclass", "regression"]
+    #: Where the labelled training batches land and how they are read.
     source: SourceSpec
+    #: Where the unlabelled batches that ``predict_<name>`` scores land.
     scoring: ScoringSpec = ScoringSpec()
+    #: The input columns (at least one), each with its checks and preprocessing.
     features: list[FeatureSpec] = Field(min_length=1)
+    #: The target column and, for classification, its values.
     label: LabelSpec
+    #: The training window and the evaluation set (default: the newest batch evaluates, the 14 before it train).
     window: WindowSpec = WindowSpec()
+    #: The scikit-learn estimator, its fixed parameters and the search over candidates.
     estimator: EstimatorSpec
     #: The metric used to select among candidates and to gate; defaults per task kind.
     primary_metric: str | None = None
@@ -614,15 +693,21 @@ class ModelSpec(_Strict):
     slices: list[str] = Field(default_factory=list)
     #: Cron expression, a preset such as ``@daily``, or null for manual/asset-only.
     schedule: str | None = "0 2 * * *"
+    #: The rule a candidate must pass to be registered and promoted.
     gate: GateSpec = GateSpec()
+    #: The thresholds with which ``monitor_<name>`` requests a retrain.
     drift: DriftSpec = DriftSpec()
+    #: Checks of the registered ``challenger``, loaded in a fresh process, before it is promoted.
     smoke_test: SmokeTestSpec = SmokeTestSpec()
+    #: How the model server serves the champion.
     serving: ServingSpec = ServingSpec()
     #: Fairness criteria checked by the gate (a violation blocks promotion).
     fairness: list[FairnessCriterion] = Field(default_factory=list)
+    #: Text the generated model card states that the data cannot tell.
     model_card: ModelCardSpec = ModelCardSpec()
     #: E-mail and/or Slack messages on the model's events (connection ids only).
     notify: NotifySpec | None = None
+    #: Extra Airflow tags of the model's DAGs (besides ``mlops``, the DAG kind and the name), e.g. ``[credit-risk]``.
     tags: list[str] = Field(default_factory=list)
     #: Minimum rows a snapshot's training set must hold.
     min_rows: int = Field(default=100, ge=1)
