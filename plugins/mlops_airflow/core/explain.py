@@ -33,7 +33,7 @@ from sklearn.base import BaseEstimator
 
 from mlops_airflow.core.config import ModelSpec, finite_or_none, higher_is_better
 from mlops_airflow.core.evaluation import Target, metric_value
-from mlops_airflow.core.scoring import encode_labels, model_input, output_scores
+from mlops_airflow.core.scoring import encode_labels, model_input, output_scores, predict_frame
 
 #: Evaluation rows permutation importance runs on at most (a seeded sample beyond it).
 MAX_ROWS = 5_000
@@ -55,8 +55,13 @@ ScoreFunction = Callable[[pd.DataFrame], np.ndarray]
 
 
 def logged_model_scores(spec: ModelSpec, model: Any) -> ScoreFunction:
-    """Scores of a logged pyfunc model for raw model-input rows (its answer read by ``output_scores``)."""
-    return lambda x: output_scores(model.predict(x), spec)
+    """Scores of a logged pyfunc model for raw model-input rows (its answer read by ``output_scores``).
+
+    Through :func:`~mlops_airflow.core.scoring.predict_frame`, as the gate scores: permutation importance calls
+    it once per feature and repeat, and MLflow's value-by-value check of ``Any`` columns on every call made
+    ``evaluate_vs_champion`` many times slower than the scoring it explains.
+    """
+    return lambda x: output_scores(predict_frame(model, model_input(spec, x)), spec)
 
 
 def pipeline_scores(spec: ModelSpec, pipeline: Any, threshold: float = 0.5) -> ScoreFunction:
