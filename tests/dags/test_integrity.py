@@ -69,6 +69,7 @@ for path in {[str(p) for p in sorted((REPO / "dags").glob("*.py"))] + [str(REPO 
     spec = importlib.util.spec_from_file_location("m" + str(abs(hash(path))), path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+import mlops_airflow.plugin  # the plugin class itself, whichever way it is registered (entry point or file)
 print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))
 """
     out = subprocess.run(
