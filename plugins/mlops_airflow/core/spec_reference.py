@@ -137,7 +137,14 @@ def render() -> str:
     ]
     parts += [render_section(model) for model in sections()]
     for example in sorted(EXAMPLES.glob("*.yaml")):
-        parts += [f"## Example: `include/models/{example.name}`", "", "```yaml", example.read_text().rstrip(), "```", ""]
+        parts += [
+            f"## Example: `include/models/{example.name}`",
+            "",
+            "```yaml",
+            example.read_text().rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(parts).rstrip() + "\n"
 
 
