@@ -295,13 +295,20 @@ def run_in_process() -> tuple[str, str]:
 
 def report(run_id: str, state: str, seconds: float, through_airflow: bool = False) -> None:
     from mlops_airflow.core import settings
-    from mlops_airflow.core.registry import ModelRegistry
+    from mlops_airflow.core.champion import UnblessedVersionError, resolve_champion
+    from mlops_airflow.core.signing import signing_key
     from mlops_airflow.core.tracking import client_for, parent_run_id, run_url
 
     client = client_for(settings.default_tracking_uri())
     experiment = client.get_experiment_by_name("credit_default")
     mlflow_run = parent_run_id(client, experiment.experiment_id, DAG_ID, run_id) if experiment else None
-    champion = ModelRegistry(client, "credit_default").champion()
+    try:  # what serves, proven as every consumer proves it
+        champion, refused = (
+            resolve_champion(client, "credit_default", signing_key(settings.default_tracking_uri())),
+            None,
+        )
+    except UnblessedVersionError as err:
+        champion, refused = None, str(err)
 
     line = "=" * 78
     print(f"\n{line}\n{DAG_ID} run {run_id}: {state} in {seconds:.0f} s")
@@ -318,7 +325,11 @@ def report(run_id: str, state: str, seconds: float, through_airflow: bool = Fals
         print(f"  gate            blessed={tags.get('mlops.gate.blessed')}  {tags.get('mlops.gate.reason', '')[:90]}")
         print(f"  MLflow run      {run_url(experiment.experiment_id, mlflow_run)}")
     if champion is not None:
-        print(f"  champion        models:/credit_default@champion = version {champion.version}")
+        print(
+            f"  champion        models:/credit_default@champion = version {champion.version} (gate signature checked)"
+        )
+    elif refused:
+        print(f"  champion        NOT SERVABLE: {refused}")
     print(f"  MLflow store    {settings.default_tracking_uri()}")
     if through_airflow:
         print(f"\nThe run in Airflow: {airflow_url()} (DAG {DAG_ID}); MLflow {settings.mlflow_ui_url()}")
