@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from e2e_support import snapshot_by_hand
 
 pytestmark = pytest.mark.e2e
 START = dt.date(2026, 1, 1)
@@ -198,16 +199,8 @@ def test_a_retry_of_select_keeps_the_model_a_registered_version_points_at(store,
     uri = request.getfixturevalue("mlflow_server") if store == "mlflow_server" else settings.default_tracking_uri()
     client = client_for(uri)
     [landed, *_] = demo_batches(range(15), n_rows=200)
-    context: dict[str, Any] = {
-        "run_id": "manual__2026-01-01T00:00:00+00:00",
-        "ti": SimpleNamespace(try_number=1),
-        "dag_run": SimpleNamespace(run_type="manual"),
-        "params": {},
-    }
     dag = build_dags()["ct_credit_default"]
-    snapshot_task = dag.get_task("snapshot")
-    snapshot_task.data_uri = None  # what the template renders without a data_uri param
-    snapshot = snapshot_task.execute(context)
+    context, snapshot = snapshot_by_hand("manual__2026-01-01T00:00:00+00:00")
     grid = candidate_grid(get_spec("credit_default"))
     train = TrainCandidateOperator(
         task_id="train_probe",

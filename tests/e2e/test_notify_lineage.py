@@ -122,6 +122,19 @@ def _run(dag_id: str, conf: dict[str, Any] | None = None) -> Any:
     return dag_run, xcom
 
 
+def write_notified_spec(folder: Path) -> None:
+    """The demo model with one candidate and ``notify`` on e-mail (``smtp_ops``) and Slack (``slack_ops``)."""
+    spec = yaml.safe_load((REPO / "include" / "models" / f"{MODEL}.yaml").read_text())
+    spec["estimator"]["search_space"] = {"learning_rate": [0.1], "max_leaf_nodes": [31]}
+    spec["gate"]["n_bootstrap"] = 200
+    spec["notify"] = {
+        "email": {"conn_id": "smtp_ops", "to": ["ml-team@example.test"], "from_email": "airflow@example.test"},
+        "slack": {"conn_id": "slack_ops"},
+    }
+    folder.mkdir()
+    (folder / f"{MODEL}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def channels(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Channels]:
     from aiosmtpd.controller import Controller
@@ -134,15 +147,7 @@ def channels(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
     slack = slack_endpoint(slack_received)
-    spec = yaml.safe_load((REPO / "include" / "models" / f"{MODEL}.yaml").read_text())
-    spec["estimator"]["search_space"] = {"learning_rate": [0.1], "max_leaf_nodes": [31]}
-    spec["gate"]["n_bootstrap"] = 200
-    spec["notify"] = {
-        "email": {"conn_id": "smtp_ops", "to": ["ml-team@example.test"], "from_email": "airflow@example.test"},
-        "slack": {"conn_id": "slack_ops"},
-    }
-    (home / "models").mkdir()
-    (home / "models" / f"{MODEL}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    write_notified_spec(home / "models")
     lineage_file = home / "openlineage.jsonl"
     smtp_conn = {
         "conn_type": "smtp",

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from test_mlflow_down import free_port
-from test_notify_lineage import FORGED, Inbox, body_of, slack_endpoint
+from e2e_support import free_port
+from test_notify_lineage import FORGED, Inbox, body_of, slack_endpoint, write_notified_spec
 
 from mlops_airflow.core import notify, settings
 
@@ -52,15 +51,7 @@ class Receivers:
 @pytest.fixture
 def receivers(mlops_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Receivers]:
     """The demo model with one candidate and ``notify`` on e-mail and Slack; both connections down."""
-    spec = yaml.safe_load((REPO / "include" / "models" / f"{MODEL}.yaml").read_text())
-    spec["estimator"]["search_space"] = {"learning_rate": [0.1], "max_leaf_nodes": [31]}
-    spec["gate"]["n_bootstrap"] = 200
-    spec["notify"] = {
-        "email": {"conn_id": "smtp_ops", "to": ["ml-team@example.test"], "from_email": "airflow@example.test"},
-        "slack": {"conn_id": "slack_ops"},
-    }
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / f"{MODEL}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    write_notified_spec(tmp_path / "models")
     ports = Receivers(free_port(), free_port())
     smtp_conn = {
         "conn_type": "smtp",

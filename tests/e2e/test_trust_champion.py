@@ -61,13 +61,18 @@ def hand_made_ct_version(client: Any) -> str:
     return str(version.version)
 
 
-def test_embedded_default_signs_and_every_consumer_refuses_a_forged_champion(
-    run_dag, demo_batches, mlflow_client, mlops_home, monkeypatch, capfd
-) -> None:
+@pytest.fixture
+def first_ct_run(run_dag, demo_batches, mlops_home, monkeypatch) -> None:
+    """The embedded default with no key in the environment: 15 landed days, a scoring day, one CT run (v1)."""
     monkeypatch.delenv("MLOPS_SIGNING_KEY", raising=False)
     demo_batches(range(15))
     demo_data.write_batches(mlops_home / "data" / "scoring" / MODEL, range(15, 16))
     assert run_dag(f"ct_{MODEL}").state == "success"
+
+
+def test_embedded_default_signs_and_every_consumer_refuses_a_forged_champion(
+    first_ct_run, run_dag, demo_batches, mlflow_client, mlops_home, capfd
+) -> None:
     key_file = mlops_home / "signing_key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     key = key_file.read_text().strip()
@@ -115,12 +120,8 @@ def test_embedded_default_signs_and_every_consumer_refuses_a_forged_champion(
 
 
 def test_versions_blessed_before_the_key_existed_are_re_signed_once_by_an_operator(
-    run_dag, demo_batches, mlflow_client, mlops_home, monkeypatch, capfd
+    first_ct_run, run_dag, demo_batches, mlflow_client, mlops_home, capfd
 ) -> None:
-    monkeypatch.delenv("MLOPS_SIGNING_KEY", raising=False)
-    demo_batches(range(15))
-    demo_data.write_batches(mlops_home / "data" / "scoring" / MODEL, range(15, 16))
-    assert run_dag(f"ct_{MODEL}").state == "success"
     # As an installation older than its key: the version was blessed, never signed, and the key is newer.
     mlflow_client.delete_model_version_tag(MODEL, "1", TAG_SIGNATURE)
     forged = hand_made_ct_version(mlflow_client)  # blessed-looking too, and registered before the key

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from e2e_support import wait_for
+from e2e_support import snapshot_by_hand, wait_for
 
 from mlops_airflow.core import demo_data
 
@@ -335,16 +335,8 @@ def test_a_retry_cleans_the_model_a_killed_try_left(mlflow_server, demo_batches,
 
     demo_batches(range(15), n_rows=200)
     run_id = "manual__2026-01-01T00:00:00+00:00"
-    context: dict[str, Any] = {
-        "run_id": run_id,
-        "ti": SimpleNamespace(try_number=1),
-        "dag_run": SimpleNamespace(run_type="manual"),
-        "params": {},
-    }
     dag = build_dags()["ct_credit_default"]
-    snapshot_task = dag.get_task("snapshot")
-    snapshot_task.data_uri = None  # what the template renders without a data_uri param
-    snapshot = snapshot_task.execute(context)
+    context, snapshot = snapshot_by_hand(run_id)
     grid = candidate_grid(get_spec("credit_default"))
     candidate = {"index": 0, "params": grid[0]}
     train = TrainCandidateOperator(
