@@ -1,5 +1,5 @@
 # The cluster image: the official Airflow image plus this project's locked dependencies.
-#   requirements.txt is exported from uv.lock (see "Cluster mode" in README.md), so the image runs the
+#   requirements.txt is exported from uv.lock (docs/operations.md, "Install into your Airflow"), so the image runs the
 #   same versions as `uv sync --frozen`; the project itself is not installed: dags/, plugins/ and
 #   include/ are copied to where Airflow looks for them, and plugins/ is on PYTHONPATH.
 FROM apache/airflow:3.3.2-python3.11
