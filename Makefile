@@ -16,6 +16,9 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE ?= $(LOCAL)/airflow/pas
 export MLOPS_HOME ?= $(LOCAL)
 export MLOPS_MLFLOW_UI_URL ?= http://127.0.0.1:$(or $(MLFLOW_UI_PORT),5000)
 export GX_ANALYTICS_ENABLED ?= false
+# no usage reports from MLflow's client (it would post each logged model, run and search to a remote host)
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= true
 MLFLOW_STORE := sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
 DEMO_DATA := $(MLOPS_HOME)/data/landing/credit_default
 SCORING_DATA := $(MLOPS_HOME)/data/scoring/credit_default
@@ -80,12 +83,14 @@ up: data airflow-db ## start Airflow (api-server, scheduler, dag-processor, trig
 	  wait -n "$${pids[@]}"; echo "a process of make up ended; stopping the others"
 
 SERVE_PORT ?= 8000
-serve: setup ## the model server on :8000 for every model's champion (after make demo); token in .local/serving_token
+WORKERS ?= 1
+serve: setup ## the model server on :8000 for every model's champion (after make demo; WORKERS=n processes); token in .local/serving_token
 	@test -n "$$MLOPS_SERVING_TOKEN" || test -s $(LOCAL)/serving_token || (mkdir -p $(LOCAL) && umask 077 && \
 	  python3 -c 'import secrets; print(secrets.token_hex(24))' > $(LOCAL)/serving_token)
 	@echo "Model server: http://127.0.0.1:$(SERVE_PORT)  bearer token: $${MLOPS_SERVING_TOKEN:+\$$MLOPS_SERVING_TOKEN}$${MLOPS_SERVING_TOKEN:-$(LOCAL)/serving_token}"
+	@# exec: SIGTERM goes straight to the server, which stops cleanly and exits 0
 	MLOPS_SERVING_TOKEN="$${MLOPS_SERVING_TOKEN:-$$(cat $(LOCAL)/serving_token)}" MLFLOW_TRACKING_URI=$(MLFLOW_STORE) \
-	  $(RUN) python -m mlops_airflow.serving --host 127.0.0.1 --port $(SERVE_PORT)
+	  exec $(UV) run --frozen python -m mlops_airflow.serving --host 127.0.0.1 --port $(SERVE_PORT) --workers $(WORKERS)
 
 lint: setup ## ruff lint and format check
 	$(RUN) ruff check .

@@ -31,10 +31,15 @@ def setup_env() -> Path:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "MLOPS_HOME": str(home / "mlops"),
             "GX_ANALYTICS_ENABLED": "false",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
         }
     )
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # as make demo's airflow-db step: the metadata DB and the MLflow store are migrated before the first run
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+    (home / "mlops" / "mlflow").mkdir(parents=True)
+    store = f"sqlite:///{home / 'mlops' / 'mlflow' / 'mlflow.db'}"
+    subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", store], check=True, capture_output=True)
     return home
 
 

@@ -6,9 +6,12 @@ Task-time module. Both explanations treat a model as a black box over its raw in
 :func:`pipeline_scores` a fitted training pipeline, so the importance is the logged model's, preprocessing
 included, and is reported per raw feature (not per one-hot column).
 
-* Permutation importance (:func:`sklearn.inspection.permutation_importance`): the drop of the primary metric,
-  oriented so that positive means "the model gets worse", when one feature's values are shuffled across
-  rows; ``n_repeats`` shuffles give its spread.
+* Permutation importance (as :func:`sklearn.inspection.permutation_importance`): the drop of the primary
+  metric, oriented so that positive means "the model gets worse", when one feature's values are shuffled
+  across rows; ``n_repeats`` shuffles give its spread. The shuffled copies are stacked and scored in a few
+  large calls (at most :data:`STACK_ROWS` rows each) instead of one call per feature and repeat: a logged
+  model's per-call cost (schema check, frame conversion, one OpenMP pass per tree) is paid a few times, not
+  ``features x repeats`` times.
 * Partial dependence (brute force, as scikit-learn's ``method="brute"``): the mean score when a feature is set
   to each value of a grid on every row, for the most important features.
 * The importance change against the champion: its importance as its own CT run recorded it at registration
@@ -17,7 +20,8 @@ included, and is reported per raw feature (not per one-hot column).
 
 Cost is bounded: importance runs on at most :data:`MAX_ROWS` evaluation rows (a seeded sample), partial
 dependence on at most :data:`PD_ROWS`; one call scores ``rows x (1 + features x repeats)`` rows, so the cost
-does not grow with the evaluation set beyond the cap (see README, "Explanations and fairness").
+does not grow with the evaluation set beyond the cap (docs/operations.md, "Explanations, fairness and the model
+card").
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.base import BaseEstimator
 
 from mlops_airflow.core.config import ModelSpec, finite_or_none, higher_is_better
 from mlops_airflow.core.evaluation import Target, metric_value
@@ -39,6 +42,8 @@ from mlops_airflow.core.scoring import encode_labels, model_input, output_scores
 MAX_ROWS = 5_000
 #: Shuffles per feature.
 N_REPEATS = 5
+#: Rows one stacked importance scoring call holds at most.
+STACK_ROWS = 200_000
 #: Features whose partial dependence is computed and plotted.
 TOP_FEATURES = 3
 #: Rows and grid points of a partial dependence curve.
@@ -71,20 +76,6 @@ def pipeline_scores(spec: ModelSpec, pipeline: Any, threshold: float = 0.5) -> S
     return lambda x: score_rows(spec, pipeline, x, threshold)
 
 
-class _ScoreModel(BaseEstimator):
-    """A fitted-looking estimator over a score function, for scikit-learn's inspection tools."""
-
-    def __init__(self, score_function: ScoreFunction) -> None:
-        self.score_function = score_function
-        self.fitted_ = True
-
-    def fit(self, x: Any, y: Any = None) -> _ScoreModel:
-        return self
-
-    def predict(self, x: pd.DataFrame) -> np.ndarray:
-        return self.score_function(x)
-
-
 def _sample(frame: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
     if len(frame) <= cap:
         return frame
@@ -110,8 +101,6 @@ def permutation_importances(
         "std", "repeats"}, ...]}``, most important first; ``mean`` is the metric's drop (oriented: positive
         means worse without the feature), ``std`` its spread over the repeats.
     """
-    from sklearn.inspection import permutation_importance
-
     if n_repeats < 1 or max_rows < 1:
         raise ValueError(f"n_repeats ({n_repeats}) and max_rows ({max_rows}) must be at least 1")
     sample = _sample(rows, max_rows, seed)
@@ -121,26 +110,46 @@ def permutation_importances(
     metric = spec.primary
     sign = 1.0 if higher_is_better(metric) else -1.0
 
-    def scorer(estimator: _ScoreModel, x_: pd.DataFrame, y_: np.ndarray) -> float:
-        value = metric_value(metric, y_, estimator.predict(x_), target, threshold)
+    def oriented(scores: np.ndarray) -> float:
+        value = metric_value(metric, y, scores, target, threshold)
         return sign * value if np.isfinite(value) else float("nan")
 
-    model = _ScoreModel(score)
-    baseline = sign * scorer(model, x, y)
-    result = permutation_importance(model, x, y, scoring=scorer, n_repeats=n_repeats, random_state=seed, n_jobs=1)
+    baseline = oriented(np.asarray(score(x)))
+    # The shuffles, drawn as scikit-learn draws them: one seeded generator, one permutation of the row
+    # positions per feature and repeat.
+    rng = np.random.RandomState(seed)
+    blocks = [(column, rng.permutation(len(x))) for column in x.columns for _ in range(n_repeats)]
+    drops = np.empty((len(x.columns), n_repeats), dtype="float64")
+    per_call = max(1, STACK_ROWS // max(len(x), 1))
+    for first in range(0, len(blocks), per_call):
+        chunk = blocks[first : first + per_call]
+        stacked = {}
+        for name in x.columns:
+            values = x[name].to_numpy()
+            tiled = np.concatenate([values] * len(chunk))
+            for k, (column, order) in enumerate(chunk):
+                if column == name:
+                    tiled[k * len(x) : (k + 1) * len(x)] = values[order]
+            stacked[name] = tiled
+        scores = np.asarray(score(pd.DataFrame(stacked).astype(x.dtypes.to_dict())))
+        for k in range(len(chunk)):
+            index = first + k
+            drops[index // n_repeats, index % n_repeats] = baseline - oriented(scores[k * len(x) : (k + 1) * len(x)])
+    with np.errstate(invalid="ignore"):
+        means, stds = drops.mean(axis=1), drops.std(axis=1)
     features = [
         {
             "feature": name,
-            "mean": finite_or_none(result.importances_mean[i]),
-            "std": finite_or_none(result.importances_std[i]),
-            "repeats": [finite_or_none(v) for v in result.importances[i]],
+            "mean": finite_or_none(means[i]),
+            "std": finite_or_none(stds[i]),
+            "repeats": [finite_or_none(v) for v in drops[i]],
         }
         for i, name in enumerate(x.columns)
     ]
     features.sort(key=lambda f: -(f["mean"] if f["mean"] is not None else float("-inf")))
     return {
         "metric": metric,
-        "baseline": finite_or_none(baseline),
+        "baseline": finite_or_none(sign * baseline),
         "rows": len(x),
         "rows_total": len(rows),
         "n_repeats": n_repeats,
