@@ -8,6 +8,15 @@
     Who serves the model, since when and why, whether that version is proven blessed, the last CT verdict and
     the last monitor run, read from MLflow (nothing is written). Exit status 1 when the champion is not proven
     blessed (it does not serve).
+``mlops reproduce MODEL VERSION``
+    Retrain a registered version from what it recorded (snapshot, spec, params, seed) in the scratch experiment
+    ``MODEL/reproduce`` and say whether its predictions are identical, else how far apart and why
+    (:mod:`mlops_airflow.core.reproduce`). Progress on stderr; ``--json`` for JSON.
+``mlops gc MODEL [--keep-runs N] [--dry-run]``
+    Retention of the model's storage: keep the ``N`` newest snapshots (every one without ``--keep-runs``) and
+    every snapshot a registered model version was trained on, and remove the stored batches none of them names
+    and older than the grace period (:func:`mlops_airflow.core.batch_store.collect_garbage`). Safe beside
+    running DAGs.
 
 Importing this module does not import Airflow or MLflow: ``mlops lint --no-dags`` stays quick enough for a
 pre-commit hook.
@@ -27,8 +36,9 @@ from typing import Any, TextIO
 
 import yaml
 
-from mlops_airflow.core.config import MODELS_DIR_ENV, ModelSpec, ModelSpecError, load_model_spec, spec_files
+from mlops_airflow.core.config import MODELS_DIR_ENV, load_model_spec, spec_files
 from mlops_airflow.core.encoding import dumps
+from mlops_airflow.core.spec import ModelSpec, ModelSpecError
 
 #: A problem line of an "invalid model spec" message: ``  <key>: <rule>``.
 _PROBLEM = re.compile(r"^  (\S+): (.*)$")
@@ -293,6 +303,104 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 1 if st.champion_refused else 0
 
 
+# ------------------------------------------------------------------------------------------------ reproduce
+
+
+def _cmd_reproduce(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Retrain a registered version from its records (:func:`mlops_airflow.core.reproduce.reproduce`); exit
+    status 0 when identical, 1 when different, 2 when refused."""
+    from mlflow.exceptions import MlflowException
+
+    from mlops_airflow.core import settings
+    from mlops_airflow.core.reproduce import ReproduceRefused, report_lines, reproduce
+
+    def progress(line: str) -> None:
+        print(f"mlops reproduce: {line}", file=err, flush=True)
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars among the progress
+
+    try:
+        client = _client(args.tracking_uri or settings.default_tracking_uri())
+        result = reproduce(client, args.model, args.version, models_dir=args.models_dir, progress=progress)
+    except (StatusError, ReproduceRefused, ModelSpecError, MlflowException) as error:
+        print(f"mlops reproduce: refused: {error}", file=err)
+        if args.format == "json":
+            why = getattr(error, "reason", "cannot read")
+            refusal = {"model": args.model, "version": args.version, "verdict": "refused", "reason": why}
+            print(dumps({**refusal, "message": str(error)}, indent=2), file=out)
+        return 2
+    if args.format == "json":
+        print(dumps(result.to_dict(), indent=2), file=out)
+    else:
+        print("\n".join(report_lines(result)), file=out)
+    return 0 if result.identical else 1
+
+
+# ------------------------------------------------------------------------------------------------ gc
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def gc_lines(report: Any, registered: dict[str, str | None]) -> list[str]:
+    """A collection's report as a person reads it."""
+    verb = "would remove" if report.dry_run else "removed"
+    unknown = sorted((v for v, uri in registered.items() if not uri), key=int)
+    return [
+        f"storage: {report.model_root}" + (" (dry run: nothing removed)" if report.dry_run else ""),
+        f"registered versions: {len(registered)}"
+        + (f" ({len(unknown)} record no snapshot: v{', v'.join(unknown)})" if unknown else ""),
+        f"snapshots: kept {len(report.kept_snapshots)}, kept for registered versions "
+        f"{len(report.protected_snapshots)}, being written {len(report.in_progress)}, {verb} "
+        f"{len(report.removed_snapshots)}",
+        f"batches: kept {report.kept_batches} ({_megabytes(report.kept_bytes)}), {verb} "
+        f"{len(report.removed_batches)} ({_megabytes(report.removed_bytes)}), younger than the grace period "
+        f"{len(report.young_batches)}; temporary files {verb} {len(report.removed_temporaries)}",
+        *(f"warning: batch {d} is named by a kept snapshot but not stored" for d in report.missing_batches),
+    ]
+
+
+def _cmd_gc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Retention of one model's storage (:func:`mlops_airflow.core.batch_store.collect_garbage`); exit status
+    2 when what is in use cannot be read (nothing is removed then)."""
+    from mlflow.exceptions import MlflowException
+
+    from mlops_airflow.core import settings
+    from mlops_airflow.core.batch_store import RetentionError, collect_garbage, registered_snapshots
+    from mlops_airflow.core.landing import as_path
+
+    if not _MODEL_NAME.match(args.model) or args.model in {".", ".."}:
+        print(f"mlops gc: {args.model!r}: not a model name (letters, digits, '_', '-', '.')", file=err)
+        return 2
+    if args.keep_runs is not None and args.keep_runs < 1:  # the newest may be the one a running DAG run reads
+        print(f"mlops gc: --keep-runs {args.keep_runs}: must be 1 or more", file=err)
+        return 2
+    root = as_path(args.storage or settings.storage_base()) / args.model
+    if not root.exists():
+        print(f"mlops gc: {args.model}: no storage at {root} (set MLOPS_STORAGE_BASE or pass --storage)", file=err)
+        return 2
+    try:  # the registered versions first: without them nothing can be removed safely
+        registered = registered_snapshots(_client(args.tracking_uri or settings.default_tracking_uri()), args.model)
+        report = collect_garbage(
+            root,
+            keep_runs=args.keep_runs,
+            protected=[u for u in registered.values() if u],
+            grace_seconds=args.grace_hours * 3600,
+            dry_run=args.dry_run,
+        )
+    except (StatusError, MlflowException, RetentionError) as error:
+        print(f"mlops gc: {args.model}: {error}; nothing removed", file=err)
+        return 2
+    if args.format == "json":
+        print(dumps({**report.to_dict(), "registered_versions": registered}, indent=2), file=out)
+    else:
+        print("\n".join(gc_lines(report, registered)), file=out)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 
@@ -332,13 +440,53 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded local store)"
     )
     status_cmd.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    reproduce_cmd = sub.add_parser(
+        "reproduce",
+        help="retrain a registered version from its snapshot, spec and params; say whether it is identical",
+        description="Retrain a registered model version with the spec, params and seed it recorded on the same "
+        "snapshot rows, in the scratch MLflow experiment MODEL/reproduce (no version is registered, no alias "
+        "moves), and compare both models' predictions on the evaluation rows. Exit status 0 when identical, 1 "
+        "when different (with the likely cause), 2 when it cannot be done (e.g. the snapshot is gone).",
+    )
+    reproduce_cmd.add_argument("model", help="the registered model's name")
+    reproduce_cmd.add_argument("version", help="the version to reproduce")
+    reproduce_cmd.add_argument(
+        "--models-dir", type=Path, help=f"folder of the model specs (default: ${MODELS_DIR_ENV}, else include/models)"
+    )
+    reproduce_cmd.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded local store)"
+    )
+    reproduce_cmd.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    reproduce_cmd.add_argument("--json", dest="format", action="store_const", const="json", help="--format json")
+    gc_cmd = sub.add_parser(
+        "gc",
+        help="remove old snapshots and the stored batches no kept snapshot names",
+        description="Retention of a model's storage: keep the N newest snapshots (all without --keep-runs) and "
+        "every snapshot a registered MLflow model version was trained on; remove the other snapshots and the "
+        "stored batches none of the kept ones names, once older than the grace period. Safe while DAGs run. "
+        "Exit status 2 when the registered versions or a manifest cannot be read (nothing is removed).",
+    )
+    gc_cmd.add_argument("model", help="the model's name (its folder below the storage base)")
+    gc_cmd.add_argument("--keep-runs", type=int, metavar="N", help="keep the N newest snapshots (default: all)")
+    gc_cmd.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    gc_cmd.add_argument(
+        "--grace-hours",
+        type=float,
+        default=24.0,
+        help="leave batches and temporary files younger than this alone (default 24)",
+    )
+    gc_cmd.add_argument("--storage", help="storage base URI (default: $MLOPS_STORAGE_BASE, else under MLOPS_HOME)")
+    gc_cmd.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded local store)"
+    )
+    gc_cmd.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Entry point of the ``mlops`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    command = {"lint": _cmd_lint, "status": _cmd_status}[args.command]
+    command = {"lint": _cmd_lint, "status": _cmd_status, "reproduce": _cmd_reproduce, "gc": _cmd_gc}[args.command]
     return command(args, out or sys.stdout, err or sys.stderr)
 
 

@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from mlops_airflow.core import demo_data
-from mlops_airflow.core.config import ModelSpec, get_spec, parse_model_spec
+from mlops_airflow.core.config import get_spec, parse_model_spec
 from mlops_airflow.core.data import DataError, load_part, read_manifest, write_snapshot
+from mlops_airflow.core.spec import ModelSpec
 
 TICKETS = Path(__file__).resolve().parents[1] / "e2e" / "models" / "ticket_outcome.yaml"
 DAY_0 = dt.date(2026, 2, 1)
@@ -314,7 +315,7 @@ def test_a_window_in_days_keeps_whole_batches_and_loads_the_rows_inside_its_boun
         "eval": ["2026-04-02T00:00:00+00:00", "2026-04-12T00:00:00+00:00"],
     }
     assert read_manifest(str(tmp_path / "snap")).bounds == snap.bounds
-    assert len(list((tmp_path / "snap").rglob("*.parquet"))) == 5  # week 8 is copied once
+    assert len(list((tmp_path / "batches").glob("*.parquet"))) == 5  # week 8 is stored once
     assert (snap.train_rows, snap.eval_rows) == (200, 100)
     train, evaluation = load_part(snap, "train"), load_part(snap, "eval")
     assert (len(train), len(evaluation)) == (200, 100)

@@ -1,9 +1,13 @@
 """Landing zone and snapshots.
 
-A snapshot is the immutable, content-hashed copy of one run's training window and evaluation set, written
-as Parquet under the run's own prefix. Every later task reads the snapshot, never the landing zone, so a
-retry sees exactly the data the first try saw. ``manifest.json`` is written last: a prefix without it is
-an unfinished snapshot and is removed before a new attempt.
+A snapshot is the immutable, content-hashed record of one run's training window and evaluation set: a
+manifest under the run's own prefix naming, per batch, the landed file and its hash, its part, its rows and
+the Parquet object that holds it in the model's batch store (:mod:`~mlops_airflow.core.batch_store`), where
+each batch is stored once and shared by every snapshot that uses it. Every later task reads the snapshot,
+never the landing zone, so a retry sees exactly the data the first try saw. ``manifest.json`` is written
+last: a prefix without it is an unfinished snapshot and is removed before a new attempt. Snapshots written
+before the store (a Parquet copy of each batch under the run's prefix, no ``store`` in the manifest) stay
+readable.
 
 Landed files are read through :mod:`~mlops_airflow.core.landing` (listed, confined to the landing roots,
 checked whole and under the size cap) and go to the snapshot as Arrow tables (pyarrow's multi-threaded CSV
@@ -14,6 +18,7 @@ content hash needs no re-read, and a landed file's verdict can be reused by its 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -24,8 +29,10 @@ from typing import Any
 
 import pandas as pd
 
-from mlops_airflow.core.config import ModelSpec
+from mlops_airflow.core.batch_store import PENDING, STORE, BatchStore, encode, resolve_store, store_reference
+from mlops_airflow.core.batch_store import write_pending as _write_pending
 from mlops_airflow.core.landing import DataError, LandingZone, as_path
+from mlops_airflow.core.spec import ModelSpec
 
 MANIFEST = "manifest.json"
 log = logging.getLogger(__name__)
@@ -71,6 +78,9 @@ class BatchFile:
     unlabelled: int = 0
     #: It holds a row of the newest ``label.delay_days`` days: its labels may still be missing.
     awaiting_labels: bool = False
+    #: SHA-256 of the Parquet object holding it in the batch store (``None``: a copy under the snapshot's own
+    #: prefix, in snapshots written before the store, or not read).
+    batch_hash: str | None = None
 
     @property
     def used_rows(self) -> int:
@@ -99,6 +109,10 @@ class Snapshot:
     label_column: str | None = None
     #: Rows of the window without a label (left out of training and evaluation).
     unlabelled_rows: int = 0
+    #: The batch store its batches are in, relative to the snapshot's folder (``../../batches``) or a URI
+    #: (:func:`~mlops_airflow.core.batch_store.store_reference`); ``None``: written before the store, each
+    #: batch a copy under the snapshot's own prefix.
+    store: str | None = None
     #: The path object the snapshot was written to or read from: it carries the storage connection
     #: (``s3://conn_id@bucket/...`` in ``uri`` is not readable without it). Not serialized.
     root: Any = field(default=None, compare=False, repr=False)
@@ -110,6 +124,10 @@ class Snapshot:
 
     def path(self) -> Any:
         return self.root if self.root is not None else as_path(self.uri)
+
+    def batch_store(self) -> BatchStore | None:
+        """The batch store its batches are read from (``None`` for a snapshot of per-run copies)."""
+        return None if self.store is None else resolve_store(self.path(), self.store)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Snapshot:
@@ -140,9 +158,17 @@ def read_batch(path: Any, fmt: str) -> pd.DataFrame:
 
 
 def write_snapshot(
-    spec: ModelSpec, source_uri: Any, dest_uri: Any, *, within: Any = None, run_id: str | None = None
+    spec: ModelSpec,
+    source_uri: Any,
+    dest_uri: Any,
+    *,
+    within: Any = None,
+    run_id: str | None = None,
+    store: Any = None,
 ) -> Snapshot:
-    """Copy the training window and evaluation set of ``source_uri`` to ``dest_uri`` as Parquet.
+    """Snapshot the training window and evaluation set of ``source_uri`` at ``dest_uri``: each batch stored as
+    Parquet in the batch store ``store`` (once: a batch stored by an earlier run is not written again) and a
+    manifest naming them at ``dest_uri``.
 
     The window is measured as the spec's ``window`` says (:class:`~mlops_airflow.core.config.WindowSpec`):
     in batches, in time (whole batches covering it, and its bounds in the manifest) or in labelled rows.
@@ -152,10 +178,19 @@ def write_snapshot(
     :param within: the folder ``dest_uri`` must lie strictly below (the model's ``snapshots/``; default: the
         parent of ``dest_uri``); nothing outside it is ever deleted.
     :param run_id: the Airflow run the snapshot belongs to, recorded in its manifest.
+    :param store: the model's batch store (``<storage>/<model>/batches``; default: ``batches`` beside
+        ``within`` when it is given, which is that for ``within`` = ``<storage>/<model>/snapshots``, else
+        beside ``dest_uri``). It must not lie below ``dest_uri``.
     """
     dest = as_path(dest_uri)
+    if store is not None:
+        store_path = as_path(store)
+    else:  # beside the snapshots' folder (the model's), or beside the snapshot
+        store_path = (dest.parent if within is None else as_path(within).parent) / STORE
     within = as_path(within) if within is not None else dest.parent
     check_below(dest, within)
+    if _is_below(store_path, dest):
+        raise DataError(f"{store_path}: the batch store lies inside the snapshot {dest_uri}; it must not")
     existing = read_manifest(dest)
     if existing is not None:
         if existing.run_id != run_id:
@@ -180,13 +215,16 @@ def write_snapshot(
     try:
         dest.mkdir(parents=True, exist_ok=True)
         placer = Placer(spec)
-        batches = _copy_window(placer, zone, files, dest)
+        reference = store_reference(dest, store_path)
+        batches = _copy_window(placer, zone, files, dest, BatchStore(store_path), reference)
         placer.check(batches, zone, source_uri)
-        snapshot = _manifest(spec, placer, batches, dest, dest_uri, source_uri, run_id, zone)
+        snapshot = replace(_manifest(spec, placer, batches, dest, dest_uri, source_uri, run_id, zone), store=reference)
         (dest / MANIFEST).write_text(json.dumps(snapshot.to_dict(), indent=2))
     except BaseException:
         remove_tree(dest, within=within)  # never leave a partial snapshot behind
         raise
+    with contextlib.suppress(FileNotFoundError):
+        (dest / PENDING).unlink()  # the manifest names them now
     if snapshot.unlabelled_rows:
         log.info(
             "%d row(s) without a label are left out of training and evaluation: %s",
@@ -377,15 +415,23 @@ class Placer:
             )
 
 
-def _copy_window(placer: Placer, zone: LandingZone, files: list[Any], dest: Any) -> list[BatchFile]:
-    """Copy the newest whole batches to ``dest`` as Parquet, newest first, as ``placer`` places them, until the
-    window is full. A refused or unreadable file keeps its place (validation fails on it); a batch not yet
-    whole is skipped, or fails, as the landing protocol says. A batch with rows in both parts of a window by
-    time is copied once and listed in both.
+def _copy_window(
+    placer: Placer, zone: LandingZone, files: list[Any], dest: Any, store: BatchStore, reference: str
+) -> list[BatchFile]:
+    """Put the newest whole batches in the batch store as Parquet, newest first, as ``placer`` places them,
+    until the window is full; a batch already stored is not written again. A refused or unreadable file keeps
+    its place (validation fails on it); a batch not yet whole is skipped, or fails, as the landing protocol
+    says. A batch with rows in both parts of a window by time is stored once and listed in both.
 
+    Each batch's hash goes to ``dest``'s ``pending.json`` before the store is looked at, so that retention
+    running meanwhile keeps it (:func:`~mlops_airflow.core.batch_store.collect_garbage`).
+
+    :param reference: where the store is, as the manifest records it (relative to ``dest``, or a URI).
     :returns: the batches, training oldest first, then evaluation oldest first.
     """
     chosen: list[BatchFile] = []
+    taken: list[str] = []
+    written = 0
     reads = zone.newest(len(files), files)
     while not placer.full():
         try:
@@ -408,10 +454,12 @@ def _copy_window(placer: Placer, zone: LandingZone, files: list[Any], dest: Any)
         if not placement.parts:
             log.warning("%s: no row inside the window (%s); not used", path.name, placer.window.describe())
         else:
-            target = f"{placement.parts[0]}/{path.name.rsplit('.', 1)[0]}.parquet"
-            out = dest / target
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_parquet(table, out)
+            digest, size = encode(table)
+            taken.append(digest)
+            _write_pending(dest, taken)
+            stored = store.put(table, digest, size)
+            written += stored.written
+            target = f"{reference}/{stored.digest}.parquet"
             columns = [str(c) for c in table.column_names]
             for part in placement.parts:
                 chosen.append(
@@ -426,9 +474,11 @@ def _copy_window(placer: Placer, zone: LandingZone, files: list[Any], dest: Any)
                         window_rows=placement.window_rows.get(part),
                         unlabelled=placement.unlabelled.get(part, 0),
                         awaiting_labels=placement.awaiting_labels,
+                        batch_hash=stored.digest,
                     )
                 )
         del table, outcome
+    log.info("batch store %s: %d batch(es) written, %d already stored", store.root, written, len(taken) - written)
     return [b for b in reversed(chosen) if b.part == "train"] + [b for b in reversed(chosen) if b.part == "eval"]
 
 
@@ -452,6 +502,15 @@ def _location(path: Any) -> tuple[str, list[str]]:
     protocol = getattr(path, "protocol", "") or "file"
     text = getattr(path, "path", None) or str(path)
     return ("file" if protocol in {"file", "local"} else str(protocol)), str(text).split("/")
+
+
+def _is_below(path: Any, root: Any) -> bool:
+    """Whether ``path`` is ``root`` or lies below it (same filesystem)."""
+    protocol, segments = _location(as_path(path))
+    root_protocol, root_segments = _location(as_path(root))
+    segments = [s for s in segments if s]
+    root_segments = [s for s in root_segments if s]
+    return protocol == root_protocol and segments[: len(root_segments)] == root_segments
 
 
 def check_below(path: Any, root: Any) -> None:
@@ -488,7 +547,9 @@ def remove_tree(path: Any, *, within: Any) -> None:
 def read_snapshot_file(
     snapshot: Snapshot, batch: BatchFile, columns: list[str] | None = None, categorical: Iterable[str] = ()
 ) -> Any:
-    """One snapshot file as an Arrow table (only ``columns`` when given: Parquet reads no other).
+    """One batch of a snapshot as an Arrow table (only ``columns`` when given: Parquet reads no other): from
+    the batch store (its bytes checked against its hash), or, in a snapshot written before the store, from
+    its copy under the snapshot's prefix.
 
     :param categorical: text columns to dictionary-encode (pandas reads them as categoricals).
     """
@@ -497,8 +558,12 @@ def read_snapshot_file(
 
     if batch.snapshot_file is None:
         raise DataError(f"{batch.source}: {batch.read_error}")
-    with (snapshot.path() / batch.snapshot_file).open("rb") as fh:
-        table = pq.read_table(fh, columns=columns)
+    store = snapshot.batch_store() if batch.batch_hash else None
+    if store is not None and batch.batch_hash:
+        table = store.read_table(batch.batch_hash, columns)
+    else:
+        with (snapshot.path() / batch.snapshot_file).open("rb") as fh:
+            table = pq.read_table(fh, columns=columns)
     wanted = set(categorical)
     for index, column in enumerate(table.schema):
         if column.name in wanted and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):

@@ -1,4 +1,5 @@
-"""Shared plumbing of the package's operators: the model spec, MLflow, storage and the run link."""
+"""Shared plumbing of the package's operators: the model spec, MLflow, storage and the run link, and the helpers
+several operators use (storage paths, trigger params, landed batches, snapshots, native threads)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
-    from mlops_airflow.core.config import ModelSpec
+    from mlops_airflow.core.spec import ModelSpec
     from mlops_airflow.hooks.mlflow_hook import MlflowHook
 
 
@@ -142,3 +143,143 @@ class MlopsBaseOperator(BaseOperator):
         from mlops_airflow.core import settings
 
         return ObjectStoragePath(settings.storage_base(), conn_id=settings.storage_conn_id())
+
+
+# ------------------------------------------------------------------------- helpers of several operators
+
+
+def storage_path(uri: str) -> Any:
+    """An ``ObjectStoragePath`` for a landing-zone or storage URI (local paths become ``file://``)."""
+    from pathlib import Path
+
+    from airflow.sdk import ObjectStoragePath
+
+    from mlops_airflow.core import settings
+
+    if "://" not in uri:
+        return ObjectStoragePath(Path(uri).resolve().as_uri())
+    if uri.startswith("file://"):
+        return ObjectStoragePath(uri)
+    return ObjectStoragePath(uri, conn_id=settings.storage_conn_id())
+
+
+def trigger_data_uri(value: str | None, param: str = "data_uri") -> str | None:
+    """A trigger's ``data_uri`` confined to the landing roots (normalised), or ``None`` when it is empty.
+
+    Trigger params are untrusted input (docs/design.md 7): a location outside ``MLOPS_DATA_ROOT`` and
+    ``MLOPS_ALLOWED_DATA_ROOTS`` fails the task before anything is listed or read, without retry.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow.core import settings
+
+    text = (value or "").strip()
+    if text in {"", "None"}:
+        return None
+    try:
+        return settings.confine_data_uri(text, param=param)
+    except settings.DataRootError as err:
+        raise AirflowFailException(str(err)) from None
+
+
+class LandedBatches:
+    """A landing or scoring zone as a task reads it: through :mod:`mlops_airflow.core.landing` (listed,
+    confined, checked whole and under the size cap). A data fault fails the task without retries, naming the
+    file and the rule: a retry does not make bad data good.
+
+    :param spec: the model spec (its landing protocol and size cap apply).
+    :param uri: the zone (a path or URI).
+    :param fmt: the format of its batch files.
+    :param what: what the zone is called in messages.
+    """
+
+    def __init__(self, spec: Any, uri: str, fmt: str, what: str = "landing zone") -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mlops_airflow.core.landing import DataError, LandingZone, MissingZone
+
+        self.zone = LandingZone.of(spec, storage_path(uri), fmt)
+        try:
+            #: The zone's batch files, oldest first.
+            self.files = self.zone.files()
+        except MissingZone:  # a retry does not make a folder appear
+            raise AirflowFailException(
+                f"{what} {uri} does not exist: land {fmt} batch files there (or pass param data_uri)"
+            ) from None
+        except DataError as err:
+            raise AirflowFailException(str(err)) from None
+
+    def frame(self, batch: Any) -> Any:
+        """One batch as a pandas frame; ``None`` when it is not whole yet and the spec says ``skip``."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mlops_airflow.core.landing import DataError
+
+        try:
+            read = self.zone.usable(batch)
+        except DataError as err:
+            raise AirflowFailException(str(err)) from None
+        return None if read is None else read[0].to_pandas()
+
+    def newest(self, count: int) -> tuple[list[Any], Any]:
+        """The ``count`` newest whole batches (oldest first) and their rows as one pandas frame."""
+        import pandas as pd
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from mlops_airflow.core.landing import DataError
+
+        batches, frames = [], []
+        try:
+            for batch, read in self.zone.newest(count, self.files):
+                if isinstance(read, DataError):
+                    raise read
+                batches.append(batch)
+                frames.append(read[0].to_pandas())
+                del read
+            if not frames:
+                raise self.zone.shortage(0, 1)
+        except DataError as err:
+            raise AirflowFailException(str(err)) from None
+        self.newest_rows = [len(f) for f in frames[::-1]]  # rows of each batch, in the order returned
+        return batches[::-1], pd.concat(frames[::-1], ignore_index=True)
+
+
+def load_snapshot(ref: dict[str, Any]) -> Any:
+    from mlops_airflow.core.data import read_manifest
+
+    snapshot = read_manifest(storage_path(ref["snapshot_uri"]))
+    if snapshot is None:
+        raise RuntimeError(f"{ref['snapshot_uri']}: snapshot manifest is missing")
+    return snapshot
+
+
+def candidate_threads() -> int | None:
+    """Native threads (OpenMP, BLAS) one ``train`` task may use; ``None``: no limit.
+
+    The mapped candidates run side by side, one task slot each: with every fit spinning one OpenMP thread
+    per core, two fits on two cores run at less than half speed each (measured: 4 candidates at 1M rows took
+    137 s side by side against 53 s one after the other). So a task gets ``cores // slots`` threads, where
+    slots are the LocalExecutor's ``[core] parallelism`` or the Celery worker's ``[celery]
+    worker_concurrency``; ``MLOPS_TRAIN_THREADS`` overrides. Tasks run one at a time in the process of
+    ``dag.test()``: no limit there.
+    """
+    import os
+
+    from airflow.sdk import conf
+    from airflow.sdk.execution_time import task_runner
+
+    from mlops_airflow.core.errors import SettingError
+
+    explicit = os.environ.get("MLOPS_TRAIN_THREADS", "").strip()
+    if explicit:
+        if not explicit.isdigit():
+            raise SettingError(f"MLOPS_TRAIN_THREADS={explicit!r}: a whole number of threads is expected")
+        return max(1, int(explicit))
+    if type(getattr(task_runner, "SUPERVISOR_COMMS", None)).__name__ == "InProcessSupervisorComms":
+        return None
+    executor = conf.get("core", "executor", fallback="LocalExecutor")
+    if "Celery" in executor:
+        slots = conf.getint("celery", "worker_concurrency", fallback=16)
+    else:
+        slots = conf.getint("core", "parallelism", fallback=32)
+    return max(1, (os.cpu_count() or 1) // max(1, slots))

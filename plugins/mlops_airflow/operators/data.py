@@ -7,98 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from mlops_airflow.operators.base import MlopsBaseOperator
+from mlops_airflow.operators.base import MlopsBaseOperator, storage_path, trigger_data_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def storage_path(uri: str) -> Any:
-    """An ``ObjectStoragePath`` for a landing-zone or storage URI (local paths become ``file://``)."""
-    from pathlib import Path
-
-    from airflow.sdk import ObjectStoragePath
-
-    from mlops_airflow.core import settings
-
-    if "://" not in uri:
-        return ObjectStoragePath(Path(uri).resolve().as_uri())
-    if uri.startswith("file://"):
-        return ObjectStoragePath(uri)
-    return ObjectStoragePath(uri, conn_id=settings.storage_conn_id())
-
-
-def trigger_data_uri(value: str | None, param: str = "data_uri") -> str | None:
-    """A trigger's ``data_uri`` confined to the landing roots (normalised), or ``None`` when it is empty.
-
-    Trigger params are untrusted input (docs/design.md 7): a location outside ``MLOPS_DATA_ROOT`` and
-    ``MLOPS_ALLOWED_DATA_ROOTS`` fails the task before anything is listed or read, without retry.
-    """
-    from mlops_airflow.core import settings
-
-    text = (value or "").strip()
-    if text in {"", "None"}:
-        return None
-    try:
-        return settings.confine_data_uri(text, param=param)
-    except settings.DataRootError as err:
-        raise AirflowFailException(str(err)) from None
-
-
-class LandedBatches:
-    """A landing or scoring zone as a task reads it: through :mod:`mlops_airflow.core.landing` (listed,
-    confined, checked whole and under the size cap). A data fault fails the task without retries, naming the
-    file and the rule: a retry does not make bad data good.
-
-    :param spec: the model spec (its landing protocol and size cap apply).
-    :param uri: the zone (a path or URI).
-    :param fmt: the format of its batch files.
-    :param what: what the zone is called in messages.
-    """
-
-    def __init__(self, spec: Any, uri: str, fmt: str, what: str = "landing zone") -> None:
-        from mlops_airflow.core.landing import DataError, LandingZone, MissingZone
-
-        self.zone = LandingZone.of(spec, storage_path(uri), fmt)
-        try:
-            #: The zone's batch files, oldest first.
-            self.files = self.zone.files()
-        except MissingZone:  # a retry does not make a folder appear
-            raise AirflowFailException(
-                f"{what} {uri} does not exist: land {fmt} batch files there (or pass param data_uri)"
-            ) from None
-        except DataError as err:
-            raise AirflowFailException(str(err)) from None
-
-    def frame(self, batch: Any) -> Any:
-        """One batch as a pandas frame; ``None`` when it is not whole yet and the spec says ``skip``."""
-        from mlops_airflow.core.landing import DataError
-
-        try:
-            read = self.zone.usable(batch)
-        except DataError as err:
-            raise AirflowFailException(str(err)) from None
-        return None if read is None else read[0].to_pandas()
-
-    def newest(self, count: int) -> tuple[list[Any], Any]:
-        """The ``count`` newest whole batches (oldest first) and their rows as one pandas frame."""
-        import pandas as pd
-
-        from mlops_airflow.core.landing import DataError
-
-        batches, frames = [], []
-        try:
-            for batch, read in self.zone.newest(count, self.files):
-                if isinstance(read, DataError):
-                    raise read
-                batches.append(batch)
-                frames.append(read[0].to_pandas())
-                del read
-            if not frames:
-                raise self.zone.shortage(0, 1)
-        except DataError as err:
-            raise AirflowFailException(str(err)) from None
-        return batches[::-1], pd.concat(frames[::-1], ignore_index=True)
 
 
 def describe_trigger(context: Context) -> dict[str, str]:
@@ -136,7 +48,8 @@ def airflow_run_url(dag_id: str, run_id: str) -> str:
 
 
 class SnapshotOperator(MlopsBaseOperator):
-    """Write the run's immutable Parquet snapshot and open the DAG run's MLflow run.
+    """Write the run's immutable snapshot (its batches in the model's batch store) and open the DAG run's
+    MLflow run.
 
     :param data_uri: landing zone to read instead of the spec's ``source.uri`` (templated; empty = spec).
     """
@@ -156,15 +69,25 @@ class SnapshotOperator(MlopsBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import settings, tracking
+        from mlops_airflow.core.batch_store import SNAPSHOTS, STORE
         from mlops_airflow.core.data import DataError, safe_name, snapshot_key, write_snapshot
 
         spec = self.spec
         # The spec's own source.uri is reviewed like code; only a trigger's data_uri is confined.
         source = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.source.uri)
-        snapshots = self.storage_root() / spec.name / "snapshots"
+        model_root = self.storage_root() / spec.name
+        snapshots = model_root / SNAPSHOTS
         dest = snapshots / snapshot_key(context["run_id"])
         try:
-            snapshot = write_snapshot(spec, storage_path(source), dest, within=snapshots, run_id=context["run_id"])
+            # Each batch is stored once in the model's batch store; the snapshot is a manifest naming them.
+            snapshot = write_snapshot(
+                spec,
+                storage_path(source),
+                dest,
+                within=snapshots,
+                run_id=context["run_id"],
+                store=model_root / STORE,
+            )
         except DataError as err:  # no data to train on is a data failure: fail closed, no retry
             raise AirflowFailException(str(err)) from None
         self.log.info("snapshot %s: %s", snapshot.uri, snapshot.summary())
