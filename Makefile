@@ -68,7 +68,9 @@ up: data airflow-db ## start Airflow (api-server, scheduler, dag-processor, trig
 	@echo "MLflow UI:  $(MLOPS_MLFLOW_UI_URL)"
 	@echo "Task slots: $(NPROC) (AIRFLOW__CORE__PARALLELISM); stop with Ctrl-C"
 	@# One process per role, no `airflow standalone` (it binds 0.0.0.0 and sizes workers to 32 slots), no
-	@# log servers (they bind every interface; the api-server reads the task logs from the local files). On
+	@# log servers (they bind every interface; the api-server reads the task logs from the local files). The
+	@# scheduler imports the training stack once (deploy/preload): the LocalExecutor's task processes fork
+	@# from it with MLflow, pandas and scikit-learn already imported. On
 	@# Ctrl-C or TERM each role gets SIGTERM and is waited for, so none dies mid-shutdown.
 	@cd $(LOCAL) && source $(CURDIR)/.venv/bin/activate && export $(UP_ENV) && pids=(); \
 	  stop() { trap - INT TERM EXIT; kill -TERM "$${pids[@]}" 2>/dev/null; wait "$${pids[@]}" 2>/dev/null; }; \
@@ -78,7 +80,8 @@ up: data airflow-db ## start Airflow (api-server, scheduler, dag-processor, trig
 	  airflow api-server > $(LOCAL)/api-server.log 2>&1 & pids+=($$!); \
 	  airflow dag-processor > $(LOCAL)/dag-processor.log 2>&1 & pids+=($$!); \
 	  airflow triggerer --skip-serve-logs > $(LOCAL)/triggerer.log 2>&1 & pids+=($$!); \
-	  airflow scheduler --skip-serve-logs > $(LOCAL)/scheduler.log 2>&1 & pids+=($$!); \
+	  PYTHONPATH=$(CURDIR)/deploy/preload$${PYTHONPATH:+:$$PYTHONPATH} \
+	    airflow scheduler --skip-serve-logs > $(LOCAL)/scheduler.log 2>&1 & pids+=($$!); \
 	  echo "logs: $(LOCAL)/{api-server,scheduler,dag-processor,triggerer,mlflow-ui}.log"; \
 	  wait -n "$${pids[@]}"; echo "a process of make up ended; stopping the others"
 
