@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from mlops_airflow.operators.base import MlopsBaseOperator
-from mlops_airflow.operators.data import storage_path, trigger_data_uri
+from mlops_airflow.core.monitoring import MonitorError
+from mlops_airflow.operators.base import MlopsBaseOperator, storage_path, trigger_data_uri
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -20,7 +20,7 @@ LAST_REQUEST_TAG = "mlops.last_retrain_request_at"
 def _batches(spec: Any, uri: str, fmt: str, what: str = "landing zone") -> Any:
     """The batch files under ``uri``, read through the landing zone's checks; a zone that does not exist or a
     file that cannot be used fails the task at once, without retries, naming what to fix."""
-    from mlops_airflow.operators.data import LandedBatches
+    from mlops_airflow.operators.base import LandedBatches
 
     return LandedBatches(spec, uri, fmt, what)
 
@@ -108,10 +108,16 @@ class PredictOperator(MlopsBaseOperator):
 
 
 class MonitorOperator(MlopsBaseOperator):
-    """Drift of recent production data against the champion's training snapshot, and its live metric.
+    """Drift of recent production data against the champion's training snapshot, its live metric, and a
+    label-free estimate of its primary metric on each recent batch.
 
     Logs a drift report (JSON, Markdown, one plot per drifted feature) as an MLflow run and returns the
-    retrain decision; ``request_retrain`` acts on it.
+    retrain decision; ``request_retrain`` acts on it. The decisions themselves are
+    :mod:`mlops_airflow.core.monitoring`'s; the estimate (classifiers; calibrated on the champion's evaluation
+    rows, :mod:`mlops_airflow.core.estimate`) is logged per batch as step ``i`` of ``estimated_<metric>``,
+    beside ``realised_<metric>`` and ``estimate_error_<metric>`` once the batch's labels have arrived, with
+    every batch's reason in ``estimate/batches.json``. A fault in the data (labels outside the classes, an
+    unreadable tag) fails the task without retries.
 
     :param data_uri: landing zone to read recent batches from (templated; empty = the spec's source).
     """
@@ -125,16 +131,23 @@ class MonitorOperator(MlopsBaseOperator):
         self.out_of_domain = 0  # served rows flagged out of domain (request log)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            return self._monitor(context)
+        except MonitorError as err:  # a fault in the data or the registry: a retry does not fix it
+            raise AirflowFailException(str(err)) from None
+
+    def _monitor(self, context: Context) -> dict[str, Any]:
         import datetime as dt
 
+        import numpy as np
         import pandas as pd
 
-        from mlops_airflow.core import settings, tracking
-        from mlops_airflow.core.data import load_part, read_manifest
-        from mlops_airflow.core.drift import compute_drift, performance_drop, plot_feature_drift, retrain_decision
-        from mlops_airflow.core.evaluation import Target, metric_value
+        from mlops_airflow.core import monitoring, settings, tracking
+        from mlops_airflow.core.data import DataError, load_part, read_manifest
+        from mlops_airflow.core.drift import compute_drift, plot_feature_drift
+        from mlops_airflow.core.evaluation import Target
         from mlops_airflow.core.reports import label_distribution_figure
-        from mlops_airflow.core.scoring import encode_labels, load_model, model_threshold, predict_rows
+        from mlops_airflow.core.scoring import load_model, model_threshold, output_scores, predict_rows
 
         spec = self.spec
         uri = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.source.uri)
@@ -147,44 +160,47 @@ class MonitorOperator(MlopsBaseOperator):
                 f"{spec.name} v{champion.version}: its training snapshot {snapshot_uri!r} is gone; no reference"
             )
         reference = load_part(reference_snapshot, "train")
-        recent, current = _batches(spec, uri, spec.source.format).newest(spec.drift.window_batches)
+        landed = _batches(spec, uri, spec.source.format)
+        recent, current = landed.newest(spec.drift.window_batches)
 
         report = compute_drift(reference, current, spec.numeric_features, spec.categorical_features, spec.drift)
         # What production actually scored (the model server's request log), beside the landing zone.
-        serving_report, serving_dates = self._serving_drift(reference)
+        serving_report, serving_dates, served = self._serving_drift(reference)
 
-        perf_dropped, delta, live = None, None, None
-        labelled = current[current[spec.label.name].notna()] if spec.label.name in current else current.iloc[0:0]
         champion_run = self.client.get_run(champion.run_id) if champion.run_id else None
-        reference_metric = None
-        if champion_run is not None:
-            reference_metric = champion_run.data.metrics.get(f"candidate_{spec.primary}")
+        reference_metric = champion_run.data.metrics.get(f"candidate_{spec.primary}") if champion_run else None
         model = load_model(champion.uri)
+        threshold = model_threshold(model)
         answer, scores = predict_rows(spec, model, current)
-        if len(labelled) and reference_metric is not None:
-            mask = current[spec.label.name].notna().to_numpy()
-            y = encode_labels(spec, labelled[spec.label.name])
-            target = Target.of(spec)
-            live = metric_value(spec.primary, y, scores[mask], target, threshold=model_threshold(model))
-            perf_dropped, delta = performance_drop(reference_metric, live, spec.primary, spec.drift)
+        label = spec.label.name
+        labels = current.get(label, None)
+        live = monitoring.live_metric(spec, labels, scores, threshold, reference_metric)
 
         registered = self.client.get_registered_model(spec.name)
-        last = (registered.tags or {}).get(LAST_REQUEST_TAG)
+        last = monitoring.parse_request_time((registered.tags or {}).get(LAST_REQUEST_TAG), spec.name, LAST_REQUEST_TAG)
         now = dt.datetime.now(dt.UTC)
-        drift_source = "landing zone"
-        if serving_report is not None and (serving_report.should_retrain, serving_report.drift_share) > (
-            report.should_retrain,
-            report.drift_share,
-        ):
-            drift_source = "serving log"
-        decision = retrain_decision(
-            serving_report if drift_source == "serving log" else report,
-            perf_dropped,
-            dt.datetime.fromisoformat(last) if last else None,
-            now,
-            spec.drift,
-            perf_delta=delta,
-        )
+        decision = monitoring.decide(spec, report, serving_report, live, last, now)
+
+        # Label-free estimate of each recent batch, calibrated on the rows the gate scored the champion on.
+        try:
+            evaluation = load_part(reference_snapshot, "eval", spec.input_columns)
+            _, eval_scores = predict_rows(spec, model, evaluation)
+            calibration = monitoring.champion_calibration(spec, evaluation[label], eval_scores)
+        except DataError as err:
+            calibration = monitoring.unusable_calibration(spec, f"its evaluation rows cannot be read: {err}")
+        bounds = np.cumsum([0, *landed.newest_rows])
+        parts: list[tuple[str, str, Any, Any]] = [
+            (monitoring.LANDING, b.name, scores[lo:hi], None if labels is None else labels.iloc[lo:hi])
+            for b, lo, hi in zip(recent, bounds[:-1], bounds[1:], strict=True)
+        ]
+        if served is not None and spec.is_classifier:
+            mine = served[served["model_version"].astype(str) == str(champion.version)]
+            for date, rows in mine.groupby(mine["served_at"].astype(str).str[:10], sort=True):
+                try:
+                    parts.append((monitoring.SERVING, f"date={date}", output_scores(rows, spec), None))
+                except ValueError as err:  # a log written before answers carried probabilities
+                    self.log.warning("request log of %s on %s: no estimate: %s", spec.name, date, err)
+        estimates = monitoring.estimate_batches(spec, calibration, parts, threshold)
 
         run_id = tracking.get_or_create_run(
             self.client,
@@ -206,47 +222,80 @@ class MonitorOperator(MlopsBaseOperator):
         if spec.is_classifier and isinstance(answer, pd.DataFrame):
             # What the champion predicts now, and the labels that arrived, against the training labels.
             target = Target.of(spec)
-            reference_labels = reference[spec.label.name].to_numpy(dtype=object)
+            reference_labels = reference[label].to_numpy(dtype=object)
             figures["labels_predicted.png"] = label_distribution_figure(
                 target, reference_labels, answer["prediction"].to_numpy(dtype=object), "Predicted label vs training"
             )
-            if len(labelled):
+            if live.rows:
+                labelled = current.loc[current[label].notna(), label]
                 figures["labels_observed.png"] = label_distribution_figure(
-                    target, reference_labels, labelled[spec.label.name].to_numpy(dtype=object), "Label vs training"
+                    target, reference_labels, labelled.to_numpy(dtype=object), "Label vs training"
                 )
         tracking.log_figures(self.client, run_id, figures, "drift/plots")
         metrics = {"drift_share": report.drift_share, "drifted_features": float(len(report.drifted_features))}
         if serving_report is not None:
             metrics["serving_drift_share"] = serving_report.drift_share
             metrics["serving_out_of_domain_rows"] = float(self.out_of_domain)
-        if live is not None:
-            metrics[f"live_{spec.primary}"] = live
+        if live.value is not None:
+            metrics[f"live_{spec.primary}"] = live.value
         tracking.log_metrics(self.client, run_id, metrics)
+        self._log_estimates(run_id, calibration, estimates)
         self.client.set_tag(run_id, "mlops.retrain_requested", str(decision.request).lower())
         self.client.set_tag(run_id, "mlops.retrain_reason", decision.reason[:5000])
         self.client.set_terminated(run_id, "FINISHED")
-        self.log.info("drift of %s: share %.2f, drifted %s; decision: %s", spec.name, report.drift_share,
-                      report.drifted_features, decision)  # fmt: skip
+        for line in [*decision.log_lines(), *(e.log_line() for e in estimates)]:
+            self.log.info("%s: %s", spec.name, line)
+        newest = next((e for e in reversed(estimates) if e.source == monitoring.LANDING), None)
         return {
             "request": decision.request,
             "reason": decision.reason,
             "in_cooldown": decision.in_cooldown,
             "drift_share": report.drift_share,
             "drifted_features": report.drifted_features,
-            "live_metric": live,
+            "live_metric": live.value,
             "champion_version": str(champion.version),
             "batches": [b.name for b in recent],
             "mlflow_run_id": run_id,
-            "drift_source": drift_source,
+            "drift_source": decision.drift.source,
             "serving_drift_share": serving_report.drift_share if serving_report is not None else None,
             "serving_out_of_domain_rows": self.out_of_domain if serving_report is not None else None,
             "serving_drifted_features": serving_report.drifted_features if serving_report is not None else None,
             "serving_dates": serving_dates,
+            "estimate": newest.to_dict() if newest is not None else None,
         }
 
-    def _serving_drift(self, reference: Any) -> tuple[Any, list[str]]:
+    def _log_estimates(self, run_id: str, calibration: Any, estimates: list[Any]) -> None:
+        """Each batch's estimate as step ``i`` of ``estimated_<metric>`` (with its interval, and the realised
+        metric and the error once labels arrived), the list with reasons as ``estimate/batches.json``."""
+        import time
+
+        from mlflow.entities import Metric
+
+        from mlops_airflow.core import tracking
+
+        metric = self.spec.primary
+        now = int(time.time() * 1000)
+        batch = []
+        for step, found in enumerate(estimates):
+            e = found.estimate
+            values = {"estimated": e.value, "estimated_low": e.low, "estimated_high": e.high,
+                      "realised": e.realised, "estimate_error": e.error}  # fmt: skip
+            batch += [Metric(f"{k}_{metric}", float(v), now, step) for k, v in values.items() if v is not None]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+        tracking.log_json(
+            self.client,
+            run_id,
+            {"calibration": calibration.summary(), "batches": [e.to_dict() for e in estimates]},
+            "estimate/batches.json",
+        )
+        reason = estimates[-1].estimate.reason if estimates else calibration.reason
+        self.client.set_tag(run_id, "mlops.estimate_reason", reason[:5000])
+
+    def _serving_drift(self, reference: Any) -> tuple[Any, list[str], Any]:
         """Drift of the rows the model server answered with ``champion`` in the newest ``drift.window_batches``
-        days of its request log (``<storage>/<model>/serving/date=...``); ``(None, [])`` without a log."""
+        days of its request log (``<storage>/<model>/serving/date=...``), with those rows; ``(None, [], None)``
+        without a log."""
         from mlops_airflow.core.drift import compute_drift
         from mlops_airflow.core.request_log import log_dates, out_of_domain_rows, read_log, served_rows
 
@@ -255,13 +304,13 @@ class MonitorOperator(MlopsBaseOperator):
         dates = log_dates(base, spec.name)[-spec.drift.window_batches :]
         served = served_rows(spec, read_log(base, spec.name, dates)) if dates else None
         if served is None or served.empty:
-            return None, []
+            return None, [], None
         # Rows the server answered although they were outside the spec's domain (serving.out_of_domain: flag)
         self.out_of_domain = out_of_domain_rows(served)
         self.log.info("request log of %s: %d served rows on %s, %d of them out of domain", spec.name, len(served),
                       ", ".join(dates), self.out_of_domain)  # fmt: skip
         report = compute_drift(reference, served, spec.numeric_features, spec.categorical_features, spec.drift)
-        return report, dates
+        return report, dates, served
 
 
 class RequestRetrainOperator(MlopsBaseOperator):

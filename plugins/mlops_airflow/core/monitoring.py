@@ -1,0 +1,250 @@
+"""The decisions of ``monitor_<model>``: which drift report counts, the live metric, the retrain request and
+the label-free estimate of each recent batch.
+
+Pure logic, no Airflow and no MLflow: plain inputs (drift reports, label columns, score arrays, the spec) in,
+small frozen dataclasses out, each with its reason and the figures behind it. The operator reads the data,
+calls these, logs and pushes what they return. A domain fault (labels that are not the spec's classes, a
+tag that is not a time) raises :class:`MonitorError` naming what to fix.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mlops_airflow.core.drift import DriftReport, performance_drop, retrain_decision
+from mlops_airflow.core.metrics import finite_or_none
+from mlops_airflow.core.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mlops_airflow.core.estimate import Calibration, Estimate
+
+LANDING = "landing zone"
+SERVING = "serving log"
+
+
+class MonitorError(ValueError):
+    """Input the monitor cannot decide on; the message names the model, the input and the rule."""
+
+
+@dataclass(frozen=True)
+class DriftChoice:
+    """The drift report the retrain decision reads: the landing zone's, or the request log's when it shows
+    more (it requests a retrain where the landing zone does not, or has the larger drifted share)."""
+
+    source: str
+    report: DriftReport
+    reason: str
+
+
+def choose_drift_source(landing: DriftReport, serving: DriftReport | None) -> DriftChoice:
+    """Which drift report counts: ``serving`` wins only when it asks for a retrain that ``landing`` does not,
+    or asks the same and has the larger drifted share (a tie stays with the landing zone)."""
+    if serving is None:
+        return DriftChoice(LANDING, landing, f"no request log; landing zone drift share {landing.drift_share:.2f}")
+    figures = f"landing zone {landing.drift_share:.2f}, serving log {serving.drift_share:.2f}"
+    if (serving.should_retrain, serving.drift_share) > (landing.should_retrain, landing.drift_share):
+        return DriftChoice(SERVING, serving, f"the request log shows more drift ({figures})")
+    return DriftChoice(LANDING, landing, f"the request log shows no more drift ({figures})")
+
+
+def _encoded(spec: ModelSpec, labels: Any) -> np.ndarray:
+    """Labels as the metrics take them; a value that is not one of the spec's classes is a :class:`MonitorError`."""
+    import numpy as np
+
+    from mlops_airflow.core.evaluation import Target
+
+    typed = getattr(getattr(labels, "dtype", None), "kind", "O") in "biuf"  # as scoring.encode_labels
+    values = np.asarray(labels) if typed or not spec.is_classifier else np.asarray(labels, dtype=object)
+    try:
+        return Target.of(spec).encode(values)
+    except ValueError as err:
+        raise MonitorError(f"{spec.name}: label {spec.label.name!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class LiveMetric:
+    """The champion's primary metric on the recent labelled rows, against its metric at promotion.
+
+    ``value`` is ``None`` when it was not measured (no labelled row, or no reference metric to compare with);
+    ``dropped``/``delta`` as :func:`~mlops_airflow.core.drift.performance_drop` (positive delta = worse).
+    """
+
+    metric: str
+    value: float | None
+    reference: float | None
+    dropped: bool | None
+    delta: float | None
+    rows: int
+    reason: str
+
+
+def live_metric(
+    spec: ModelSpec, labels: Any, scores: np.ndarray, threshold: float, reference: float | None
+) -> LiveMetric:
+    """The live metric of ``scores`` on the rows whose label (raw, ``None``/NaN where absent) is known.
+
+    :param reference: the champion's metric on its evaluation rows at promotion (``None`` if not recorded).
+    :raises MonitorError: a label that is not one of the spec's classes.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from mlops_airflow.core.evaluation import Target, metric_value
+
+    metric = spec.primary
+    known = pd.Series(labels).notna().to_numpy() if labels is not None else np.zeros(len(scores), dtype=bool)
+    rows = int(known.sum())
+    if not rows:
+        return LiveMetric(metric, None, reference, None, None, 0, "no labelled row among the recent batches")
+    if reference is None:
+        return LiveMetric(metric, None, None, None, None, rows, "the champion's run recorded no evaluation metric")
+    y = _encoded(spec, pd.Series(labels)[known])
+    value = metric_value(metric, y, np.asarray(scores)[known], Target.of(spec), threshold=threshold)
+    dropped, delta = performance_drop(reference, value, metric, spec.drift)
+    return LiveMetric(
+        metric,
+        finite_or_none(value),
+        reference,
+        dropped,
+        delta,
+        rows,
+        f"{metric} {value:.4g} on {rows} labelled row(s) vs {reference:.4g} at promotion (drop {delta:.4g})",
+    )
+
+
+@dataclass(frozen=True)
+class MonitorDecision:
+    """Whether to request a retrain, why, and the figures the reason rests on."""
+
+    request: bool
+    reason: str
+    in_cooldown: bool
+    drift: DriftChoice
+    live: LiveMetric
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def log_lines(self) -> list[str]:
+        """The decision in a few lines: "decided X because Y: figures"."""
+        verdict = "request a retrain" if self.request else "no retrain request"
+        figures = ", ".join(f"{k}={v}" for k, v in self.figures.items())
+        return [
+            f"decided {verdict} because {self.reason}: {figures}",
+            f"decided drift source {self.drift.source} because {self.drift.reason}",
+            f"decided live metric {self.live.value} because {self.live.reason}",
+        ]
+
+
+def parse_request_time(text: str | None, model: str, tag: str) -> dt.datetime | None:
+    """The time of the last retrain request kept in the registered model's ``tag`` (``None`` without one)."""
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise MonitorError(
+            f"{model}: registered model tag {tag}={text!r} is not an ISO time; delete or fix the tag"
+        ) from None
+
+
+def decide(
+    spec: ModelSpec,
+    landing: DriftReport,
+    serving: DriftReport | None,
+    live: LiveMetric,
+    last_request_at: dt.datetime | None,
+    now: dt.datetime,
+) -> MonitorDecision:
+    """The retrain decision from the drift reports and the live metric (cooldown as ``spec.drift``)."""
+    choice = choose_drift_source(landing, serving)
+    decision = retrain_decision(choice.report, live.dropped, last_request_at, now, spec.drift, perf_delta=live.delta)
+    figures = {
+        "drift_source": choice.source,
+        "drift_share": round(choice.report.drift_share, 4),
+        "drifted": len(choice.report.drifted_features),
+        f"live_{live.metric}": None if live.value is None else round(live.value, 4),
+        "last_request": last_request_at.isoformat() if last_request_at else None,
+    }
+    return MonitorDecision(decision.request, decision.reason, decision.in_cooldown, choice, live, figures)
+
+
+@dataclass(frozen=True)
+class BatchEstimate:
+    """The label-free estimate of one batch: a landed batch file or one day of the request log."""
+
+    source: str
+    batch: str
+    estimate: Estimate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "batch": self.batch, **self.estimate.to_dict()}
+
+    def log_line(self) -> str:
+        e = self.estimate
+        if not e.estimated:
+            return f"decided no estimate for {self.source} {self.batch} because {e.reason}"
+        realised = "" if e.realised is None else f", realised {e.realised:.4f} on {e.labelled} labelled row(s)"
+        return (
+            f"decided estimated {e.metric} {e.value:.4f} for {self.source} {self.batch} because {e.reason}: "
+            f"{e.confidence:.0%} interval [{e.low:.4f}, {e.high:.4f}] over {e.rows} row(s){realised}"
+        )
+
+
+def champion_calibration(spec: ModelSpec, labels: Any, scores: Any) -> Calibration:
+    """The champion's calibration on its evaluation rows (labels raw, scores as the model gave them)."""
+    import numpy as np
+    import pandas as pd
+
+    from mlops_airflow.core.estimate import Calibration, EstimateError, calibrate
+    from mlops_airflow.core.evaluation import Target
+
+    target = Target.of(spec)
+    if not spec.is_classifier:
+        return calibrate(target, labels, scores)
+    values = pd.Series(labels).reset_index(drop=True)
+    known = values.notna().to_numpy()
+    try:
+        return calibrate(target, _encoded(spec, values[known]), np.asarray(scores)[known])
+    except (EstimateError, MonitorError) as err:
+        return Calibration(target.kind, False, f"no estimate: the champion's evaluation rows cannot be used: {err}")
+
+
+def estimate_batches(
+    spec: ModelSpec,
+    calibration: Calibration,
+    parts: list[tuple[str, str, Any, Any]],
+    threshold: float,
+) -> list[BatchEstimate]:
+    """The estimate of the primary metric on each part ``(source, batch, scores, labels or None)``.
+
+    :raises MonitorError: scores or labels the estimator cannot read (named with the batch).
+    """
+    import numpy as np
+
+    from mlops_airflow.core.estimate import EstimateError, estimate_metric
+    from mlops_airflow.core.evaluation import Target
+
+    target = Target.of(spec)
+    out = []
+    for source, batch, scores, labels in parts:
+        if source == SERVING and spec.is_classifier:  # a row the server logged without an answer says nothing
+            answered = np.isfinite(np.asarray(scores, dtype="float64").reshape(len(scores), -1)).all(axis=1)
+            scores = np.asarray(scores, dtype="float64")[answered]
+        try:
+            found = estimate_metric(calibration, target, spec.primary, scores, threshold=threshold, labels=labels)
+        except EstimateError as err:
+            raise MonitorError(f"{spec.name}: {source} {batch}: {err}") from None
+        out.append(BatchEstimate(source, batch, found))
+    return out
+
+
+def unusable_calibration(spec: ModelSpec, why: str) -> Calibration:
+    """A calibration that refuses every estimate, saying ``why`` (e.g. the evaluation rows are gone)."""
+    from mlops_airflow.core.estimate import NO_REGRESSION, Calibration
+
+    if not spec.is_classifier:
+        return Calibration(spec.kind, False, NO_REGRESSION)
+    return Calibration(spec.kind, False, f"no estimate: {why}")
