@@ -12,6 +12,9 @@
     Retrain a registered version from what it recorded (snapshot, spec, params, seed) in the scratch experiment
     ``MODEL/reproduce`` and say whether its predictions are identical, else how far apart and why
     (:mod:`mlops_airflow.core.reproduce`). Progress on stderr; ``--json`` for JSON.
+``mlops replay MODEL --from DATE --to DATE --policy NAME...``
+    Replay retrain policies over the model's landed history with the CT pipeline's functions and write a report
+    (Markdown, JSON, PNG); no MLflow, registry or storage is touched (:mod:`mlops_airflow.core.replay`).
 ``mlops gc MODEL [--keep-runs N] [--dry-run]``
     Retention of the model's storage: keep the ``N`` newest snapshots (every one without ``--keep-runs``) and
     every snapshot a registered model version was trained on, and remove the stored batches none of them names
@@ -336,6 +339,38 @@ def _cmd_reproduce(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0 if result.identical else 1
 
 
+# ------------------------------------------------------------------------------------------------ replay
+
+
+def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Replay retrain policies over the model's landed history (:mod:`mlops_airflow.core.replay`); exit status
+    2 when it cannot run."""
+    from mlops_airflow.core.config import get_spec
+    from mlops_airflow.core.replay import ReplayError, render_markdown, run_and_report
+
+    policies = [p for value in args.policy for p in value.split(",") if p]
+    try:
+        spec = get_spec(args.model, args.models_dir)
+        result, paths = run_and_report(
+            spec,
+            args.start,
+            args.end,
+            policies,
+            args.out or Path(f"replay-{args.model}"),
+            label_delay_days=args.label_delay,
+            history=args.history,
+        )
+    except (ReplayError, ModelSpecError, FileNotFoundError) as error:
+        print(f"mlops replay: refused: {error}", file=err)
+        return 2
+    if args.format == "json":
+        print(dumps(result, indent=2), file=out)
+    else:
+        print(render_markdown(result, None).split("## Policies")[0].rstrip(), file=out)
+        print(f"report: {paths['md']}, {paths['json']}, {paths['png']}", file=out)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ gc
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -480,13 +515,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded local store)"
     )
     gc_cmd.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    replay_cmd = sub.add_parser(
+        "replay",
+        help="replay retrain policies over a model's landed history (no MLflow, no registry)",
+        description="Replay retrain policies over the model's landed daily batches dated FROM to TO (earlier "
+        "batches train the first champion) with the CT pipeline's functions, and write a report (Markdown, JSON, "
+        "PNG) to --out. Reads the landing zone only; writes nothing to MLflow, the registry or the model's "
+        "storage. Exit status 2 when it cannot run.",
+    )
+    replay_cmd.add_argument("model", help="the model's name (its spec file's stem)")
+    replay_cmd.add_argument("--from", dest="start", required=True, metavar="DATE", help="first replayed day")
+    replay_cmd.add_argument("--to", dest="end", required=True, metavar="DATE", help="last replayed day")
+    replay_cmd.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="a policy (repeat or comma-separate): spec, never, always, nightly, weekly, weekly_triggers, triggers",
+    )
+    replay_cmd.add_argument(
+        "--label-delay", type=int, metavar="DAYS", help="days until labels reach CT (default: label.delay_days)"
+    )
+    replay_cmd.add_argument("--history", help="landing folder to replay (default: the spec's source.uri)")
+    replay_cmd.add_argument("--out", type=Path, help="report folder (default: ./replay-MODEL)")
+    replay_cmd.add_argument(
+        "--models-dir", type=Path, help=f"folder of the model specs (default: ${MODELS_DIR_ENV}, else include/models)"
+    )
+    replay_cmd.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Entry point of the ``mlops`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    command = {"lint": _cmd_lint, "status": _cmd_status, "reproduce": _cmd_reproduce, "gc": _cmd_gc}[args.command]
+    commands = {"lint": _cmd_lint, "status": _cmd_status, "reproduce": _cmd_reproduce, "gc": _cmd_gc}
+    command = {**commands, "replay": _cmd_replay}[args.command]
     return command(args, out or sys.stdout, err or sys.stderr)
 
 

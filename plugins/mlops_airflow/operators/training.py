@@ -7,20 +7,10 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mlops_airflow.operators.base import MlopsBaseOperator
-from mlops_airflow.operators.data import storage_path
+from mlops_airflow.operators.base import MlopsBaseOperator, candidate_threads, load_snapshot
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-
-def load_snapshot(ref: dict[str, Any]) -> Any:
-    from mlops_airflow.core.data import read_manifest
-
-    snapshot = read_manifest(storage_path(ref["snapshot_uri"]))
-    if snapshot is None:
-        raise RuntimeError(f"{ref['snapshot_uri']}: snapshot manifest is missing")
-    return snapshot
 
 
 def candidate_label(params: dict[str, Any]) -> str:
@@ -67,36 +57,6 @@ def trusted_types(pipeline: Any) -> list[str]:
     if foreign:
         raise TypeError(f"pipeline holds types that are not sklearn/numpy: {foreign}")
     return list(found)
-
-
-def candidate_threads() -> int | None:
-    """Native threads (OpenMP, BLAS) one ``train`` task may use; ``None``: no limit.
-
-    The mapped candidates run side by side, one task slot each: with every fit spinning one OpenMP thread
-    per core, two fits on two cores run at less than half speed each (measured: 4 candidates at 1M rows took
-    137 s side by side against 53 s one after the other). So a task gets ``cores // slots`` threads, where
-    slots are the LocalExecutor's ``[core] parallelism`` or the Celery worker's ``[celery]
-    worker_concurrency``; ``MLOPS_TRAIN_THREADS`` overrides. Tasks run one at a time in the process of
-    ``dag.test()``: no limit there.
-    """
-    import os
-
-    from airflow.sdk import conf
-    from airflow.sdk.execution_time import task_runner
-
-    explicit = os.environ.get("MLOPS_TRAIN_THREADS", "").strip()
-    if explicit:
-        if not explicit.isdigit():
-            raise ValueError(f"MLOPS_TRAIN_THREADS={explicit!r}: a whole number of threads is expected")
-        return max(1, int(explicit))
-    if type(getattr(task_runner, "SUPERVISOR_COMMS", None)).__name__ == "InProcessSupervisorComms":
-        return None
-    executor = conf.get("core", "executor", fallback="LocalExecutor")
-    if "Celery" in executor:
-        slots = conf.getint("celery", "worker_concurrency", fallback=16)
-    else:
-        slots = conf.getint("core", "parallelism", fallback=32)
-    return max(1, (os.cpu_count() or 1) // max(1, slots))
 
 
 #: The label of a mapped ``train`` task instance (grid and REST API): its hyperparameters, which ``execute``
@@ -334,6 +294,8 @@ class SelectCandidateOperator(MlopsBaseOperator):
         else:
             model_uri, eval_metrics = self._refit_and_log(parent, best)
         self.log.info("selected candidate %s (%s): %s", best.index, candidate_label(best.params), model_uri)
+        self.log.info("chose candidate %s of %d: the best %s on the selection rows, %s", best.index, len(results),
+                      spec.primary, best.metrics.get(spec.primary))  # fmt: skip
         return jsonable(
             {
                 "model_uri": model_uri,
@@ -353,6 +315,7 @@ class SelectCandidateOperator(MlopsBaseOperator):
         from mlops_airflow.core.data import load_part
         from mlops_airflow.core.evaluation import Target, compute_metrics, undefined_reasons
         from mlops_airflow.core.reports import evaluation_figures
+        from mlops_airflow.core.reproduce import record_training_inputs
         from mlops_airflow.core.scoring import encode_labels, model_config, model_input, output_scores
         from mlops_airflow.core.training import fit_final, large_buffers_to_os
 
@@ -405,6 +368,8 @@ class SelectCandidateOperator(MlopsBaseOperator):
             "selection": best.extra.get("selection") or {},
         }
         tracking.log_json(self.client, parent, record, SELECTION_ARTIFACT)
+        # the spec, installed distributions and row hashes `mlops reproduce` compares (core/reproduce.py)
+        record_training_inputs(self.client, parent, spec, train, evaluation)
         tracking.log_metrics(self.client, parent, {"decision_threshold": best.threshold})
         figures = evaluation_figures(target, y_eval, score, threshold=best.threshold)
         tracking.log_figures(self.client, parent, figures, "plots")
