@@ -2,8 +2,9 @@
 
 Registers one version of the demo model as ``ct_<model>`` does (a private embedded store), loads it the way
 the server does (proof of blessing, download, warm-up), then profiles ``--requests`` calls of the request
-path without HTTP: body parsing and checks (``Server.score``: inputs, model, request log hand-over) and the
-answer's JSON. Prints the top functions by cumulative time and the mean per request.
+path without HTTP and without merging: body parsing and checks (``Server.prepare``), the model call,
+``Server.finish`` (request log hand-over) and the answer's JSON. Prints the top functions by cumulative time
+and the mean per request.
 
     uv run --frozen python benchmarks/serving_profile.py [--rows 1] [--requests 300]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import datetime as dt
 import io
 import json
 import os
@@ -40,12 +42,12 @@ def main() -> None:
     import pandas as pd
     from serving_support import FEATURES, ct_version, log_pipeline
 
-    from mlops_airflow.core import demo_data, settings
+    from mlops_airflow.core import demo_data, encoding, settings
     from mlops_airflow.core.config import get_spec
     from mlops_airflow.core.signing import local_key  # the embedded default's key, as the server reads it
     from mlops_airflow.core.tracking import client_for
     from mlops_airflow.core.training import fit_final
-    from mlops_airflow.serving.app import Server
+    from mlops_airflow.serving.app import Server, answer_records
     from mlops_airflow.serving.settings import ServingSettings
 
     spec = get_spec(MODEL)
@@ -63,8 +65,10 @@ def main() -> None:
     raw = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}).encode()
 
     def one(i: int) -> str:
-        _, answer = server.score(slot, raw, f"r{i}")
-        return str(answer.to_json(orient="records", double_precision=15))
+        # the request path without HTTP and without merging: check, predict, log hand-over, answer JSON
+        model, checked = server.prepare(slot, raw)
+        answer = server.finish(slot, model, checked, model.predict(checked.rows), f"r{i}", dt.datetime.now(dt.UTC))
+        return encoding.dumps({"predictions": answer_records(answer)}, separators=(",", ":"))
 
     for i in range(20):  # warm-up
         one(i)
@@ -85,6 +89,7 @@ def main() -> None:
         stats.print_callers("_shadowed_dict")
     print(out.getvalue())
     print(f"{args.rows} row(s): {1000 * per_request:.2f} ms per request under cProfile ({args.requests} requests)")
+    server.follower.release_all()  # the downloaded version copy
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def ct_version(
     signed. Nothing moves an alias."""
     import mlflow
 
-    from mlops_airflow.core.registry import DECISION_ARTIFACT, TAG_BLESSED, TAG_DAG_ID, TAG_RUN_ID, ModelRegistry
+    from mlops_airflow.core.registry import TAG_DAG_ID, TAG_RUN_ID
     from mlops_airflow.core.tracking import experiment_id
+    from mlops_airflow.core.trust import DECISION_ARTIFACT, TAG_BLESSED, ModelRegistry
 
     airflow_run = f"manual__{uuid.uuid4().hex[:12]}"
     dag_id = f"ct_{spec.name}"
@@ -69,3 +70,30 @@ def ct_version(
     version = str(registry.register(model_uri, parent, version_tags).version)
     registry.sign(version, decision)
     return version
+
+
+def log_flaky_model(folder: Path, example: Any) -> str:
+    """Log, in the active run, a model that answers its own input example (so it passes the server's
+    warm-up) and fails on any other row: a version that breaks in live traffic (a real fault, no mock). Its
+    model URI."""
+    import mlflow
+
+    known = sorted(float(v) for v in example["income"] if v == v and v is not None)
+    code = folder / f"flaky_model_{uuid.uuid4().hex[:8]}.py"
+    code.write_text(
+        "import mlflow\n"
+        "import pandas as pd\n"
+        "from mlflow.pyfunc import PythonModel\n\n"
+        f"KNOWN = {known!r}\n\n\n"
+        "class Flaky(PythonModel):\n"
+        "    def predict(self, context, model_input, params=None):\n"
+        "        income = pd.to_numeric(model_input['income'])\n"
+        "        if not (income.isin(KNOWN) | income.isna()).all():\n"
+        "            raise RuntimeError('this version fails on live rows')\n"
+        "        n = len(model_input)\n"
+        "        return pd.DataFrame({'prediction': [0] * n, 'proba_0': [1.0] * n, 'proba_1': [0.0] * n})\n\n\n"
+        "mlflow.models.set_model(Flaky())\n"
+    )
+    info = mlflow.pyfunc.log_model(name="model", python_model=str(code), input_example=example,
+                                   pip_requirements=["mlflow"])  # fmt: skip
+    return str(info.model_uri)

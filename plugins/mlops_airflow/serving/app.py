@@ -4,7 +4,8 @@
 ``POST /v1/models/<model>/predict``  rows -> ``{"model", "model_version", "request_id", "predictions"}``
 ``POST /invocations``               ``mlflow models serve``'s endpoint, for the default model:
                                     ``{"predictions": [...]}`` (version and request id in headers)
-``GET /v1/models`` / ``/<model>``   served version, data hash, promoted at, gate summary, last load error
+``GET /v1/models`` / ``/<model>``   served version, data hash, promoted at, gate summary, last load error,
+                                    batching counts, the canary's counts and why it stopped
 ``POST /v1/models/<model>/reload``  re-read the registry now (sent by ``promote`` and ``rollback``)
 ``GET /health``, ``/ping``          the process is up (no token: for probes)
 ``GET /ready``                      every served model has a version loaded (no token: for probes)
@@ -17,6 +18,11 @@ outside the spec's domain carries ``"out_of_domain": ["<column>: <value> <rule>"
 counts those rows (``out_of_domain_rows``).
 Request ids: the client's ``X-Request-Id`` when it is a short plain token, else a new one; label feedback
 joins on it (:func:`mlops_airflow.core.request_log.live_metrics`).
+
+A request's rows are checked on their own, then scored together with the other requests waiting for the same
+version (:mod:`mlops_airflow.serving.batching`); the request log keeps one row per request row. Under
+``serving.canary`` a share of requests is answered by ``challenger`` (:mod:`mlops_airflow.serving.canary`;
+logged with role ``champion``, the answer production served, and the challenger's version).
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import contextlib
 import datetime as dt
 import hmac
 import logging
+import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,15 +46,19 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mlops_airflow.core import encoding
-from mlops_airflow.core.config import ModelSpec
 from mlops_airflow.core.request_log import CHALLENGER_ROLE, CHAMPION_ROLE, OUT_OF_DOMAIN_COLUMN
-from mlops_airflow.serving.inputs import InputError, Limits, check_rows, parse_body
-from mlops_airflow.serving.models import Follower, LoadedModel, ModelSlot
+from mlops_airflow.core.spec import ModelSpec
+from mlops_airflow.serving.batching import Batcher
+from mlops_airflow.serving.canary import CALLER_KEY_HEADER, Canary
+from mlops_airflow.serving.inputs import Checked, InputError, Limits, check_rows, parse_body
+from mlops_airflow.serving.models import NOTIFY_DIR_ENV, Follower, LoadedModel, ModelSlot, remove_stale_copies
 from mlops_airflow.serving.request_log import Entry, RequestLog
 from mlops_airflow.serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: bodies up to this size are parsed and checked on the event loop (a thread hop costs more than the work)
+INLINE_BODY_BYTES = 16 * 1024
 
 
 class ApiError(Exception):
@@ -69,7 +81,11 @@ class Server:
     def __init__(self, settings: ServingSettings, specs: list[ModelSpec], client: Any, storage_base: str) -> None:
         self.settings = settings
         self.slots = {spec.name: ModelSlot(spec) for spec in specs}
-        self.follower = Follower(client, self.slots, settings.poll_seconds, settings.signing_key)
+        self.follower = Follower(client, self.slots, settings.poll_seconds, settings.signing_key,
+                                 os.environ.get(NOTIFY_DIR_ENV) or None)  # fmt: skip
+        wait = settings.max_wait_ms / 1000
+        self.batchers = {name: Batcher(name, settings.max_batch_rows, wait) for name in self.slots}
+        self.canaries = {spec.name: Canary(spec.name, spec.serving.canary) for spec in specs if spec.serving.canary}
         self.request_log = RequestLog(
             storage_base, settings.log_flush_rows, settings.log_flush_seconds, settings.log_max_rows
         )
@@ -80,13 +96,19 @@ class Server:
         self._counts = threading.Lock()
 
     def start(self) -> None:
+        remove_stale_copies(models=list(self.slots))
         self.request_log.start()
+        for batcher in self.batchers.values():
+            batcher.start()
         self.follower.start()
 
     def stop(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.stop()  # requests already queued are answered
         self.follower.stop()
         self._shadow_pool.shutdown(wait=True)  # shadow answers still queued are scored and logged
         self.request_log.close()
+        self.follower.release_all()  # the downloaded version copies
 
     def slot(self, model: str) -> ModelSlot:
         slot = self.slots.get(model)
@@ -102,8 +124,8 @@ class Server:
         raise ApiError(404, "several models are served: set MLOPS_SERVING_DEFAULT_MODEL for /invocations, or "
                             "use /v1/models/<model>/predict", "NOT_FOUND")  # fmt: skip
 
-    def score(self, slot: ModelSlot, raw: bytes, request_id: str) -> tuple[LoadedModel, Any]:
-        """Check, score and log one request (runs in a worker thread)."""
+    def prepare(self, slot: ModelSlot, raw: bytes) -> tuple[LoadedModel, Checked]:
+        """The version that answers and the request's checked rows (nothing here depends on other requests)."""
         spec = slot.spec
         model = slot.current  # taken once: this request finishes on this version whatever swaps meanwhile
         if model is None:
@@ -119,9 +141,54 @@ class Server:
             checked = check_rows(spec, parse_body(raw, spec.model_features, limits), spec.serving.max_rows)
         except InputError as err:
             raise ApiError(err.status, str(err), "INVALID_INPUT", problems=err.problems) from None
+        return model, checked
+
+    async def score(
+        self, slot: ModelSlot, raw: bytes, request_id: str, caller_key: str | None = None
+    ) -> tuple[LoadedModel, Any]:
+        """Check, score (merged with concurrent requests) and log one request."""
+        batcher = self.batchers[slot.spec.name]
+        with batcher.arriving():
+            if len(raw) <= INLINE_BODY_BYTES:
+                model, checked = self.prepare(slot, raw)
+            else:
+                model, checked = await run_in_threadpool(self.prepare, slot, raw)
+            canary = self.canaries.get(slot.spec.name)
+            challenger = slot.challenger
+            chosen = model
+            if canary is not None and challenger is not None and challenger.version != model.version:
+                if canary.routes_to_challenger(challenger.version, caller_key):
+                    chosen = challenger
+            elif canary is not None:
+                canary.routes_to_challenger(None, None)
+            served_at = dt.datetime.now(dt.UTC)
+            started = time.perf_counter()
+            future = batcher.submit(chosen, checked.rows)
+        try:
+            answer = await asyncio.wrap_future(future)
+        except Exception:
+            if canary is None or chosen is model:
+                if canary is not None:
+                    canary.record(False, model.version, False, 0.0)
+                raise
+            canary.record(True, chosen.version, False, 0.0)  # the canary failed: the champion answers
+            log.warning("%s: challenger v%s failed request %s; answered by the champion", slot.spec.name,
+                        chosen.version, request_id, exc_info=True)  # fmt: skip
+            chosen, started = model, time.perf_counter()
+            answer = await asyncio.wrap_future(batcher.submit(model, checked.rows))
+        if canary is not None:
+            canary.record(chosen is not model, chosen.version, True, 1000 * (time.perf_counter() - started))
+        if self.request_log.pending_rows + len(checked.rows) >= self.request_log.max_rows:
+            return chosen, await run_in_threadpool(self.finish, slot, chosen, checked, answer, request_id, served_at)
+        return chosen, self.finish(slot, chosen, checked, answer, request_id, served_at)
+
+    def finish(
+        self, slot: ModelSlot, model: LoadedModel, checked: Checked, answer: Any, request_id: str,
+        served_at: dt.datetime,
+    ) -> Any:  # fmt: skip
+        """Mark out-of-domain rows, log the request and hand it to the shadow; the answer frame."""
+        spec = slot.spec
         rows = checked.rows
-        served_at = dt.datetime.now(dt.UTC)
-        answer = model.predict(rows)
         if checked.out_of_domain is not None:  # serving.out_of_domain: flag; the request log keeps the marks too
             marks = [reasons or None for reasons in checked.out_of_domain]
             answer = answer.assign(**{OUT_OF_DOMAIN_COLUMN: marks})
@@ -136,7 +203,7 @@ class Server:
                 self._shadow_pool.submit(self._shadow, shadow, rows, request_id, served_at)
             else:
                 self.shadow_skipped += 1
-        return model, answer
+        return answer
 
     def _shadow(self, shadow: LoadedModel, rows: Any, request_id: str, served_at: dt.datetime) -> None:
         try:
@@ -226,7 +293,7 @@ def create_app(server: Server) -> FastAPI:
         slot = server.slot(model_name)
         raw = await read_body(request, server.settings.max_body_bytes)
         request_id = request_id_of(request)
-        model, predictions = await run_in_threadpool(server.score, slot, raw, request_id)
+        model, predictions = await server.score(slot, raw, request_id, request.headers.get(CALLER_KEY_HEADER))
         envelope = None if mlflow_style else {"model": model_name, "model_version": model.version,
                                               "request_id": request_id}  # fmt: skip
         return answer(model, predictions, request_id, envelope)
@@ -247,9 +314,11 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/v1/models/{model}", dependencies=guarded)
     async def model_page(model: str) -> dict[str, Any]:
+        canary = server.canaries.get(model)
         return {**server.slot(model).describe(), "request_log": server.request_log.describe(),
                 "shadow_skipped": server.shadow_skipped, "out_of_domain": server.slot(model).spec.serving.out_of_domain,
-                "out_of_domain_rows": server.out_of_domain_rows[model]}  # fmt: skip
+                "out_of_domain_rows": server.out_of_domain_rows[model], "batching": server.batchers[model].describe(),
+                "canary": canary.describe() if canary else None, "pid": os.getpid()}  # fmt: skip
 
     @app.post("/v1/models/{model}/reload", dependencies=guarded, status_code=202)
     async def reload(model: str) -> dict[str, Any]:

@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops_airflow.core.config import FeatureSpec, ModelSpec
 from mlops_airflow.core.encoding import clean_text
+from mlops_airflow.core.spec import FeatureSpec, ModelSpec
 
 TRUE_TEXT = {"true", "t", "yes", "y", "1"}
 FALSE_TEXT = {"false", "f", "no", "n", "0"}

@@ -17,13 +17,30 @@ only when notified (``POST /v1/models/<model>/reload``); a registry it cannot re
 read again at the next poll.
 
 The follower learns of moves by polling the registry every ``MLOPS_SERVING_POLL_SECONDS``, and at once when
-a ``promote``/``rollback`` task notifies the server (:mod:`mlops_airflow.core.serving_client`).
+a ``promote``/``rollback`` task notifies the server (:mod:`mlops_airflow.core.serving_client`). With several
+worker processes a notification reaches one of them; it passes it on to the others through a shared folder
+(``MLOPS_SERVING_NOTIFY_DIR``, set by ``python -m mlops_airflow.serving --workers N``) that every follower
+looks at a few times a second.
+
+Each version's files are downloaded to a temporary folder ``mlops-serving-<model>-v<N>-p<pid>-*``; it is
+removed when the version is no longer held and on a clean stop, and a starting server removes the folders a
+process that no longer runs left behind (:func:`remove_stale_copies`).
+
+Swaps are fast because the version usually is loaded already: the follower keeps ``challenger`` (proven
+blessed through the champion resolver with ``alias="challenger"``) loaded and warmed up before it is promoted,
+and the previous champion loaded for a rollback; a promotion or rollback to either is one reference
+assignment. ``challenger`` also answers the canary (``serving.canary``) and scores the shadow
+(``serving.shadow``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import glob
 import logging
+import os
+import re
 import shutil
 import tempfile
 import threading
@@ -34,8 +51,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops_airflow.core.config import ModelSpec
 from mlops_airflow.core.served_model import proba_column
+from mlops_airflow.core.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +76,31 @@ class LoadedModel:
     info: dict[str, Any]
     loaded_at: str
     local_dir: str | None = None
+    #: the pyfunc's own model, called without MLflow's per-call schema enforcement (the request's rows are
+    #: checked against the spec before; used only when it answered the warm-up exactly as the pyfunc did)
+    direct: Any = field(default=None, repr=False)
 
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
-        answer = self.pyfunc.predict(rows)
+        answer = (self.direct or self.pyfunc).predict(rows)
         if not isinstance(answer, pd.DataFrame):
             answer = pd.DataFrame({"prediction": np.asarray(answer).ravel()})
         return answer.reset_index(drop=True)
+
+    def use_direct_path(self, rows: pd.DataFrame, expected: pd.DataFrame | None = None) -> bool:
+        """Call the pyfunc's model directly from now on if it answers ``rows`` exactly as ``pyfunc.predict``
+        (``expected``, when already computed)."""
+        impl = getattr(self.pyfunc, "_model_impl", None)
+        if impl is None or not callable(getattr(impl, "predict", None)):
+            return False
+        try:
+            self.direct = None
+            expected = self.predict(rows) if expected is None else expected
+            self.direct = impl
+            pd.testing.assert_frame_equal(self.predict(rows), expected, check_exact=True)
+        except Exception:
+            self.direct = None
+            return False
+        return True
 
 
 @dataclass
@@ -74,6 +110,11 @@ class ModelSlot:
     spec: ModelSpec
     current: LoadedModel | None = None
     shadow: LoadedModel | None = None
+    #: ``challenger``, loaded and warmed up ahead of its promotion (and answering the canary, scoring the
+    #: shadow when configured); None while no version other than the champion holds it
+    challenger: LoadedModel | None = None
+    #: the champion before the current one, kept loaded for a rollback
+    previous: LoadedModel | None = None
     #: version -> why it was not swapped in (kept until the version loads or the follower is notified)
     failed: dict[str, dict[str, str]] = field(default_factory=dict)
     last_error: dict[str, str] | None = None
@@ -94,6 +135,8 @@ class ModelSlot:
             "loaded_at": current.loaded_at if current else None,
             **(current.info if current else {}),
             "shadow": {"enabled": self.spec.serving.shadow, "version": shadow.version if shadow else None},
+            "challenger": self.challenger.version if self.challenger else None,
+            "previous": self.previous.version if self.previous else None,
             "registry_champion": self.registry_champion,
             "last_load_error": self.last_error,
             "registry_error": self.registry_error,
@@ -143,18 +186,68 @@ def check_answer(spec: ModelSpec, rows: pd.DataFrame, answer: pd.DataFrame) -> N
         raise WarmUpError("non-finite predictions")
 
 
+COPY_PREFIX = "mlops-serving-"
+_COPY_OWNER = re.compile(r"-v[^/]*?-p(\d+)-[^-/]*$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_copies(root: str | None = None, models: list[str] | None = None) -> list[str]:
+    """Remove the version copies (``mlops-serving-<model>-v<N>-p<pid>-*`` under the temp folder) whose process
+    no longer runs; copies of a live process (another worker, another server) are left alone. Copies named
+    without a process id (an older server's) are removed once a day old. Returns the folders removed."""
+    root = root or tempfile.gettempdir()
+    removed = []
+    for name in models or ["*"]:
+        for path in glob.glob(os.path.join(glob.escape(root), f"{COPY_PREFIX}{name}-v*")):
+            if not os.path.isdir(path):
+                continue
+            owner = _COPY_OWNER.search(os.path.basename(path))
+            if owner is not None:
+                stale = int(owner.group(1)) != os.getpid() and not _alive(int(owner.group(1)))
+            else:
+                try:
+                    stale = time.time() - os.path.getmtime(path) > 86_400
+                except OSError:
+                    continue
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    if removed:
+        log.info("removed %d stale model cop%s: %s", len(removed), "y" if len(removed) == 1 else "ies", removed[:5])
+    return removed
+
+
 class RefusedVersionError(RuntimeError):
     """A version the registry names but that is not proven blessed: it is never downloaded nor loaded."""
 
 
-def prove_blessed(client: Any, spec: ModelSpec, version: str, signing_key: bytes | None) -> Any:
+class AliasMovedError(RuntimeError):
+    """The alias moved on while a version was being proven: nothing is decided, the next read goes on."""
+
+
+def prove_blessed(client: Any, spec: ModelSpec, version: str, signing_key: bytes | None, alias: str = CHAMPION) -> Any:
     """The version's :class:`~mlops_airflow.core.registry.Provenance` from the champion resolver
     (:func:`mlops_airflow.core.champion.resolve`), or :class:`RefusedVersionError` naming the trust rule it
-    breaks. A registry that cannot be read raises :class:`~mlops_airflow.core.registry.RegistryError`
-    (retried at the next poll, nothing is decided)."""
+    breaks. ``challenger`` is resolved by its alias (and must still name ``version``). A registry that cannot
+    be read raises :class:`~mlops_airflow.core.registry.RegistryError` (retried at the next poll, nothing is
+    decided)."""
     from mlops_airflow.core.champion import NoVersionError, UnblessedVersionError, resolve
 
     try:
+        if alias == CHALLENGER:
+            servable = resolve(client, spec.name, signing_key, alias=CHALLENGER)
+            if servable.version != str(version):
+                raise AliasMovedError(f"{CHALLENGER} moved from v{version} to v{servable.version}")
+            return servable.provenance
         return resolve(client, spec.name, signing_key, version=version).provenance
     except (UnblessedVersionError, NoVersionError) as err:
         raise RefusedVersionError(f"refused, not proven blessed: {err}") from None
@@ -169,7 +262,7 @@ def load_version(client: Any, spec: ModelSpec, version: str, alias: str, proof: 
     from mlops_airflow.core.scoring import model_threshold
 
     mv = client.get_model_version(spec.name, version)
-    local = tempfile.mkdtemp(prefix=f"mlops-serving-{spec.name}-v{version}-")
+    local = tempfile.mkdtemp(prefix=f"{COPY_PREFIX}{spec.name}-v{version}-p{os.getpid()}-")
     try:
         # models:/ resolves against the process's registry URI (core.tracking.client_for set it)
         path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{spec.name}/{version}", dst_path=local)
@@ -180,11 +273,17 @@ def load_version(client: Any, spec: ModelSpec, version: str, alias: str, proof: 
         info = version_info(mv, proof)
         loaded = LoadedModel(spec.name, str(version), alias, pyfunc, model_threshold(pyfunc), info, _now(), local)
         rows = example.reset_index(drop=True)
-        check_answer(spec, rows, loaded.predict(rows))
+        answer = loaded.predict(rows)
+        check_answer(spec, rows, answer)
+        loaded.use_direct_path(rows, answer)
         return loaded
     except BaseException:
         shutil.rmtree(local, ignore_errors=True)
         raise
+
+
+NOTIFY_DIR_ENV = "MLOPS_SERVING_NOTIFY_DIR"
+NOTIFY_CHECK_SECONDS = 0.2
 
 
 class Follower:
@@ -195,15 +294,24 @@ class Follower:
     :param poll_seconds: how often the registry is read without a notification.
     :param signing_key: the gate signatures' key (``MLOPS_SIGNING_KEY``); None (a test only) = blessing is proven by the
         source run alone.
+    :param notify_dir: a folder the worker processes of one server share: a notification one of them gets is
+        written there and acted on by all (None: a single process).
     """
 
     def __init__(
-        self, client: Any, slots: dict[str, ModelSlot], poll_seconds: float, signing_key: bytes | None = None
+        self,
+        client: Any,
+        slots: dict[str, ModelSlot],
+        poll_seconds: float,
+        signing_key: bytes | None = None,
+        notify_dir: str | None = None,
     ) -> None:
         self.client = client
         self.slots = slots
         self.poll_seconds = poll_seconds
         self.signing_key = signing_key
+        self.notify_dir = notify_dir
+        self._seen_marks: dict[str, int] = self._marks()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._notified: set[str] = set()
@@ -216,19 +324,56 @@ class Follower:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
 
     def notify(self, model: str) -> None:
-        """Re-read ``model``'s aliases now, and retry a version that failed before."""
+        """Re-read ``model``'s aliases now (in every worker), and retry a version that failed before."""
+        if self.notify_dir is not None:
+            try:
+                mark = os.path.join(self.notify_dir, model)
+                with open(mark + ".tmp", "w") as out:
+                    out.write(str(time.time_ns()))
+                os.replace(mark + ".tmp", mark)
+            except OSError as err:
+                log.warning("could not pass the notification for %s on to the other workers: %s", model, err)
         with self._lock:
             self._notified.add(model)
         self._wake.set()
+
+    def _marks(self) -> dict[str, int]:
+        if self.notify_dir is None:
+            return {}
+        marks = {}
+        for name in self.slots:
+            with contextlib.suppress(OSError):
+                marks[name] = os.stat(os.path.join(self.notify_dir, name)).st_mtime_ns
+        return marks
+
+    def _wait(self) -> None:
+        """Until the poll interval passes, a notification arrives, or another worker passes one on."""
+        if self.notify_dir is None:
+            self._wake.wait(self.poll_seconds)
+            return
+        deadline = time.monotonic() + self.poll_seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._wake.wait(min(NOTIFY_CHECK_SECONDS, left)):
+                return
+            marks = self._marks()
+            changed = {name for name, mark in marks.items() if self._seen_marks.get(name) != mark}
+            if changed:
+                self._seen_marks = marks
+                with self._lock:
+                    self._notified |= changed
+                return
 
     def _run(self) -> None:
         while not self._stop.is_set():
             with self._lock:
                 notified, self._notified = self._notified, set()
             self._wake.clear()
+            self._seen_marks = self._marks() or self._seen_marks
             for name, slot in self.slots.items():
                 if self._stop.is_set():
                     return
@@ -236,7 +381,7 @@ class Follower:
                     self.refresh(slot, retry_failed=name in notified)
                 except Exception:  # the follower must outlive any one model's trouble
                     log.exception("following %s failed", name)
-            self._wake.wait(self.poll_seconds)
+            self._wait()
 
     def _alias_version(self, name: str, alias: str) -> str | None:
         from mlflow.exceptions import MlflowException
@@ -250,11 +395,11 @@ class Follower:
             raise
 
     def refresh(self, slot: ModelSlot, retry_failed: bool = False) -> None:
-        """Bring ``slot`` to the registry's ``champion`` (and ``challenger`` when it shadows)."""
+        """Bring ``slot`` to the registry's ``champion`` (and ``challenger`` when it shadows or canaries)."""
         name = slot.spec.name
         try:
             champion = self._alias_version(name, CHAMPION)
-            challenger = self._alias_version(name, CHALLENGER) if slot.spec.serving.shadow else None
+            challenger = self._alias_version(name, CHALLENGER)
         except Exception as err:  # registry down: keep serving what is loaded
             slot.registry_error = f"{type(err).__name__}: {err}"[:500]
             log.warning("registry unreachable for %s: %s", name, slot.registry_error)
@@ -267,26 +412,34 @@ class Follower:
         if champion is not None:
             current = slot.current
             if current is None or current.version != champion:
-                loaded = self._load(slot, champion, CHAMPION)
+                loaded = self._held(slot, champion) or self._load(slot, champion, CHAMPION)
                 if loaded is not None:
                     slot.current = loaded  # the swap: one reference assignment
                     slot.swaps += 1
                     log.info("%s: now serving version %s (was %s)", name, champion,
                              current.version if current else None)  # fmt: skip
-                    self._release(current)
+                    if current is not None:
+                        replaced, slot.previous = slot.previous, current  # kept loaded for a rollback
+                        self._release(replaced)
         wanted = challenger if challenger is not None and challenger != champion else None
-        shadow = slot.shadow
+        held = slot.challenger
         if wanted is None:
-            slot.shadow = None
-            self._release(shadow)
-        elif shadow is None or shadow.version != wanted:
-            if slot.current is not None and slot.current.version == wanted:
-                loaded = slot.current
-            else:
-                loaded = self._load(slot, wanted, CHALLENGER)
+            slot.challenger = None
+            self._release(held)
+        elif held is None or held.version != wanted:
+            loaded = self._held(slot, wanted) or self._load(slot, wanted, CHALLENGER)
             if loaded is not None:
-                slot.shadow = loaded
-                self._release(shadow)
+                slot.challenger = loaded
+                self._release(held)
+        slot.shadow = slot.challenger if slot.spec.serving.shadow else None
+
+    @staticmethod
+    def _held(slot: ModelSlot, version: str) -> LoadedModel | None:
+        """``version`` if the slot holds it loaded already (the challenger or the previous champion)."""
+        for model in (slot.challenger, slot.previous, slot.current):
+            if model is not None and model.version == version and version not in slot.failed:
+                return model
+        return None
 
     def _load(self, slot: ModelSlot, version: str, alias: str) -> LoadedModel | None:
         from mlops_airflow.core.registry import RegistryError
@@ -297,10 +450,10 @@ class Follower:
         started = time.perf_counter()
         stage = "verify"
         try:
-            proof = prove_blessed(self.client, slot.spec, version, self.signing_key)
+            proof = prove_blessed(self.client, slot.spec, version, self.signing_key, alias)
             stage = "load"
             loaded = load_version(self.client, slot.spec, version, alias, proof)
-        except RegistryError as err:  # the registry could not be read: nothing decided, retried at the next poll
+        except (RegistryError, AliasMovedError) as err:  # nothing decided: read again at the next poll
             slot.registry_error = f"proving {alias} v{version} blessed: {err}"[:1000]
             log.warning("%s v%s (%s): %s", name, version, alias, slot.registry_error)
             return None
@@ -320,6 +473,15 @@ class Follower:
         if model is None or model.local_dir is None:
             return
         slot = self.slots.get(model.name)
-        if slot is not None and model in (slot.current, slot.shadow):
+        if slot is not None and any(
+            model is held for held in (slot.current, slot.shadow, slot.challenger, slot.previous)
+        ):
             return
         shutil.rmtree(model.local_dir, ignore_errors=True)
+
+    def release_all(self) -> None:
+        """Remove every held version's files (a clean stop, once no request is in flight)."""
+        for slot in self.slots.values():
+            for model in (slot.current, slot.shadow, slot.challenger, slot.previous):
+                if model is not None and model.local_dir is not None:
+                    shutil.rmtree(model.local_dir, ignore_errors=True)

@@ -6,7 +6,16 @@
                                      without one); also the secret of the reload notification
 ``MLOPS_SERVING_MODELS``             models to serve, comma-separated (default: every spec)
 ``MLOPS_SERVING_DEFAULT_MODEL``      the model of ``POST /invocations`` (default: the only one)
-``MLOPS_SERVING_POLL_SECONDS``       registry poll interval (default 30)
+``MLOPS_SERVING_POLL_SECONDS``       registry poll interval (default 5); a ``promote``/``rollback``
+                                     task's notification is acted on at once, by every worker
+``MLOPS_SERVING_MAX_BATCH_ROWS``     rows one merged predict call takes at most: concurrent
+                                     requests for the same version are scored together (default
+                                     1024: a call costs about the same for 1 row as for 800, so
+                                     the bound is on memory and wait; a larger request is scored
+                                     alone; 1 turns merging off)
+``MLOPS_SERVING_MAX_WAIT_MS``        longest the first request of a batch waits for others to
+                                     join it, under concurrent traffic only (default 5; 0 = merge
+                                     only what is already waiting)
 ``MLOPS_SERVING_MAX_BODY_BYTES``     largest request body (default 5 MB; more answers 413)
 ``MLOPS_SERVING_MAX_COLUMNS``        distinct column names one request may carry, model features
                                      included (default 1000; more answers 413)
@@ -58,7 +67,9 @@ class ServingSettings:
     token: str = field(repr=False)
     models: list[str] = field(default_factory=list)
     default_model: str | None = None
-    poll_seconds: float = 30.0
+    poll_seconds: float = 5.0
+    max_batch_rows: int = 1024
+    max_wait_ms: float = 5.0
     max_body_bytes: int = 5 * 1024 * 1024
     max_columns: int = 1000
     log_flush_rows: int = 5000
@@ -80,7 +91,9 @@ class ServingSettings:
             token=token,
             models=models,
             default_model=os.environ.get("MLOPS_SERVING_DEFAULT_MODEL", "").strip() or None,
-            poll_seconds=_number("MLOPS_SERVING_POLL_SECONDS", 30.0, 0.1),
+            poll_seconds=_number("MLOPS_SERVING_POLL_SECONDS", 5.0, 0.1),
+            max_batch_rows=int(_number("MLOPS_SERVING_MAX_BATCH_ROWS", 1024, 1)),
+            max_wait_ms=_number("MLOPS_SERVING_MAX_WAIT_MS", 5.0, 0.0),
             max_body_bytes=int(_number("MLOPS_SERVING_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024)),
             max_columns=int(_number("MLOPS_SERVING_MAX_COLUMNS", 1000, 1)),
             log_flush_rows=int(_number("MLOPS_SERVING_LOG_FLUSH_ROWS", 5000, 1)),
