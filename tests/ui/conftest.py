@@ -1,4 +1,5 @@
-"""One set of MLflow state for the model page tests (two ct_ runs, a rollback, a drifting monitor run), and a
+"""One set of MLflow state for the model page tests (two ct_ runs, a rollback, a drifting monitor run; a second
+model with no run), and a
 real ``airflow api-server`` over it with the SimpleAuthManager and a known password, beside a real MLflow UI
 (``mlflow server``) over the same store: the page's MLflow links lead there."""
 
@@ -27,6 +28,7 @@ from mlops_airflow.demo import captured_output
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "credit_default"
+OTHER_MODEL = "churn_risk"  # sorts before MODEL by name
 PASSWORD = "page-test-password"
 
 
@@ -152,6 +154,9 @@ def ops_state(
         demo_data.write_batches(landing, range(16, 17), feature_shift=1.0)
         state.run(request, "monitor", f"monitor_{MODEL}")
         state.find_mlflow_runs()
+        # a second model, with no run yet: the overview shows a fleet (it has no champion, no monitor run)
+        other = yaml.safe_load((home / "models" / f"{MODEL}.yaml").read_text()) | {"name": OTHER_MODEL}
+        (home / "models" / f"{OTHER_MODEL}.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
         yield state
 
 

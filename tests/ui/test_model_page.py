@@ -24,6 +24,7 @@ from mlops_airflow.core.ledger import served_at
 
 pytestmark = pytest.mark.e2e
 MODEL = "credit_default"
+OTHER_MODEL = "churn_risk"  # tests/ui/conftest.py: no run yet
 CHROMIUM = Path("/usr/bin/chromium")
 BROWSER_ARGS = [
     "--headless",
@@ -147,6 +148,23 @@ def test_a_person_logs_in_and_reads_champion_ledger_and_verdict(api_server, ops_
         shots = [tmp_path / "model-overview.png"]
         page.screenshot(path=str(shots[-1]), full_page=True)
 
+        # the fleet: a health colour per model by the rule stated on the page; sorted by health, worst first
+        fleet = page.locator("#fleet tr[data-model]")
+        expect(fleet).to_have_count(2)
+        expect(row).to_have_attribute("data-health", "red")  # the monitor run saw drift over the threshold
+        expect(row.locator(".health-why")).to_contain_text("drift share")
+        other = page.locator(f"#fleet tr[data-model='{OTHER_MODEL}']")
+        expect(other).to_have_attribute("data-health", "amber")
+        expect(other.locator(".health-why")).to_have_text("no champion yet; no monitor run yet")
+        expect(page.locator("#health-rule")).to_contain_text("refused by the champion resolver")
+        expect(fleet.first).to_have_attribute("data-model", OTHER_MODEL)  # by name
+        page.locator("th[data-sort='health'] a").click()
+        expect(page.locator("th[data-sort='health']")).to_have_attribute("aria-sort", "ascending")
+        expect(fleet.first).to_have_attribute("data-model", MODEL)
+        page.locator("th[data-sort='health'] a").click()
+        expect(page.locator("th[data-sort='health']")).to_have_attribute("aria-sort", "descending")
+        expect(fleet.first).to_have_attribute("data-model", OTHER_MODEL)
+
         page.locator(f"a:text-is('{MODEL}')").click()
         expect(page.locator("#champion")).to_have_text("v1")
         # the champion's rows: nothing empty, nothing said twice, versions as vN, times in UTC with their age
@@ -257,12 +275,12 @@ def test_every_link_of_the_model_page_inside_airflow_lands_on_its_target(api_ser
         page = _logged_in(pw, api_server)
         page.goto(framed)
         frame = page.frame_locator("iframe").first
-        expect(frame.locator("#champion")).to_have_text("v1")
+        expect(frame.locator("#champion")).to_have_text("v1", timeout=LANDING_TIMEOUT)  # the page answers in seconds
         expect(frame.locator("a")).to_have_count(len(links))  # no link left unchecked
         for selector, kind, target in links:
             page.goto(framed)
             link = frame.locator(selector)
-            expect(link).to_have_count(1)
+            expect(link).to_have_count(1, timeout=LANDING_TIMEOUT)
             if kind == "airflow":
                 dag_id, run_id = target
                 link.click()

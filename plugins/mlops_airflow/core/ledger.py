@@ -24,19 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops_airflow.core.config import higher_is_better
-from mlops_airflow.core.registry import (
-    CHALLENGER,
-    CHAMPION,
-    DECISION_ARTIFACT,
-    DONE_PREFIX,
-    PREVIOUS_CHAMPION,
-    TAG_DAG_ID,
-    TAG_LEDGER,
-    TAG_PIN_INFO,
-    TAG_PINNED,
-    TAG_RUN_ID,
-)
+from mlops_airflow.core.metrics import higher_is_better
+from mlops_airflow.core.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, TAG_DAG_ID, TAG_LEDGER, TAG_RUN_ID
+from mlops_airflow.core.trust import DECISION_ARTIFACT, DONE_PREFIX, TAG_PIN_INFO, TAG_PINNED
 
 GATE_REPORT = "gate/report.md"
 COMPARISON = "evaluation/comparison.json"
@@ -231,8 +221,12 @@ def _run_tags(client: Any, run_id: str | None, cache: dict[str, dict[str, str]])
     return cache[run_id]
 
 
-def ledger(client: Any, name: str, model_tags: dict[str, str] | None = None) -> list[LedgerEntry]:
-    """Every recorded move of ``champion`` of model ``name``, oldest first."""
+def ledger(
+    client: Any, name: str, model_tags: dict[str, str] | None = None, versions: list[Any] | None = None
+) -> list[LedgerEntry]:
+    """Every recorded move of ``champion`` of model ``name``, oldest first. ``versions``: the model's versions
+    already read (the models overview reads them for every model at once); the moves then carry no trigger
+    (that is one read of the source run per promotion)."""
     from mlflow.exceptions import MlflowException
 
     if model_tags is None:
@@ -245,12 +239,12 @@ def ledger(client: Any, name: str, model_tags: dict[str, str] | None = None) -> 
     entries: list[LedgerEntry] = []
     runs: dict[str, dict[str, str]] = {}
     sources: dict[str, str | None] = {}
-    for mv in _versions(client, name):
+    for mv in _versions(client, name) if versions is None else versions:
         tags = dict(mv.tags or {})
         sources[str(mv.version)] = mv.run_id
         if not tags.get("mlops.promoted_at"):
             continue
-        run_tags = _run_tags(client, mv.run_id, runs)
+        run_tags = _run_tags(client, mv.run_id, runs) if versions is None else {}
         entries.append(
             LedgerEntry(
                 at=tags["mlops.promoted_at"],
@@ -355,8 +349,11 @@ def _newest_run(client: Any, experiment_id: str, kind: str) -> Any | None:
 
 def last_ct_run(client: Any, experiment_id: str) -> CtRunSummary | None:
     run = _newest_run(client, experiment_id, "ct")
-    if run is None:
-        return None
+    return None if run is None else ct_summary(run)
+
+
+def ct_summary(run: Any) -> CtRunSummary:
+    """What a ``ct_<model>`` MLflow run decided, from its tags."""
     tags = run.data.tags
     blessed = tags.get("mlops.gate.blessed")
     return CtRunSummary(

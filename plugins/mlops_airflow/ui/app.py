@@ -1,5 +1,7 @@
 """The model page inside Airflow: which version of each model serves, since when and why, the promotion
-ledger, the last CT verdict, drift; read-only, over :mod:`mlops_airflow.core.ledger` (MLflow only).
+ledger, the last CT verdict, drift; read-only, over :mod:`mlops_airflow.core.ledger` (MLflow only). The models
+overview is the fleet view of :mod:`mlops_airflow.ui.fleet`: a health colour per model by a rule stated on the
+page, sortable by column (``?sort=health&order=asc``), read from MLflow in a few calls for all models.
 
 The api-server mounts :data:`app` under :data:`URL_PREFIX` (the plugin's ``fastapi_apps``); the nav entry
 (``external_views``) frames ``models/``. Plugin apps get no authentication from Airflow by themselves:
@@ -121,6 +123,10 @@ img{max-width:420px;border:1px solid #dde3ea;margin:.3rem} .report{max-width:110
 .history{color:#667085;font-weight:600} .tag{display:inline-block;padding:0 .4rem;border-radius:.5rem;
 background:#eef0f3;color:#475467;font-size:12px;font-weight:600;margin-right:.3rem}
 details>summary{cursor:pointer;font-weight:600;margin:.4rem 0} .legend{font-size:12px;color:#667085;max-width:640px}
+.health{display:inline-block;padding:0 .45rem;border-radius:.6rem;font-weight:600;color:#fff}
+.health-red{background:#b42318} .health-amber{background:#b54708} .health-green{background:#11702f}
+.health-why{display:block;font-size:12px;color:#667085;max-width:320px} a.sort{color:inherit}
+#health-rule{max-width:900px}
 """
 
 #: Inside Airflow the page is framed with a sandbox (fixed by Airflow 3.3's UI; a plugin cannot add tokens to
@@ -234,13 +240,71 @@ def _champion_move(st: Any) -> Any:
     return next((x for x in reversed(st.ledger) if x.to_version == st.champion), None) if st.champion else None
 
 
-def render_overview(rows: list[tuple[Any, Any]], errors: dict[str, str]) -> str:
-    head = (
-        "<tr><th>model</th><th>champion</th><th>since</th><th>why</th><th>last CT run</th>"
-        "<th>verdict</th><th>last monitor</th><th>next scheduled run</th></tr>"
+def _fleet_drift(row: Any) -> str:
+    """The last monitor run's drift share against the model's threshold, how many features drifted, the live
+    metric and whether it requested a retrain (the drifted features' names are on the model's page)."""
+    mon = row.status.last_monitor
+    if mon is None:
+        return "<span class='muted'>no monitor run yet</span>"
+    limit = row.spec.drift.drift_share
+    share = "-" if mon.drift_share is None else f"{mon.drift_share:.0%}"
+    over = mon.drift_share is not None and mon.drift_share >= limit
+    text = f"<span class='{'bad' if over else 'ok'}'>drift share {e(share)}</span> (threshold {limit:.0%}"
+    text += f", {row.drifted_count} feature(s) drifted)" if row.drifted_count is not None else ")"
+    if mon.live_metric is not None:
+        text += f"; live metric {mon.live_metric:.4g}"
+    if mon.retrain_requested:
+        text += "; <span class='bad'>retrain requested</span>"
+    return text
+
+
+def _health(health: Any) -> str:
+    reasons = "; ".join(health.reasons)
+    return (
+        f"<span class='health health-{e(health.level)}'>{e(health.level)}</span> "
+        f"<span class='health-why'>{e(reasons)}</span>"
     )
+
+
+#: The overview's columns: (sort key or None, header).
+COLUMNS = (
+    ("model", "model"),
+    ("health", "health"),
+    ("champion", "champion"),
+    ("since", "serving since"),
+    (None, "why"),
+    ("last_ct", "last CT run"),
+    (None, "verdict"),
+    ("drift", "drift (last monitor)"),
+    (None, "next scheduled run"),
+)
+
+
+def _header(sort: str, descending: bool) -> str:
+    cells = []
+    for key, label in COLUMNS:
+        if key is None:
+            cells.append(f"<th>{e(label)}</th>")
+            continue
+        current = key == sort
+        order = "asc" if not current or descending else "desc"
+        mark = (" &#9660;" if descending else " &#9650;") if current else ""
+        state = ("descending" if descending else "ascending") if current else "none"
+        cells.append(
+            f"<th aria-sort='{state}' data-sort='{key}'><a class='sort' href='?sort={key}&amp;order={order}'>"
+            f"{e(label)}</a>{mark}</th>"
+        )
+    return f"<tr>{''.join(cells)}</tr>"
+
+
+def render_overview(rows: list[Any], errors: dict[str, str], sort: str = "model", descending: bool = False) -> str:
+    """The fleet: one row per model (:class:`mlops_airflow.ui.fleet.FleetRow`), sorted by ``sort``, the health
+    rule stated under the table."""
+    from mlops_airflow.ui.fleet import HEALTH_RULE, sort_rows
+
     body = []
-    for spec, st in rows:
+    for row in sort_rows(rows, sort, descending):
+        spec, st = row.spec, row.status
         ct, move = st.last_ct, _champion_move(st)
         champion = "<span class='muted'>none</span>"
         if st.champion:
@@ -255,15 +319,17 @@ def render_overview(rows: list[tuple[Any, Any]], errors: dict[str, str]) -> str:
             champion = f"<span class='pill'>{e(version(st.champion))}</span>{pin}{refused}"
         why = f"{e(_move_text(move))}: {e(reason(move.reason))}" if move else ""
         body.append(
-            f"<tr><td><a href='{quote(spec.name)}'>{e(spec.name)}</a></td><td>{champion}</td>"
-            f"<td>{e(when(move.at) if move else '')}</td><td>{why}</td>"
+            f"<tr data-model='{e(spec.name)}' data-health='{e(row.health.level)}'>"
+            f"<td><a href='{quote(spec.name)}'>{e(spec.name)}</a></td><td>{_health(row.health)}</td>"
+            f"<td>{champion}</td><td>{e(when(move.at) if move else '')}</td><td>{why}</td>"
             f"<td>{_airflow_run(ct.dag_id, ct.run_id, 2) if ct else ''}</td>"
             f"<td>{_verdict(ct, st.moved_since_last_ct is not None)}</td>"
-            f"<td>{_drift(st.last_monitor)}</td><td>{e(next_run(spec.schedule))}</td></tr>"
+            f"<td>{_fleet_drift(row)}</td><td>{e(next_run(spec.schedule))}</td></tr>"
         )
     bad = "".join(f"<li><b>{e(path)}</b>: {e(msg)}</li>" for path, msg in sorted(errors.items()))
     invalid = f"<h2>Invalid model specs</h2><ul>{bad}</ul>" if bad else ""
-    return f"<h1>Models</h1><table>{head}{''.join(body)}</table>{invalid}"
+    rule = f"<p class='legend' id='health-rule'>Health: {HEALTH_RULE}</p>"
+    return f"<h1>Models</h1><table id='fleet'>{_header(sort, descending)}{''.join(body)}</table>{rule}{invalid}"
 
 
 def render_markdown(text: str) -> str:
@@ -470,25 +536,56 @@ async def root() -> RedirectResponse:
     return RedirectResponse("models/")
 
 
-async def _overview(user: Any) -> tuple[list[tuple[Any, Any]], dict[str, str]]:
+async def _overview(user: Any) -> tuple[list[Any], dict[str, str]]:
+    """The fleet's rows the user may read (:func:`mlops_airflow.ui.fleet.read_fleet`), and the invalid specs."""
+    from mlops_airflow.core import settings
+    from mlops_airflow.core.signing import signing_key
+    from mlops_airflow.ui.fleet import read_fleet
+
     specs, errors = await asyncio.to_thread(_specs)
     readable = [s for name, s in sorted(specs.items()) if _may_read(user, name)]
-    statuses = await asyncio.to_thread(lambda: [_status(s) for s in readable])
-    return list(zip(readable, statuses, strict=True)), errors
+
+    def read() -> list[Any]:
+        return read_fleet(_client(), readable, signing_key(settings.default_tracking_uri()))
+
+    return await asyncio.to_thread(read), errors
+
+
+def _sort_params(sort: str, order: str) -> tuple[str, bool]:
+    from mlops_airflow.ui.fleet import SORT_KEYS
+
+    if sort not in SORT_KEYS:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"sort: {sort!r} is not one of {', '.join(SORT_KEYS)}")
+    if order not in ("asc", "desc"):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"order: {order!r} is not asc or desc")
+    return sort, order == "desc"
 
 
 @app.get("/models/", response_class=HTMLResponse)
-async def models_page(user: UserDep) -> HTMLResponse:
+async def models_page(user: UserDep, sort: str = "model", order: str = "asc") -> HTMLResponse:
+    """The models overview, sorted by column ``sort`` (``order`` asc or desc; health asc is worst first)."""
+    key, descending = _sort_params(sort, order)
     rows, errors = await _overview(user)
-    return _page("Models", render_overview(rows, errors))
+    return _page("Models", render_overview(rows, errors, key, descending))
 
 
 @app.get("/api/models")
 async def models_json(user: UserDep) -> JSONResponse:
+    """The overview's rows as JSON: each model's status as the overview reads it (its ledger moves without
+    their trigger, its last monitor run without the drifted features' names: the model's own JSON has them),
+    its health and the number of drifted features."""
     rows, errors = await _overview(user)
     return JSONResponse(
         {
-            "models": [st.to_dict() | {"next_run": next_run(spec.schedule)} for spec, st in rows],
+            "models": [
+                row.status.to_dict()
+                | {
+                    "next_run": next_run(row.spec.schedule),
+                    "health": row.health.to_dict(),
+                    "drifted_features_count": row.drifted_count,
+                }
+                for row in rows
+            ],
             "invalid_specs": errors,
         }
     )
