@@ -2,16 +2,16 @@
 
 ``uv run python benchmarks/closed_loop.py`` simulates 30 days of the ``credit_default`` demo feed with a
 covariate (feature) shift from day 10, a concept change from day 20 and two corrupt batches that pandas
-still parses (day 7 ``out_of_range``, day 16 ``nulls_in_required``). It drives the package's pure ``core/``
-modules directly (no Airflow, no MLflow), through the same code path as the DAGs: ``write_snapshot`` ->
-``validate_snapshot`` (Great Expectations) -> ``fit_candidate`` / ``best_candidate`` / ``fit_final`` ->
-``score_rows`` / ``compute_metrics`` of candidate AND champion on the same newest day ->
-``paired_bootstrap`` + ``slice_metrics`` -> ``gate.decide``; the monitor uses ``compute_drift``,
-``performance_drop`` and ``retrain_decision``.
+still parses (day 7 ``out_of_range``, day 16 ``nulls_in_required``). It writes the feed to a folder and
+replays it with :mod:`mlops_airflow.core.replay` (the loop of ``mlops replay``; no Airflow, no MLflow), which
+drives the DAGs' code path: ``write_snapshot`` -> ``validate_snapshot`` (Great Expectations) ->
+``fit_candidate`` / ``best_candidate`` / ``fit_final`` -> candidate AND champion scored on the same newest
+day -> ``paired_bootstrap`` + ``slice_metrics`` -> ``gate.decide``; the monitor's signals come from
+``compute_drift`` and ``performance_drop`` and :func:`mlops_airflow.core.retrain_policy.decide` decides.
 
 Each simulated day: the day's batch lands; the deployed model is scored on that day's labelled rows (the
-ROC AUC a user lives with); then the policy acts for tomorrow. Results go to
-benchmarks/results/closed_loop.{json,md,png}. The run is deterministic (fixed seeds).
+ROC AUC a user lives with, on the clean version of a corrupt day); then the policy acts for tomorrow.
+Results go to benchmarks/results/closed_loop.{json,md,png}. The run is deterministic (fixed seeds).
 
 ``--markdown-only --time-log FILE`` re-renders the Markdown from the JSON and adds the wall time and peak
 RSS parsed from a ``/usr/bin/time -v`` log of the full run.
@@ -23,18 +23,16 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import logging
 import math
 import os
 import re
 import resource
-import shutil
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 _STARTED = time.perf_counter()
 REPO = Path(__file__).resolve().parents[1]
@@ -45,22 +43,9 @@ if str(REPO / "plugins") not in sys.path:  # running without the package install
 import pandas as pd  # noqa: E402
 
 from mlops_airflow.core import demo_data  # noqa: E402
-from mlops_airflow.core.config import ModelSpec, WindowSpec, candidate_grid, get_spec  # noqa: E402
-from mlops_airflow.core.data import Snapshot, load_part, read_batch, write_snapshot  # noqa: E402
-from mlops_airflow.core.drift import compute_drift, performance_drop, retrain_decision  # noqa: E402
-from mlops_airflow.core.evaluation import Target, compute_metrics, metric_value  # noqa: E402
-from mlops_airflow.core.gate import decide, paired_bootstrap, slice_metrics  # noqa: E402
-from mlops_airflow.core.scoring import encode_labels  # noqa: E402
-from mlops_airflow.core.training import (  # noqa: E402
-    CandidateResult,
-    best_candidate,
-    fit_candidate,
-    fit_final,
-    score_rows,
-)
-from mlops_airflow.core.validation import FailedExpectation, validate_snapshot  # noqa: E402
-
-Retrain = Literal["never", "always", "gated"]
+from mlops_airflow.core.config import get_spec  # noqa: E402
+from mlops_airflow.core.replay import LandedBatch, ReplayPolicy, named_policies, replay  # noqa: E402
+from mlops_airflow.core.spec import ModelSpec, WindowSpec  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -82,380 +67,130 @@ class SimConfig:
     )
     weekly_every: int = 7
     seed: int = 42
-    policies: tuple[str, ...] = ()  # empty: every policy of POLICIES
+    policies: tuple[str, ...] = ()  # empty: every policy of LABELS
 
 
-@dataclass(frozen=True)
-class Policy:
-    """A retrain policy: how models are made, how often CT runs, and whether the monitor triggers CT."""
-
-    name: str
-    label: str
-    retrain: Retrain
-    every: int | None = None  # scheduled CT every ``every`` days (None: no schedule)
-    drift_triggers: bool = False
-
-
-POLICIES = {
-    p.name: p
-    for p in (
-        Policy("never", "1. never retrain", "never"),
-        Policy("always", "2. nightly retrain, always promote (no validation, no gate)", "always", every=1),
-        Policy("gated_nightly", "3. this system: nightly CT + drift triggers", "gated", every=1, drift_triggers=True),
-        Policy(
-            "gated_weekly_drift", "3b. this system: weekly CT + drift triggers", "gated", every=7, drift_triggers=True
-        ),
-        Policy("gated_weekly", "3c. this system: weekly CT, no drift triggers", "gated", every=7),
-    )
+#: The simulated policies: name -> (label, the replay policy it is).
+LABELS = {
+    "never": ("1. never retrain", "never"),
+    "always": ("2. nightly retrain, always promote (no validation, no gate)", "always"),
+    "gated_nightly": ("3. this system: nightly CT + drift triggers", "nightly"),
+    "gated_weekly_drift": ("3b. this system: weekly CT + drift triggers", "weekly_triggers"),
+    "gated_weekly": ("3c. this system: weekly CT, no drift triggers", "weekly"),
 }
 
 
-@dataclass(frozen=True)
-class Model:
-    """A fitted model; identical training windows share one (training is deterministic)."""
-
-    key: str
-    pipeline: Any
-    train: pd.DataFrame  # the drift reference of the monitor
-    batches: tuple[str, ...]
-    params: dict[str, Any]
-
-
-@dataclass
-class PolicyState:
-    """What one policy has deployed and done so far."""
-
-    policy: Policy
-    landing: Path
-    champion: Model
-    champion_metric: float  # the champion's primary metric at its CT (the monitor's reference)
-    version: int = 1
-    promoted_day: int = -1
-    last_request_at: dt.datetime | None = None
-    deployed_models: list[Model] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-    quarantined: list[str] = field(default_factory=list)
-    days: list[dict[str, Any]] = field(default_factory=list)
-
-    def bump(self, key: str) -> None:
-        self.counts[key] = self.counts.get(key, 0) + 1
+def sim_spec(config: SimConfig) -> ModelSpec:
+    """``credit_default`` with the simulation's smaller search space, bootstrap and window."""
+    base = get_spec("credit_default")
+    return base.model_copy(
+        update={
+            "estimator": base.estimator.model_copy(update={"search_space": config.search_space}),
+            "gate": base.gate.model_copy(update={"n_bootstrap": config.n_bootstrap}),
+            "window": WindowSpec(train_batches=config.train_batches, eval_batches=1),
+        }
+    )
 
 
-class Simulation:
-    """Runs every policy over the same feed; models, validations and scores are cached across policies."""
+def sim_policies(spec: ModelSpec, config: SimConfig) -> list[ReplayPolicy]:
+    """The replay policies of the simulation; "weekly" runs every ``weekly_every`` days from day 0."""
+    first_night = demo_data.DEFAULT_START + dt.timedelta(days=config.warmup + 1)
+    weekday = (first_night.weekday() + 1) % 7  # cron counts Sunday as 0
+    weekly = f"0 2 * * {weekday}" if config.weekly_every == 7 else f"0 2 */{config.weekly_every} * *"
+    known = named_policies(spec)
+    out = []
+    for name in config.policies or tuple(LABELS):
+        label, base = LABELS[name]
+        policy = known[base].policy
+        if "weekly" in base:
+            policy = replace(policy, schedule=weekly)
+        out.append(ReplayPolicy(name, label, known[base].mode, replace(policy, name=name)))
+    return out
 
-    def __init__(self, config: SimConfig, workdir: Path) -> None:
-        self.config = config
-        self.workdir = workdir
-        base = get_spec("credit_default")
-        estimator = base.estimator.model_copy(update={"search_space": config.search_space})
-        self.spec: ModelSpec = base.model_copy(
-            update={
-                "estimator": estimator,
-                "gate": base.gate.model_copy(update={"n_bootstrap": config.n_bootstrap}),
-                "window": WindowSpec(train_batches=config.train_batches, eval_batches=1),
+
+def write_feed(config: SimConfig, feed: Path) -> tuple[dict[str, int], dict[str, pd.DataFrame]]:
+    """The simulated feed (warm-up and simulated days) as landed files; returns each file's day and its
+    clean rows (the applicants are real on a corrupt day, the feed is broken)."""
+    file_day: dict[str, int] = {}
+    clean: dict[str, pd.DataFrame] = {}
+    for day in range(-config.warmup, config.days):
+        gen_day = day + config.warmup  # the generator seeds on a non-negative day index
+        kwargs = {
+            "n_rows": config.rows,
+            "seed": config.seed,
+            "feature_shift": config.feature_shift if day >= config.feature_shift_day else 0.0,
+            "concept_shift": config.concept_shift if day >= config.concept_shift_day else 0.0,
+        }
+        path = demo_data.write_batch(feed, gen_day, corrupt=config.corrupt.get(day), **kwargs)
+        file_day[path.name] = day
+        clean[path.name] = demo_data.generate_batch(gen_day, **kwargs)
+    return file_day, clean
+
+
+def convert(config: SimConfig, report: dict[str, Any], file_day: dict[str, int]) -> dict[str, Any]:
+    """The replay's report in the simulation's terms (ROC AUC, simulated days, phases)."""
+    bounds = (0, config.feature_shift_day, config.concept_shift_day, config.days)
+    phases = {
+        f"days {a}-{min(b, config.days) - 1}": (a, min(b, config.days))
+        for a, b in itertools.pairwise(bounds)
+        if a < min(b, config.days)
+    }
+    policies = {}
+    for name, p in report["policies"].items():
+        days = [
+            {
+                "policy": name,
+                "day": r["day"],
+                "roc_auc": r["value"],
+                "version": r["version"],
+                "model_age_days": r["model_age_days"],
+                "corrupt_batches_in_model": sorted(file_day[b] for b in r["failed_batches_in_model"]),
+                "action": "; ".join(x for x in (r["ct"], r["decision"][:120]) if x),
             }
-        )
-        self.feed = workdir / "feed"
-        self.file_day: dict[str, int] = {}
-        self.clean: dict[int, pd.DataFrame] = {}
-        self.models: dict[tuple[str, ...], Model] = {}
-        self.file_failures: dict[str, list[FailedExpectation]] = {}
-        self.validations = 0
-        self.scores: dict[tuple[str, int], float] = {}
-        self.snapshots = 0
-        self.seconds: dict[str, float] = {}
-
-    def timed(self, step: str, started: float) -> None:
-        """Add the time since ``started`` to ``step``'s total."""
-        self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - started
-
-    # ---- data -------------------------------------------------------------------------------------
-    def generator_kwargs(self, day: int) -> dict[str, Any]:
-        c = self.config
-        return {
-            "n_rows": c.rows,
-            "seed": c.seed,
-            "feature_shift": c.feature_shift if day >= c.feature_shift_day else 0.0,
-            "concept_shift": c.concept_shift if day >= c.concept_shift_day else 0.0,
-        }
-
-    def land(self, day: int) -> Path:
-        """Write simulated day ``day`` (negative = warm-up) to the feed; file dates sort by day."""
-        gen_day = day + self.config.warmup  # the generator seeds on a non-negative day index
-        kwargs = self.generator_kwargs(day)
-        path = demo_data.write_batch(self.feed, gen_day, corrupt=self.config.corrupt.get(day), **kwargs)
-        self.file_day[path.name] = day
-        self.clean[day] = demo_data.generate_batch(gen_day, **kwargs)
-        return path
-
-    def corrupt_days(self, model: Model) -> list[int]:
-        return sorted(d for b in model.batches if (d := self.file_day[b]) in self.config.corrupt)
-
-    # ---- CT building blocks -----------------------------------------------------------------------
-    def snapshot(self, landing: Path, day: int) -> Snapshot:
-        """The CT run's immutable snapshot of ``landing`` (newest batch = evaluation, 14 before = training)."""
-        self.snapshots += 1
-        dest = self.workdir / "snapshots" / f"{landing.name}-{day:03d}-{self.snapshots}"
-        return write_snapshot(self.spec, str(landing), dest)
-
-    def validate(self, snapshot: Snapshot) -> list[FailedExpectation]:
-        """Great Expectations (``validate_snapshot``) over the snapshot's batches not validated before.
-
-        Landed files are immutable, so a file's verdict never changes: each file is validated once and its
-        failures are remembered (the DAG re-validates the whole window every run, with the same verdicts).
-        """
-        unseen = [b for b in snapshot.batches if b.name not in self.file_failures]
-        window_failures: list[FailedExpectation] = []
-        if unseen:
-            started = time.perf_counter()
-            summary = validate_snapshot(self.spec, replace(snapshot, batches=unseen))
-            self.timed("validate (GX)", started)
-            self.validations += 1
-            for batch in unseen:
-                self.file_failures[batch.name] = [f for f in summary.failed if f.file == batch.name]
-            window_failures = [f for f in summary.failed if f.file not in self.file_failures]
-        return [f for b in snapshot.batches for f in self.file_failures[b.name]] + window_failures
-
-    def train(self, snapshot: Snapshot) -> Model:
-        """Candidate search on the snapshot's training part, then a refit of the best candidate."""
-        batches = tuple(b.name for b in snapshot.batches if b.part == "train")
-        if batches not in self.models:
-            started = time.perf_counter()
-            train = load_part(snapshot, "train")
-            results = []
-            for index, params in enumerate(candidate_grid(self.spec)):
-                _, (metrics, seconds, threshold) = fit_candidate(self.spec, params, train)
-                results.append(CandidateResult(index, params, metrics, seconds, threshold))
-            best = best_candidate(self.spec, results)
-            pipeline = fit_final(self.spec, best.params, train)
-            self.models[batches] = Model(f"m{len(self.models) + 1}", pipeline, train, batches, best.params)
-            self.timed("train (search + refit)", started)
-        return self.models[batches]
-
-    def auc(self, model: Model, day: int) -> float:
-        """ROC AUC of ``model`` on day ``day``'s clean labelled rows (what the business experiences)."""
-        if (model.key, day) not in self.scores:
-            rows = self.clean[day]
-            y = encode_labels(self.spec, rows[self.spec.label.name])
-            score = score_rows(self.spec, model.pipeline, rows)
-            self.scores[(model.key, day)] = metric_value("roc_auc", y, score, Target.of(self.spec))
-        return self.scores[(model.key, day)]
-
-    def gate(self, candidate: Model, champion: Model, snapshot: Snapshot, day: int) -> tuple[bool, float, str]:
-        """Score candidate and champion on the same newest day; returns (blessed, candidate metric, reason)."""
-        spec = self.spec
-        rows = load_part(snapshot, "eval")
-        target = Target.of(spec)
-        y = encode_labels(spec, rows[spec.label.name])
-        cand = score_rows(spec, candidate.pipeline, rows)
-        champ = score_rows(spec, champion.pipeline, rows)
-        metric = spec.primary
-        boot = paired_bootstrap(
-            y,
-            cand,
-            champ,
-            metric,
-            target=target,
-            n_resamples=spec.gate.n_bootstrap,
-            confidence=spec.gate.confidence,
-            seed=day,
-        )
-        columns = {c: rows[c].to_numpy() for c in spec.slices}
-        slices = slice_metrics(metric, y, cand, champ, columns, target=target)
-        cand_metrics = compute_metrics(target, y, cand)
-        decision = decide(
-            spec.gate,
-            primary_metric=metric,
-            candidate=cand_metrics,
-            champion=compute_metrics(target, y, champ),
-            bootstrap=boot,
-            slices=slices,
-            champion_version=champion.key,
-        )
-        return decision.blessed, cand_metrics[metric], decision.reason
-
-    # ---- policies ---------------------------------------------------------------------------------
-    def initial_champion(self) -> tuple[Model, float]:
-        """The warm-up CT run (first-run policy): the day-0 champion of every policy."""
-        landing = self.workdir / "landing" / "warmup"
-        landing.mkdir(parents=True)
-        for path in sorted(self.feed.iterdir()):
-            shutil.copy(path, landing / path.name)
-        snapshot = self.snapshot(landing, -1)
-        if self.validate(snapshot):
-            raise RuntimeError("warm-up data failed validation")
-        model = self.train(snapshot)
-        rows = load_part(snapshot, "eval")
-        y = encode_labels(self.spec, rows[self.spec.label.name])
-        metrics = compute_metrics(Target.of(self.spec), y, score_rows(self.spec, model.pipeline, rows))
-        decision = decide(
-            self.spec.gate, primary_metric=self.spec.primary, candidate=metrics, champion=None, bootstrap=None
-        )
-        if not decision.blessed:
-            raise RuntimeError(f"the warm-up model is not blessed: {decision.reason}")
-        return model, metrics[self.spec.primary]
-
-    def promote(self, state: PolicyState, model: Model, metric: float, day: int) -> None:
-        state.champion, state.champion_metric = model, metric
-        state.version += 1
-        state.promoted_day = day
-        state.deployed_models.append(model)
-        state.bump("promotions")
-
-    def ct_cycle(self, state: PolicyState, day: int, trigger: str) -> str:
-        """One CT run of a gated policy on the landing zone as it is tonight; returns what happened."""
-        state.bump(f"ct_runs_{trigger}")
-        snapshot = self.snapshot(state.landing, day)
-        failed = self.validate(snapshot)
-        if failed:
-            bad = sorted({f.file for f in failed if (state.landing / f.file).exists()})
-            for name in bad:  # the runbook: quarantine the file, the next run trains without it
-                (state.landing / name).replace(self.workdir / "quarantine" / f"{state.policy.name}-{name}")
-            state.quarantined += [f"day {self.file_day[n]} ({n})" for n in bad]
-            state.bump("rejected_by_validation")
-            return f"{trigger} CT: data rejected, quarantined {', '.join(bad)}"
-        model = self.train(snapshot)
-        state.bump("models_trained")
-        blessed, metric, reason = self.gate(model, state.champion, snapshot, day)
-        if not blessed:
-            state.bump("gate_rejections")
-            return f"{trigger} CT: {reason[:160]}"
-        self.promote(state, model, metric, day)
-        return f"{trigger} CT: promoted v{state.version}"
-
-    def monitor(self, state: PolicyState, day: int) -> tuple[bool, str]:
-        """The monitor DAG: drift of the newest landed batch vs the champion's training data, live AUC drop."""
-        spec, now = self.spec, self.now(day)
-        current = read_batch(state.landing / self.batch_name(day), spec.source.format)
-        report = compute_drift(
-            state.champion.train, current, spec.numeric_features, spec.categorical_features, spec.drift
-        )
-        y = encode_labels(spec, current[spec.label.name])
-        score = score_rows(spec, state.champion.pipeline, current)
-        live = metric_value(spec.primary, y, score, Target.of(spec))
-        dropped, delta = performance_drop(state.champion_metric, live, spec.primary, spec.drift)
-        decision = retrain_decision(report, dropped, state.last_request_at, now, spec.drift, perf_delta=delta)
-        if decision.request:
-            state.last_request_at = now
-            state.bump("drift_requests")
-        elif decision.in_cooldown:
-            state.bump("drift_requests_suppressed")
-        return decision.request, decision.reason
-
-    def now(self, day: int) -> dt.datetime:
-        start = dt.datetime.combine(demo_data.DEFAULT_START, dt.time(6), tzinfo=dt.UTC)
-        return start + dt.timedelta(days=day + self.config.warmup)
-
-    def batch_name(self, day: int) -> str:
-        return demo_data.batch_file_name(day + self.config.warmup, "csv")
-
-    def act(self, state: PolicyState, day: int) -> str:
-        """The policy's action on the night of ``day``: at most one CT run (drift request first)."""
-        policy = state.policy
-        if policy.retrain == "never":
-            return ""
-        if policy.retrain == "always":
-            model = self.train(self.snapshot(state.landing, day))
-            state.bump("ct_runs_schedule")
-            state.bump("models_trained")
-            self.promote(state, model, float("nan"), day)
-            return f"schedule: promoted v{state.version}"
-        notes = []
-        trigger = None
-        if policy.drift_triggers:
-            request, reason = self.monitor(state, day)
-            if request:
-                trigger = "drift"
-                notes.append(reason[:120])
-        if trigger is None and policy.every and day % policy.every == 0:
-            trigger = "schedule"
-        if trigger is not None:
-            notes.insert(0, self.ct_cycle(state, day, trigger))
-        return "; ".join(notes)
-
-    def record(self, state: PolicyState, day: int) -> None:
-        """Score today's deployed model; then let the policy act for tomorrow."""
-        model = state.champion
-        row = {
-            "policy": state.policy.name,
-            "day": day,
-            "roc_auc": round(self.auc(model, day), 5),
-            "version": state.version,
-            "model_age_days": day - state.promoted_day,
-            "trained_through_day": max(self.file_day[b] for b in model.batches),
-            "corrupt_batches_in_model": self.corrupt_days(model),
-        }
-        row["action"] = self.act(state, day)
-        state.days.append(row)
-
-    def run(self) -> dict[str, Any]:
-        for day in range(-self.config.warmup, 0):
-            self.land(day)
-        initial, metric = self.initial_champion()
-        names = self.config.policies or tuple(POLICIES)
-        states = []
-        for name in names:
-            landing = self.workdir / "landing" / name
-            shutil.copytree(self.workdir / "landing" / "warmup", landing)
-            states.append(PolicyState(POLICIES[name], landing, initial, metric))
-        (self.workdir / "quarantine").mkdir()
-        for day in range(self.config.days):
-            path = self.land(day)
-            for state in states:
-                shutil.copy(path, state.landing / path.name)
-                self.record(state, day)
-            shutil.rmtree(self.workdir / "snapshots", ignore_errors=True)
-        return {s.policy.name: self.summarize(s) for s in states}
-
-    def summarize(self, state: PolicyState) -> dict[str, Any]:
-        c = self.config
-        aucs = pd.Series([r["roc_auc"] for r in state.days])
-        bounds = (0, c.feature_shift_day, c.concept_shift_day, c.days)
-        phases = {
-            f"days {a}-{min(b, c.days) - 1}": (a, min(b, c.days))
-            for a, b in itertools.pairwise(bounds)
-            if a < min(b, c.days)
-        }
-        deployed_corrupt = sorted({d for m in state.deployed_models for d in self.corrupt_days(m)})
-        return {
-            "label": state.policy.label,
+            for r in p["days"]
+        ]
+        aucs = pd.Series([r["roc_auc"] for r in days])
+        policies[name] = {
+            "label": p["label"],
             "mean_auc": round(float(aucs.mean()), 4),
             "mean_auc_by_phase": {k: round(float(aucs.iloc[a:b].mean()), 4) for k, (a, b) in phases.items()},
-            "ct_runs_schedule": state.counts.get("ct_runs_schedule", 0),
-            "ct_runs_drift": state.counts.get("ct_runs_drift", 0),
-            "models_trained": state.counts.get("models_trained", 0),
-            "rejected_by_validation": state.counts.get("rejected_by_validation", 0),
-            "gate_rejections": state.counts.get("gate_rejections", 0),
-            "promotions": state.counts.get("promotions", 0),
-            "drift_requests": state.counts.get("drift_requests", 0),
-            "drift_requests_suppressed": state.counts.get("drift_requests_suppressed", 0),
-            "corrupt_batches_deployed": deployed_corrupt,
-            "days_served_by_corrupt_model": sum(bool(r["corrupt_batches_in_model"]) for r in state.days),
-            "quarantined": state.quarantined,
-            "days": state.days,
+            "ct_runs_schedule": p["ct_runs_schedule"],
+            "ct_runs_drift": p["ct_runs_triggered"],
+            "models_trained": p["models_trained"],
+            "rejected_by_validation": p["rejected_by_validation"],
+            "gate_rejections": p["gate_rejections"],
+            "promotions": p["promotions"],
+            "compute_seconds": p["compute_seconds"],
+            "corrupt_batches_deployed": sorted(file_day[b] for b in p["corrupt_batches_served"]),
+            "days_served_by_corrupt_model": p["days_served_by_corrupt_model"],
+            "quarantined": [f"day {file_day[b]} ({b})" for b in p["quarantined"]],
+            "days": days,
         }
+    return policies
 
 
 def simulate(config: SimConfig | None = None) -> dict[str, Any]:
-    """Run the simulation in a temporary directory; returns the JSON-ready result."""
+    """Write the feed and replay it in a temporary directory; returns the JSON-ready result."""
     config = config or SimConfig()
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    from threadpoolctl import threadpool_limits
-
+    spec = sim_spec(config)
     started = time.perf_counter()
-    # One OpenMP thread: on ~8k rows HistGradientBoosting is >10x faster than with 2 contending threads.
-    with tempfile.TemporaryDirectory(prefix="closed-loop-") as tmp, threadpool_limits(1):
-        sim = Simulation(config, Path(tmp))
-        policies = sim.run()
+    with tempfile.TemporaryDirectory(prefix="closed-loop-") as tmp:
+        feed = Path(tmp) / "feed"
+        file_day, clean = write_feed(config, feed)
+        first = demo_data.DEFAULT_START + dt.timedelta(days=config.warmup)
+        last = first + dt.timedelta(days=config.days - 1)
+
+        def truth(batch: LandedBatch) -> pd.DataFrame:
+            return clean[batch.name]
+
+        report = replay(spec, feed, first, last, sim_policies(spec, config), Path(tmp), truth=truth)
     return {
         "config": {**asdict(config), "corrupt": {str(k): v for k, v in config.corrupt.items()}},
-        "policies": policies,
-        "distinct_models_trained": len(sim.models),
-        "validate_snapshot_calls": sim.validations,
-        "files_validated": len(sim.file_failures),
-        "seconds_by_step": {k: round(v, 1) for k, v in sim.seconds.items()},
+        "policies": convert(config, report, file_day),
+        "distinct_models_trained": report["distinct_models_trained"],
+        "validate_snapshot_calls": report["validate_snapshot_calls"],
+        "files_validated": report["files_validated"],
+        "seconds_by_step": report["seconds_by_step"],
         "simulation_seconds": round(time.perf_counter() - started, 1),
     }
 

@@ -6,7 +6,7 @@ signature: tests/serving/serving_support.py), and ``python -m mlops_airflow.serv
 
 1. **Swaps under load.** An open-loop generator sends requests at ``--rate`` per second (1-row and 100-row
    bodies alternating) for at most ``--seconds`` and ``--max-requests``. Meanwhile ``champion`` moves through
-   :class:`mlops_airflow.core.registry.ModelRegistry` exactly as the DAG tasks move it: ``promote`` v2, v3, v4
+   :class:`mlops_airflow.core.trust.ModelRegistry` exactly as the DAG tasks move it: ``promote`` v2, v3, v4
    (each judged against the champion before it), then ``rollback`` (default target: v3), each followed by
    the tasks' notification (:func:`mlops_airflow.core.serving_client.notify_model_server`). Each alias move is
    timestamped; the swap latency is the time from the move until the server reports the new version. Every
@@ -144,10 +144,11 @@ def main() -> None:
 
     from mlops_airflow.core import demo_data
     from mlops_airflow.core.config import get_spec
-    from mlops_airflow.core.registry import Actor, ModelRegistry
+    from mlops_airflow.core.registry import Actor
     from mlops_airflow.core.serving_client import notify_model_server
     from mlops_airflow.core.tracking import client_for
     from mlops_airflow.core.training import fit_final
+    from mlops_airflow.core.trust import ModelRegistry
 
     procs: list[subprocess.Popen[Any]] = []
     mlflow_port = free_port()

@@ -13,13 +13,8 @@ from typing import Any
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, BaseOperator, Param
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
-from mlops_airflow.core.config import (
-    ModelSpec,
-    ModelSpecError,
-    candidate_grid,
-    load_specs_tolerant,
-    use_models_dir,
-)
+from mlops_airflow.core.config import candidate_grid, load_specs_tolerant, use_models_dir
+from mlops_airflow.core.spec import ModelSpec, ModelSpecError
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # only the invalid-spec stand-in DAG (never scheduled)
 REGISTRY_POOL = "mlflow_registry"
@@ -65,15 +60,16 @@ def cron_timetable(cron: str) -> CronTriggerTimetable:
 
 def ct_cron(spec: ModelSpec) -> str | None:
     """The CT DAG's cron (a preset resolved), or None when it only runs on retrain requests."""
-    if spec.schedule is None:
+    schedule = spec.ct_schedule  # ``retrain.schedule`` when set, else ``schedule``
+    if schedule is None:
         return None
-    if spec.schedule.startswith("@"):
+    if schedule.startswith("@"):
         presets = {"@daily": "0 0 * * *", "@hourly": "0 * * * *", "@weekly": "0 0 * * 0"}
-        cron = presets.get(spec.schedule)
+        cron = presets.get(schedule)
         if cron is None:
-            raise ValueError(f"{spec.name}: schedule {spec.schedule!r} is not a supported preset")
+            raise ModelSpecError(f"{spec.name}: schedule {schedule!r} is not a supported preset")
         return cron
-    return spec.schedule
+    return schedule
 
 
 def ct_schedule(spec: ModelSpec) -> Any:
@@ -108,7 +104,7 @@ def ct_doc(spec: ModelSpec) -> str:
 snapshot -> validate_data -> train (one mapped task per candidate) -> select_candidate
 -> evaluate_vs_champion -> gate -> register_challenger -> smoke_test -> promote
 
-* Schedule: `{spec.schedule}` (UTC) **or** asset `{spec.retrain_asset_uri}`.
+* Schedule: `{spec.ct_schedule}` (UTC) **or** asset `{spec.retrain_asset_uri}`.
 * Bad data fails `validate_data`; a candidate that is not provably no worse than `champion` stops at `gate`.
 * MLflow: experiment and registered model `{spec.name}`; each task links to its MLflow run.
 * Trigger with config: `data_uri` reads another landing zone, `reason` is recorded in MLflow.
@@ -317,6 +313,50 @@ at most once per {d.cooldown_hours:g} h; otherwise it is skipped.
     return dag
 
 
+def build_replay_dag(spec: ModelSpec) -> DAG:
+    from mlops_airflow.operators.replay import ReplayOperator
+
+    with model_dag(
+        spec,
+        f"replay_{spec.name}",
+        "replay",
+        description=f"Replay retrain policies over the landed history of {spec.name} (manual only)",
+        doc_md=f"""### Replay of `{spec.name}`
+
+Replays retrain policies over the model's own landed history (`{spec.source.uri}`, batches dated `from` to `to`;
+earlier batches train the first champion) with the CT pipeline's functions, labels reaching CT
+`label_delay_days` after their batch. Per policy: mean and worst deployed `{spec.primary}`, days below the gate
+threshold, CT runs, models trained, compute seconds, corrupt batches served. The report (Markdown, JSON, PNG) goes
+to the MLflow experiment `{spec.name}/replay`; the model's registry, aliases and storage are never touched.
+See `docs/operations.md` (Replay).
+""",
+        schedule=None,
+        params={
+            "from": Param("", type="string", minLength=10, description="First replayed day (YYYY-MM-DD)"),
+            "to": Param("", type="string", minLength=10, description="Last replayed day (YYYY-MM-DD)"),
+            "policies": Param(
+                ["spec", "never"],
+                type="array",
+                items={"type": "string"},
+                description="Policies: spec, never, always, nightly, weekly, weekly_triggers, triggers",
+            ),
+            "label_delay_days": Param(
+                spec.label.delay_days, type="integer", minimum=0, description="Days until a batch's labels reach CT"
+            ),
+        },
+    ) as dag:
+        ReplayOperator(
+            task_id="replay",
+            model_name=spec.name,
+            start="{{ params['from'] }}",
+            end="{{ params['to'] }}",
+            policies="{{ params.policies | join(',') }}",
+            label_delay_days="{{ params.label_delay_days }}",
+            retries=0,
+        )
+    return dag
+
+
 OUTBOX_DAG_ID = "notify_outbox"
 
 
@@ -403,7 +443,7 @@ def build_dags(specs: list[ModelSpec] | None = None, directory: Path | None = No
     if specs is None:
         specs, errors = load_specs_tolerant(directory)
     for spec in specs:
-        for builder in (build_ct_dag, build_monitor_dag, build_predict_dag, build_rollback_dag):
+        for builder in (build_ct_dag, build_monitor_dag, build_predict_dag, build_rollback_dag, build_replay_dag):
             dag = builder(spec)
             dags[dag.dag_id] = dag
     dags[OUTBOX_DAG_ID] = build_outbox_dag()

@@ -34,7 +34,7 @@ def test_good_models_keep_their_dags_and_bad_ones_show_why(models_with_a_bad_one
         warnings.simplefilter("default")
         bag = DagBag(dag_folder=str(REPO / "dags"))
     assert bag.import_errors == {}
-    for prefix in ("ct_", "monitor_", "predict_", "rollback_"):
+    for prefix in ("ct_", "monitor_", "predict_", "rollback_", "replay_"):
         assert f"{prefix}credit_default" in bag.dags
     for stem, key, reason in (
         ("churn", "estimator.class", "is not a scikit-learn classifier"),
@@ -45,7 +45,7 @@ def test_good_models_keep_their_dags_and_bad_ones_show_why(models_with_a_bad_one
         assert dag.schedule is None or str(dag.timetable.summary) in {"None", "Never, external triggers only"}
         shown = f"{dag.description}\n{dag.doc_md}"
         assert str(models_with_a_bad_one / f"{stem}.yaml") in shown and key in shown and reason in shown
-        assert not any(f"{p}{stem}" in bag.dags for p in ("monitor_", "predict_", "rollback_"))
+        assert not any(f"{p}{stem}" in bag.dags for p in ("monitor_", "predict_", "rollback_", "replay_"))
     warned = " ".join(" ".join(w) for w in bag.captured_warnings.values())
     assert "churn.yaml" in warned and "broken.yaml" in warned
 

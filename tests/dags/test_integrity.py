@@ -33,7 +33,7 @@ def test_every_model_spec_yields_its_dags(dagbag):
     specs = load_all_specs(models_dir())
     assert [s.name for s in specs] == sorted(p.stem for p in models_dir().glob("*.yaml"))
     for spec in specs:
-        for prefix in ("ct_", "monitor_", "predict_", "rollback_"):
+        for prefix in ("ct_", "monitor_", "predict_", "rollback_", "replay_"):
             assert f"{prefix}{spec.name}" in dagbag.dags
 
 

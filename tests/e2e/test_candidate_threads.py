@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from mlops_airflow.operators.training import candidate_threads
+from mlops_airflow.operators.base import candidate_threads
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops_airflow.core.registry import ModelRegistry
+from mlops_airflow.core.trust import ModelRegistry
 
 pytestmark = pytest.mark.e2e
 CT = "ct_credit_default"

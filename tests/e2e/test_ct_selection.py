@@ -191,8 +191,8 @@ def test_a_retry_of_select_keeps_the_model_a_registered_version_points_at(store,
 
     from mlops_airflow.core import settings
     from mlops_airflow.core.config import candidate_grid, get_spec
-    from mlops_airflow.core.registry import ModelRegistry
     from mlops_airflow.core.tracking import client_for
+    from mlops_airflow.core.trust import ModelRegistry
     from mlops_airflow.dag_factory import build_dags
     from mlops_airflow.operators.training import TrainCandidateOperator
 

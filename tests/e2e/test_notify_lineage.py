@@ -334,7 +334,8 @@ def test_lineage_runs_from_landed_files_to_snapshot_to_model_version_to_predicti
     ],
 )
 def test_notify_section_names_connections_only(notify: dict[str, Any], error: str) -> None:
-    from mlops_airflow.core.config import ModelSpecError, parse_model_spec
+    from mlops_airflow.core.config import parse_model_spec
+    from mlops_airflow.core.spec import ModelSpecError
 
     spec = yaml.safe_load((REPO / "include" / "models" / f"{MODEL}.yaml").read_text())
     with pytest.raises(ModelSpecError, match=error):

@@ -19,7 +19,8 @@ import mlflow
 import pytest
 
 from mlops_airflow.core import demo_data
-from mlops_airflow.core.registry import CHAMPION, TAG_SIGNATURE, ModelRegistry, UnblessedVersionError
+from mlops_airflow.core.registry import CHAMPION
+from mlops_airflow.core.trust import TAG_SIGNATURE, ModelRegistry, UnblessedVersionError
 
 pytestmark = pytest.mark.e2e
 MODEL = "credit_default"

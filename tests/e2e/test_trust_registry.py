@@ -14,18 +14,8 @@ from typing import Any
 import mlflow.pyfunc
 import pytest
 
-from mlops_airflow.core.registry import (
-    CHAMPION,
-    PREVIOUS_CHAMPION,
-    TAG_BLESSED,
-    TAG_INTENT,
-    TAG_PINNED,
-    TAG_PROMOTION,
-    TAG_RUN_ID,
-    Actor,
-    ModelRegistry,
-    UnblessedVersionError,
-)
+from mlops_airflow.core.registry import CHAMPION, PREVIOUS_CHAMPION, TAG_INTENT, TAG_RUN_ID, Actor
+from mlops_airflow.core.trust import TAG_BLESSED, TAG_PINNED, TAG_PROMOTION, ModelRegistry, UnblessedVersionError
 
 pytestmark = pytest.mark.e2e
 CT = "ct_credit_default"

@@ -1,4 +1,4 @@
-"""The alias lifecycle (core/registry.py) on a real MLflow store: ``challenger`` is cleared when its version
+"""The alias lifecycle (core/trust.py) on a real MLflow store: ``challenger`` is cleared when its version
 becomes ``champion``; a rollback's default target is the last *good* champion before the current one, read
 from the champion ledger, never a version that was just rolled away from. No Airflow."""
 
@@ -10,16 +10,8 @@ from typing import Any
 import pytest
 from test_registry import KEY, MODEL, aliases, ct, ct_run, ct_version, model_tags
 
-from mlops_airflow.core.registry import (
-    CHALLENGER,
-    CHAMPION,
-    PREVIOUS_CHAMPION,
-    TAG_LEDGER,
-    Actor,
-    ModelRegistry,
-    RegistryError,
-    UnblessedVersionError,
-)
+from mlops_airflow.core.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, TAG_LEDGER, Actor, RegistryError
+from mlops_airflow.core.trust import ModelRegistry, UnblessedVersionError
 
 
 @pytest.fixture

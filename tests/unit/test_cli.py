@@ -153,7 +153,7 @@ def test_lint_reports_what_the_factory_raises_while_building_a_valid_spec(folder
     code, errors = lint_json(path)
     assert code == 1
     assert [(e["key"], e["rule"]) for e in errors] == [
-        (cli.DAGS_KEY, "build_ct_dag: ValueError: credit_default: schedule '@monthly' is not a supported preset")
+        (cli.DAGS_KEY, "build_ct_dag: ModelSpecError: credit_default: schedule '@monthly' is not a supported preset")
     ]
     assert run("lint", "--no-dags", str(path))[0] == 0  # the spec rules alone pass it
 
@@ -245,7 +245,8 @@ def log_dummy_model() -> str:
 
 
 def test_status_shows_the_champion_proven_blessed_since_when_and_why(registered):
-    from mlops_airflow.core.registry import Actor, ModelRegistry
+    from mlops_airflow.core.registry import Actor
+    from mlops_airflow.core.trust import ModelRegistry
 
     client, make = registered
     version = make()

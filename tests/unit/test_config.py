@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops_airflow.core.config import ModelSpecError, load_model_spec, models_dir
+from mlops_airflow.core.config import load_model_spec, models_dir
+from mlops_airflow.core.spec import ModelSpecError
 
 GOOD = models_dir() / "credit_default.yaml"
 
@@ -116,8 +117,8 @@ def test_windows_by_time_rows_or_batches(tmp_path):
 def test_integer_and_boolean_category_codes_are_matched_by_value_as_the_model_reads_them(tmp_path):
     import numpy as np
 
-    from mlops_airflow.core.config import category_code
     from mlops_airflow.core.served_model import category_text
+    from mlops_airflow.core.spec import category_code
 
     def codes(d):
         d["features"][7].update(categories=[3, 4, 5, 6, 8], missing="most_frequent")

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from mlops_airflow.core.config import DriftSpec
 from mlops_airflow.core.demo_data import generate_batch
 from mlops_airflow.core.drift import (
     MISSING,
@@ -22,6 +21,7 @@ from mlops_airflow.core.drift import (
     plot_feature_drift,
     retrain_decision,
 )
+from mlops_airflow.core.spec import DriftSpec
 
 NUMERIC = ["age", "income", "debt_ratio", "credit_lines", "late_payments", "utilization"]
 CATEGORICAL = ["employment_type", "region", "home_ownership"]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlops_airflow.core import demo_data, explain, tracking, training
+from mlops_airflow.core import assessment, demo_data, explain, tracking, training
 from mlops_airflow.core.config import parse_model_spec
 from mlops_airflow.core.scoring import encode_labels, model_config, model_input
 from mlops_airflow.core.served_model import model_output
@@ -175,8 +175,8 @@ class Answering:
         return model_output(self.pipeline, x, self.config)
 
 
-def scored(spec, model: Answering, rows: pd.DataFrame) -> explain.Scored:
-    return explain.Scored(model, explain.logged_model_scores(spec, model)(model_input(spec, rows)))
+def scored(spec, model: Answering, rows: pd.DataFrame) -> assessment.Scored:
+    return assessment.Scored(model, explain.logged_model_scores(spec, model)(model_input(spec, rows)))
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def registration_run(client, spec, champion: Answering, rows: pd.DataFrame) -> s
     """The champion's own CT run: its evaluate step logged the artifacts of its assessment, as the operator does."""
     run_id = client.create_run(client.create_experiment("drift")).info.run_id
     y = encode_labels(spec, rows["default"])
-    for path, data in explain.assess_versions(spec, rows, y, scored(spec, champion, rows), None).artifacts.items():
+    for path, data in assessment.assess_versions(spec, rows, y, scored(spec, champion, rows), None).artifacts.items():
         tracking.log_json(client, run_id, data, path)
     return run_id
 
@@ -212,7 +212,7 @@ def test_importance_change_reads_the_champion_at_registration_under_concept_drif
     assert recorded.importance is not None and explain.ranking(recorded.importance)[0] == "x1"
 
     y = encode_labels(spec, today["default"])
-    summary = explain.assess_versions(
+    summary = assessment.assess_versions(
         spec, today, y, scored(spec, candidate, today), scored(spec, champion, today), recorded
     ).summary
     rows = {r["feature"]: r for r in summary["importance"]}
@@ -225,7 +225,7 @@ def test_importance_change_reads_the_champion_at_registration_under_concept_drif
     assert abs(x1["champion_today"]) < 0.05 < x1["champion_registered"]
     assert abs(x1["candidate"] - x1["champion_today"]) < 0.05
     assert summary["importance"][0]["feature"] == "x2" and x2["change"] > 0.1
-    text = explain.report_markdown(summary, spec.primary)
+    text = assessment.report_markdown(summary, spec.primary)
     assert f"Champion importance at registration: read from champion v1's run {run_id}" in text
     assert (
         "| champion at registration | rank | champion on today's rows | rank | change vs champion at registration |"
@@ -246,14 +246,14 @@ def test_importance_change_without_a_recorded_importance_says_so_and_uses_todays
     assert recorded.importance is None and "explain/importance_candidate.json" in recorded.note
 
     y = encode_labels(spec, today["default"])
-    summary = explain.assess_versions(
+    summary = assessment.assess_versions(
         spec, today, y, scored(spec, candidate, today), scored(spec, champion, today), recorded
     ).summary
     x1 = next(r for r in summary["importance"] if r["feature"] == "x1")
     assert x1["basis"] == "on today's rows" and x1["champion_registered"] is None
     assert x1["champion_rank"] == x1["champion_today_rank"]
     assert x1["change"] == pytest.approx(x1["candidate"] - x1["champion_today"])
-    text = explain.report_markdown(summary, spec.primary)
+    text = assessment.report_markdown(summary, spec.primary)
     assert (
         f"Champion importance at registration not recorded (champion v1's run {older} has no "
         "explain/importance_candidate.json): the change is against the champion's importance on today's rows."

@@ -11,9 +11,10 @@ import yaml
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
 from mlops_airflow.core import fairness
-from mlops_airflow.core.config import GateSpec, ModelSpecError, parse_model_spec
+from mlops_airflow.core.config import parse_model_spec
 from mlops_airflow.core.gate import decide
 from mlops_airflow.core.model_card import build_card
+from mlops_airflow.core.spec import GateSpec, ModelSpecError
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_SPEC = ROOT / "include" / "models" / "credit_default.yaml"

@@ -9,14 +9,6 @@ import numpy as np
 import pytest
 
 from mlops_airflow.core import notify
-from mlops_airflow.core.config import (
-    BINARY_METRICS,
-    MULTICLASS_METRICS,
-    REGRESSION_METRICS,
-    GateSpec,
-    MetricBound,
-    higher_is_better,
-)
 from mlops_airflow.core.evaluation import Target, metric_value, weighted_metric
 from mlops_airflow.core.gate import (
     MISSING,
@@ -26,6 +18,8 @@ from mlops_airflow.core.gate import (
     paired_bootstrap,
     slice_metrics,
 )
+from mlops_airflow.core.metrics import BINARY_METRICS, MULTICLASS_METRICS, REGRESSION_METRICS, higher_is_better
+from mlops_airflow.core.spec import GateSpec, MetricBound
 
 GATE = GateSpec(
     thresholds={"roc_auc": MetricBound(min=0.7), "brier": MetricBound(max=0.2)},

@@ -11,7 +11,7 @@ import pytest
 from test_demo_data_s3 import BUCKET, s3_endpoint  # noqa: F401  (the S3 fixture)
 
 from mlops_airflow.core import demo_data
-from mlops_airflow.core.config import LandingSpec, get_spec
+from mlops_airflow.core.config import get_spec
 from mlops_airflow.core.data import DataError, read_manifest, write_snapshot
 from mlops_airflow.core.landing import (
     MANIFEST_NAME,
@@ -21,6 +21,7 @@ from mlops_airflow.core.landing import (
     RefusedFile,
     write_manifest,
 )
+from mlops_airflow.core.spec import LandingSpec
 from mlops_airflow.core.validation import validate_snapshot
 
 HOUR = 3600.0

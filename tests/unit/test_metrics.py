@@ -12,14 +12,9 @@ import pytest
 import yaml
 from sklearn import metrics as skm
 
-from mlops_airflow.core.config import (
-    BINARY_METRICS,
-    MULTICLASS_METRICS,
-    REGRESSION_METRICS,
-    models_dir,
-    parse_model_spec,
-)
+from mlops_airflow.core.config import models_dir, parse_model_spec
 from mlops_airflow.core.evaluation import Target, _label_key, choose_threshold, compute_metrics, metric_value
+from mlops_airflow.core.metrics import BINARY_METRICS, MULTICLASS_METRICS, REGRESSION_METRICS
 
 # ------------------------------------------------------------------------------------------------ data
 

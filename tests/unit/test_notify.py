@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlops_airflow.core import notify
-from mlops_airflow.core.config import NotifySpec
+from mlops_airflow.core.spec import NotifySpec
 
 WHERE = {"base_url": "http://airflow.example.test:8080", "dag_id": "rollback_credit_default", "run_id": "manual__1"}
 FORGED = "<!channel> <https://evil.example|click>"

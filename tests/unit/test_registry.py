@@ -1,4 +1,4 @@
-"""The registry's trust rules (core/registry.py) on a real MLflow store (SQLite, local artifacts).
+"""The registry's trust rules (core/trust.py) on a real MLflow store (SQLite, local artifacts).
 
 Versions are made the way ``ct_<model>`` makes them (a CT parent run, its logged model, the gate decision
 as tag and artifact, a registered version, the signature), without training: what is under test is what
@@ -15,19 +15,21 @@ import pytest
 
 from mlops_airflow.core.registry import (
     CHAMPION,
-    DECISION_ARTIFACT,
     PREVIOUS_CHAMPION,
-    TAG_BLESSED,
     TAG_DAG_ID,
     TAG_INTENT,
+    TAG_RUN_ID,
+    Actor,
+    RegistryError,
+)
+from mlops_airflow.core.trust import (
+    DECISION_ARTIFACT,
+    TAG_BLESSED,
     TAG_PIN_INFO,
     TAG_PINNED,
     TAG_PROMOTION,
-    TAG_RUN_ID,
     TAG_SIGNATURE,
-    Actor,
     ModelRegistry,
-    RegistryError,
     UnblessedVersionError,
 )
 

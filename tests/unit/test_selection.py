@@ -192,9 +192,9 @@ def test_the_registered_model_scores_the_frame_read_from_a_landed_file(mlops_hom
 
     from mlops_airflow.core import demo_data, settings, tracking
     from mlops_airflow.core.config import get_spec
-    from mlops_airflow.core.registry import ModelRegistry
     from mlops_airflow.core.scoring import predict_rows
     from mlops_airflow.core.training import fit_final
+    from mlops_airflow.core.trust import ModelRegistry
     from mlops_airflow.operators.training import log_spec_model
 
     spec = get_spec("credit_default")

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from mlops_airflow.core.config import ModelSpecError, load_model_spec, models_dir
+from mlops_airflow.core.config import load_model_spec, models_dir
+from mlops_airflow.core.spec import ModelSpecError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "include" / "examples"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlops_airflow.core import config
+from mlops_airflow.core import spec
 from mlops_airflow.core.spec_reference import render, sections
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "model-spec.md"
@@ -22,4 +22,4 @@ def test_every_key_of_every_section_is_in_the_reference() -> None:
         assert f"### {model.__name__}" in text
         for name in model.model_fields:
             assert f"| `{name}` |" in text, f"{model.__name__}.{name} missing from the reference"
-    assert config.WindowSpec in sections() and config.LabelSpec in sections()
+    assert spec.WindowSpec in sections() and spec.LabelSpec in sections()

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops_airflow.core.config import ModelSpecError, candidate_grid, load_model_spec, models_dir
+from mlops_airflow.core.config import candidate_grid, load_model_spec, models_dir
+from mlops_airflow.core.spec import ModelSpecError
 
 GOOD = models_dir() / "credit_default.yaml"
 

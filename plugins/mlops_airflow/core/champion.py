@@ -7,12 +7,12 @@ returns, by number (``models:/<model>/<version>``), never the alias again: what 
 :func:`resolve` reads the alias (or the version) once and proves the version blessed:
 
 * with a signing key (every worker, the model server, the embedded default): the gate signature on the
-  version itself (:meth:`~mlops_airflow.core.registry.ModelRegistry.verify_signed`), no further round trip;
+  version itself (:meth:`~mlops_airflow.core.trust.ModelRegistry.verify_signed`), no further round trip;
 * without one (a process that only reads, such as the model page on a cluster's api-server): the full
   provenance from the version's own ``ct_<model>`` run and gate decision
-  (:meth:`~mlops_airflow.core.registry.ModelRegistry.verify_blessed`), reported as unsigned.
+  (:meth:`~mlops_airflow.core.trust.ModelRegistry.verify_blessed`), reported as unsigned.
 
-A version that is not proven raises :class:`~mlops_airflow.core.registry.UnblessedVersionError` naming the
+A version that is not proven raises :class:`~mlops_airflow.core.trust.UnblessedVersionError` naming the
 model, the version and the rule broken; callers fail closed on it (no retry: waiting does not bless it).
 """
 
@@ -21,13 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mlops_airflow.core.registry import (
-    CHAMPION,
-    ModelRegistry,
-    Provenance,
-    RegistryError,
-    UnblessedVersionError,
-)
+from mlops_airflow.core.registry import CHAMPION, RegistryError
+from mlops_airflow.core.trust import ModelRegistry, Provenance, UnblessedVersionError
 
 __all__ = ["NoVersionError", "Servable", "UnblessedVersionError", "resolve", "resolve_champion"]
 
@@ -64,7 +59,7 @@ def resolve(
     client: Any, name: str, signing_key: bytes | None, *, alias: str = CHAMPION, version: str | None = None
 ) -> Servable:
     """The version holding ``alias`` (or ``version``), proven blessed; raises :class:`NoVersionError` or
-    :class:`~mlops_airflow.core.registry.UnblessedVersionError` (both name the model and version)."""
+    :class:`~mlops_airflow.core.trust.UnblessedVersionError` (both name the model and version)."""
     registry = ModelRegistry(client, name, signing_key=signing_key)
     if version is None:
         mv = registry.by_alias(alias)

@@ -21,7 +21,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlops_airflow.core.config import DriftSpec, finite_or_none, higher_is_better
+from mlops_airflow.core.metrics import finite_or_none, higher_is_better
+from mlops_airflow.core.spec import DriftSpec
 
 if TYPE_CHECKING:
     import numpy as np

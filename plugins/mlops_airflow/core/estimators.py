@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlops_airflow.core._sklearn_catalogue import CATALOGUE, SKLEARN_VERSION
+from mlops_airflow.core.errors import MlopsError
 
 Kind = Literal["classifier", "regressor"]
 CATALOGUE_FILE = Path(__file__).with_name("_sklearn_catalogue.py")
 
 
-class EstimatorNotAllowed(ValueError):
+class EstimatorNotAllowed(MlopsError, ValueError):
     """``estimator.class`` names something that is not an allowed scikit-learn estimator."""
 
 

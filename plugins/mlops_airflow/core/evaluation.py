@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from mlops_airflow.core.config import METRICS_BY_KIND, ModelSpec
+from mlops_airflow.core.metrics import METRICS_BY_KIND
+from mlops_airflow.core.spec import ModelSpec
 
 #: Probabilities are clipped to [EPS, 1 - EPS] in the log loss, as scikit-learn does for float64.
 EPS = float(np.finfo(np.float64).eps)
@@ -340,7 +341,7 @@ def metric_value(metric: str, y: np.ndarray, score: np.ndarray, target: Target, 
 
 
 def compute_metrics(target: Target, y: np.ndarray, score: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Every metric of the target's kind (:data:`~mlops_airflow.core.config.METRICS_BY_KIND`); NaN if undefined."""
+    """Every metric of the target's kind (:data:`~mlops_airflow.core.metrics.METRICS_BY_KIND`); NaN if undefined."""
     y_enc = as_encoded(target, y)
     s = as_scores(target, score, len(y_enc))
     return {metric: metric_value(metric, y_enc, s, target, threshold) for metric in target.metrics}

@@ -14,7 +14,8 @@ included, and is reported per raw feature (not per one-hot column).
   ``features x repeats`` times.
 * Partial dependence (brute force, as scikit-learn's ``method="brute"``): the mean score when a feature is set
   to each value of a grid on every row, for the most important features.
-* The importance change against the champion: its importance as its own CT run recorded it at registration
+* The importance change against the champion (:mod:`mlops_airflow.core.assessment` puts candidate and
+  champion side by side, with fairness): its importance as its own CT run recorded it at registration
   (:func:`recorded_importance`) beside its importance on today's rows; the change is against the first, which
   concept drift cannot distort, or against the second, labelled, when nothing was recorded.
 
@@ -27,16 +28,17 @@ card").
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mlops_airflow.core.config import ModelSpec, finite_or_none, higher_is_better
 from mlops_airflow.core.evaluation import Target, metric_value
+from mlops_airflow.core.metrics import finite_or_none, higher_is_better
 from mlops_airflow.core.scoring import encode_labels, model_input, output_scores, predict_frame
+from mlops_airflow.core.spec import ModelSpec
 
 #: Evaluation rows permutation importance runs on at most (a seeded sample beyond it).
 MAX_ROWS = 5_000
@@ -383,102 +385,3 @@ def explain(
     importance = permutation_importances(spec, score, rows, threshold=threshold, seed=seed)
     curves = partial_dependence(spec, score, rows, ranking(importance)[:TOP_FEATURES], seed=seed)
     return importance, curves
-
-
-@dataclass
-class Scored:
-    """One model on the evaluation rows: the logged model, its scores and its decision threshold."""
-
-    model: Any
-    score: np.ndarray
-    threshold: float = 0.5
-
-
-@dataclass
-class Assessment:
-    """Explanations and fairness of candidate and champion on the same evaluation rows.
-
-    :param summary: the small part for XCom and the gate (importance change, fairness per criterion).
-    :param artifacts: JSON artifacts for MLflow (path -> data), full importances and curves included.
-    :param figures: plots for MLflow (file name -> figure).
-    """
-
-    summary: dict[str, Any]
-    artifacts: dict[str, Any] = field(default_factory=dict)
-    figures: dict[str, Figure] = field(default_factory=dict)
-    markdown: str = ""
-
-
-def assess_versions(
-    spec: ModelSpec,
-    rows: pd.DataFrame,
-    y: np.ndarray,
-    candidate: Scored,
-    champion: Scored | None,
-    recorded: RecordedImportance | None = None,
-) -> Assessment:
-    """What each version relies on and whom it fails: importance (both), partial dependence (candidate) and
-    every fairness criterion of the spec (both, on the same rows).
-
-    :param recorded: the champion's importance at its registration (:func:`recorded_importance`); the
-        importance change is against it, or against the champion on today's rows when there is none.
-    """
-    import time
-
-    from mlops_airflow.core import fairness
-    from mlops_airflow.core.gate import champion_fairness_breaches
-
-    started = time.perf_counter()
-    importance, curves = explain(spec, logged_model_scores(spec, candidate.model), rows, threshold=candidate.threshold)
-    champion_importance = None
-    if champion is not None:
-        champion_importance = permutation_importances(
-            spec, logged_model_scores(spec, champion.model), rows, threshold=champion.threshold
-        )
-    at_registration = None if champion is None or recorded is None else recorded.importance
-    change = importance_change(importance, champion_importance, at_registration)
-    note = "" if champion is None else recorded.note if recorded is not None else "not read"
-    explain_seconds = time.perf_counter() - started
-
-    started = time.perf_counter()
-    fair_candidate = fairness.assess(spec, rows, y, candidate.score, threshold=candidate.threshold)
-    fair_champion = (
-        None if champion is None else fairness.assess(spec, rows, y, champion.score, threshold=champion.threshold)
-    )
-    compared = fairness.compare(fair_candidate, fair_champion)
-    fairness_seconds = time.perf_counter() - started
-
-    summary = {
-        "importance": change,
-        "importance_note": note,
-        "fairness": compared,
-        "champion_fairness_breaches": champion_fairness_breaches(compared),
-        "explain_seconds": round(explain_seconds, 3),
-        "fairness_seconds": round(fairness_seconds, 3),
-    }
-    artifacts: dict[str, Any] = {
-        IMPORTANCE_ARTIFACT: importance,
-        "explain/partial_dependence_candidate.json": curves,
-        "explain/importance_change.json": change,
-    }
-    figures = {
-        "importance_candidate.png": importance_figure(importance, "Permutation importance: candidate"),
-        "partial_dependence_candidate.png": partial_dependence_figure(spec, curves),
-    }
-    if champion_importance is not None:
-        artifacts["explain/importance_champion.json"] = champion_importance
-        figures["importance_champion.png"] = importance_figure(champion_importance, "Permutation importance: champion")
-    if spec.fairness:
-        artifacts["fairness/candidate.json"] = fair_candidate
-        artifacts["fairness/champion.json"] = fair_champion
-    markdown = report_markdown(summary, spec.primary)
-    return Assessment(summary, artifacts, figures, markdown)
-
-
-def report_markdown(summary: dict[str, Any], metric: str) -> str:
-    """The gate report's sections on importance and fairness groups (from the evaluation's summary)."""
-    from mlops_airflow.core.fairness import groups_markdown
-
-    importance = change_markdown(summary.get("importance") or [], metric, summary.get("importance_note") or "")
-    parts = [importance, groups_markdown(summary.get("fairness") or [])]
-    return "\n".join(p for p in parts if p)

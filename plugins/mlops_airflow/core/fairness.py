@@ -32,14 +32,9 @@ from fairlearn.metrics import (
     true_positive_rate,
 )
 
-from mlops_airflow.core.config import (
-    DIFFERENCE_SUFFIX,
-    GROUP_FAIRNESS_METRICS,
-    FairnessCriterion,
-    ModelSpec,
-    finite_or_none,
-)
 from mlops_airflow.core.evaluation import Target, as_encoded, as_scores, metric_value, predicted_index
+from mlops_airflow.core.metrics import DIFFERENCE_SUFFIX, GROUP_FAIRNESS_METRICS, finite_or_none
+from mlops_airflow.core.spec import FairnessCriterion, ModelSpec
 
 #: Group label of rows whose attribute is null (the same as the gate's slices).
 MISSING = "<missing>"

@@ -3,7 +3,7 @@
 Pure logic, no Airflow and no MLflow. The evaluate task scores the candidate AND the current champion on the
 same fresh evaluation rows; :func:`paired_bootstrap` turns the two score vectors into a confidence interval
 of the difference, :func:`slice_metrics` into per-slice values, and :func:`decide` applies the model's
-:class:`~mlops_airflow.core.config.GateSpec` to all of it. The resulting :class:`GateDecision` (the
+:class:`~mlops_airflow.core.spec.GateSpec` to all of it. The resulting :class:`GateDecision` (the
 "blessing", as TFX calls it) is small and JSON-safe, so it travels through XCom and into MLflow tags.
 
 Fairness limits are judged against the champion on the same rows: the less unfair of two models that both
@@ -24,7 +24,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlops_airflow.core.config import GateSpec, finite_or_none, higher_is_better
+from mlops_airflow.core.metrics import finite_or_none, higher_is_better
+from mlops_airflow.core.spec import GateSpec
 
 if TYPE_CHECKING:
     import numpy as np

@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlops_airflow.core import settings
 from mlops_airflow.core.encoding import dumps
+from mlops_airflow.core.errors import MlopsError
 
 if TYPE_CHECKING:
-    from mlops_airflow.core.config import LandingSpec, ModelSpec
+    from mlops_airflow.core.spec import LandingSpec, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ MANIFEST_NAME = "_MANIFEST.json"
 READER_VERSION = "arrow-1"
 
 
-class DataError(ValueError):
+class DataError(MlopsError, ValueError):
     """Data that cannot be used; the message names the file and what is wrong.
 
     :param rule: the rule the data broke (``readable_table`` unless a more precise one applies).

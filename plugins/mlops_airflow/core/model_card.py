@@ -12,8 +12,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from mlops_airflow.core.config import ModelSpec
 from mlops_airflow.core.gate import fairness_limit
+from mlops_airflow.core.spec import ModelSpec
 
 SECTIONS = (
     "Intended use",

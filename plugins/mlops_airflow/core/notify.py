@@ -37,7 +37,7 @@ from mlops_airflow.core.encoding import clean_text, dumps, html_text, slack_text
 from mlops_airflow.core.gate import breach_text
 
 if TYPE_CHECKING:
-    from mlops_airflow.core.config import NotifySpec
+    from mlops_airflow.core.spec import NotifySpec
 
 MODEL_PAGE_PATH = "mlops/models"  # the plugin app's prefix (mlops_airflow.ui.app.URL_PREFIX) + its page
 

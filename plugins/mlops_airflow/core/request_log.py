@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops_airflow.core.config import ModelSpec
 from mlops_airflow.core.data import as_path
+from mlops_airflow.core.errors import MlopsError, RowsError
+from mlops_airflow.core.spec import ModelSpec
 
 CHAMPION_ROLE = "champion"
 CHALLENGER_ROLE = "challenger"
@@ -45,7 +46,7 @@ DATE_PREFIX = "date="
 OUT_OF_DOMAIN_COLUMN = "out_of_domain"
 
 
-class UnloggableRowsError(ValueError):
+class UnloggableRowsError(MlopsError, ValueError):
     """Rows that cannot be written as Parquet (their data, not the storage, is at fault)."""
 
 
@@ -159,7 +160,7 @@ def live_metrics(spec: ModelSpec, log: pd.DataFrame, labels: pd.DataFrame) -> di
     label = spec.label.name
     missing = [c for c in ("request_id", label) if c not in labels.columns]
     if missing:
-        raise ValueError(f"{spec.name}: labels lack column(s) {missing} (request_id and the label {label!r})")
+        raise RowsError(f"{spec.name}: labels lack column(s) {missing} (request_id and the label {label!r})")
     keyed = labels.assign(row=labels["row"] if "row" in labels.columns else 0)[["request_id", "row", label]]
     keyed = keyed.drop_duplicates(["request_id", "row"], keep="last")
     joined = log.drop(columns=[label], errors="ignore").merge(keyed, on=["request_id", "row"], how="inner")

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops_airflow.core.config import ModelSpec
+from mlops_airflow.core.errors import RowsError
 from mlops_airflow.core.served_model import category_text, proba_column
+from mlops_airflow.core.spec import ModelSpec
 
 
 def model_input(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
@@ -25,7 +26,7 @@ def model_input(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """
     missing = [c for c in spec.model_features if c not in frame.columns]
     if missing:
-        raise ValueError(f"rows lack the model's feature column(s) {missing}")
+        raise RowsError(f"rows lack the model's feature column(s) {missing}")
     x = frame[spec.model_features].copy()
     for feature in spec.features:
         if feature.use == "drop":
@@ -119,7 +120,7 @@ def encode_labels(spec: ModelSpec, y: Any) -> np.ndarray:
     try:
         return Target.of(spec).encode(values)
     except ValueError as err:
-        raise ValueError(f"{spec.name}: label {spec.label.name!r}: {err}") from None
+        raise RowsError(f"{spec.name}: label {spec.label.name!r}: {err}") from None
 
 
 def load_model(model_uri: str) -> Any:

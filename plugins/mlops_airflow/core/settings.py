@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from mlops_airflow.core.errors import MlopsError, SettingError
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -54,7 +56,7 @@ def max_file_bytes() -> int:
     if not value:
         return 2 * 1024**3
     if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{MAX_FILE_BYTES_ENV}={value!r}: expected a whole number of bytes, at least 1")
+        raise SettingError(f"{MAX_FILE_BYTES_ENV}={value!r}: expected a whole number of bytes, at least 1")
     return int(value)
 
 
@@ -93,7 +95,7 @@ _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
-class DataRootError(ValueError):
+class DataRootError(MlopsError, ValueError):
     """A data location outside the landing roots, or one that cannot be checked; the message says which rule."""
 
 

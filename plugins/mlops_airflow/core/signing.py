@@ -1,7 +1,7 @@
 """The key of the gate signatures, and the operator's one-time re-sign command.
 
 Every version the gate blesses is tagged with an HMAC over what makes it servable
-(:func:`mlops_airflow.core.registry.gate_signature`); the champion resolver (:mod:`mlops_airflow.core.champion`)
+(:func:`mlops_airflow.core.trust.gate_signature`); the champion resolver (:mod:`mlops_airflow.core.champion`)
 serves nothing whose signature does not check. Where the key comes from:
 
 1. ``MLOPS_SIGNING_KEY`` (a cluster: set in ``.env``, held by the Airflow workers and the model server only);
@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import TextIO
 
 from mlops_airflow.core import settings
+from mlops_airflow.core.errors import MlopsError
 
 KEY_ENV = "MLOPS_SIGNING_KEY"
 KEY_FILE = "signing_key"
 
 
-class SigningKeyError(RuntimeError):
+class SigningKeyError(MlopsError, RuntimeError):
     """No usable signing key where one is required; the message says where one comes from."""
 
 
@@ -112,7 +113,7 @@ def resign(
     signed by a gate: it is refused. Without ``yes`` nothing is written. Returns the versions (to be) signed.
     """
     from mlops_airflow.core import tracking
-    from mlops_airflow.core.registry import ModelRegistry, UnblessedVersionError
+    from mlops_airflow.core.trust import ModelRegistry, UnblessedVersionError
 
     uri = settings.default_tracking_uri()
     key = signing_key(uri, create=False)

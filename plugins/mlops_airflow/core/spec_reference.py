@@ -1,4 +1,4 @@
-"""The model spec reference (``docs/model-spec.md``), generated from the schema in :mod:`mlops_airflow.core.config`.
+"""The model spec reference (``docs/model-spec.md``), generated from the schema in :mod:`mlops_airflow.core.spec`.
 
 Every key, its type, its default and what it means come from the pydantic models and the ``#:`` comment
 above each field, so the reference cannot drift from what the DAG factory accepts (a unit test compares the
@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from mlops_airflow.core import config
+from mlops_airflow.core import spec
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "include" / "models"
 
@@ -96,7 +96,7 @@ def nested_models(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in nested_models(arg)]
 
 
-def sections(root: type[BaseModel] = config.ModelSpec) -> list[type[BaseModel]]:
+def sections(root: type[BaseModel] = spec.ModelSpec) -> list[type[BaseModel]]:
     """``root`` and every model reachable from its fields, in the order a reader meets them."""
     seen: list[type[BaseModel]] = []
     todo = [root]

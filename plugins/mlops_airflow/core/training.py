@@ -21,12 +21,14 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
 
-from mlops_airflow.core.config import FeatureSpec, ModelSpec, ThresholdOptimize, higher_is_better, module_file
+from mlops_airflow.core.config import module_file
 from mlops_airflow.core.data import DataError, Snapshot
 from mlops_airflow.core.estimators import load_estimator_class
 from mlops_airflow.core.evaluation import Target, compute_metrics, undefined_reasons
+from mlops_airflow.core.metrics import higher_is_better
 from mlops_airflow.core.scoring import encode_labels, model_config, output_scores
 from mlops_airflow.core.served_model import model_output, prepare_features
+from mlops_airflow.core.spec import FeatureSpec, ModelSpec, ModelSpecError, ThresholdOptimize
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +58,18 @@ def load_transformer(factory: str) -> Any:
     unique = f"mlops_include_{module_name.replace('.', '_')}"
     spec = importlib.util.spec_from_file_location(unique, path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"transformer: cannot load {path}")
+        raise ModelSpecError(f"transformer: cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[unique] = module
     spec.loader.exec_module(module)
     made = getattr(module, function, None)
     if not callable(made):
-        raise ValueError(f"transformer: {path} has no function {function!r}")
+        raise ModelSpecError(f"transformer: {path} has no function {function!r}")
     transformer = made()
     if not (hasattr(transformer, "fit") and hasattr(transformer, "transform")):
-        raise ValueError(f"transformer: {factory} returned {type(transformer).__name__}, not an sklearn transformer")
+        raise ModelSpecError(
+            f"transformer: {factory} returned {type(transformer).__name__}, not an sklearn transformer"
+        )
     return transformer
 
 
@@ -98,7 +102,7 @@ def _categorical_encoder(feature: FeatureSpec) -> Any:
 
 
 def preprocessing(spec: ModelSpec) -> ColumnTransformer:
-    """One transformer per feature, as the spec says (see :class:`~mlops_airflow.core.config.FeatureSpec`)."""
+    """One transformer per feature, as the spec says (see :class:`~mlops_airflow.core.spec.FeatureSpec`)."""
     transformers: list[tuple[str, Any, list[str]]] = []
     for f in spec.features:
         if f.use == "drop":
@@ -229,7 +233,7 @@ def _present(counts: np.ndarray, classes: list[Any]) -> dict[str, int]:
 
 
 def selection_split(spec: ModelSpec, train: pd.DataFrame) -> SelectionSplit:
-    """Split the training window by time for candidate selection (see :class:`~mlops_airflow.core.config.
+    """Split the training window by time for candidate selection (see :class:`~mlops_airflow.core.spec.
     WindowSpec`): the newest whole batches are the selection rows, the older ones fit the candidates.
 
     Candidates (and the binary threshold) are chosen on these rows, never on the evaluation set, so that the

@@ -29,9 +29,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mlops_airflow.core.config import ModelSpec
 from mlops_airflow.core.data import BatchFile, Snapshot, read_snapshot_file, row_times
+from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.landing import READER_VERSION
+from mlops_airflow.core.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def label_types(values: list[Any] | None) -> list[str] | None:
     return TEXT_TYPES
 
 
-class DataValidationError(ValueError):
+class DataValidationError(MlopsError, ValueError):
     """The data broke the model's expectations; the message lists file, column, rule and counts."""
 
     def __init__(self, summary: ValidationSummary) -> None:

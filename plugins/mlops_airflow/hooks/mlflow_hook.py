@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
+from mlops_airflow.core.errors import MlopsError
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -18,7 +20,7 @@ CLUSTER = "cluster"
 EMBEDDED_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor"})
 
 
-class MlflowConfigError(RuntimeError):
+class MlflowConfigError(MlopsError, RuntimeError):
     """No MLflow store is configured where a worker-local one would be a silent, separate registry."""
 
 

@@ -12,13 +12,14 @@ from airflow.sdk import SkipMixin
 from airflow.sdk.exceptions import AirflowFailException
 
 from mlops_airflow.core.serving_client import notify_model_server
-from mlops_airflow.operators.base import MlopsBaseOperator
-from mlops_airflow.operators.training import candidate_threads, load_snapshot
+from mlops_airflow.operators.base import MlopsBaseOperator, candidate_threads, load_snapshot
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from mlops_airflow.core.registry import Actor, ModelRegistry
+    from mlops_airflow.core.assessment import BaselineChoice
+    from mlops_airflow.core.registry import Actor
+    from mlops_airflow.core.trust import ModelRegistry
 
 
 class _RegistryMixin:
@@ -28,7 +29,7 @@ class _RegistryMixin:
 
     @property
     def registry(self) -> ModelRegistry:
-        from mlops_airflow.core.registry import ModelRegistry
+        from mlops_airflow.core.trust import ModelRegistry
 
         return ModelRegistry(self.client, self.model_name, signing_key=self.signing_key)
 
@@ -45,8 +46,10 @@ class _RegistryMixin:
 class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
     """Score the candidate and ``models:/<model>@champion`` on the same, newest evaluation rows.
 
-    Both models are loaded as MLflow pyfunc models, as serving loads them. Output: every metric of both,
-    the paired bootstrap of the primary metric's difference, and per-slice primary metrics.
+    Both models are loaded as MLflow pyfunc models, as serving loads them; what is compared and how is
+    :mod:`mlops_airflow.core.assessment` (the baseline, every metric of both, the paired bootstrap of the
+    primary metric's difference, per-slice metrics, importance and fairness). This task records it in the CT
+    run, logs the decision in a few lines and returns the small summary (XCom) the gate reads.
 
     :param snapshot: the ``snapshot`` task's XCom.
     :param candidate: the ``select_candidate`` task's XCom.
@@ -60,110 +63,73 @@ class EvaluateVsChampionOperator(_RegistryMixin, MlopsBaseOperator):
         self.snapshot = snapshot
         self.candidate = candidate
 
-    def _baseline(self, context: Context) -> Any | None:
-        """The champion to compare with, proven blessed (a champion set by hand fails the run, naming it). If
-        this DAG run's own version already is champion (the run is being cleared and re-run after it
-        promoted), compare with the version it was judged against."""
+    def _baseline(self, context: Context) -> tuple[Any | None, BaselineChoice]:
+        """The version to compare with (:func:`~mlops_airflow.core.assessment.choose_baseline`), proven blessed:
+        a champion set by hand fails the run, naming it."""
+        from mlops_airflow.core.assessment import choose_baseline
+
         champion = self.servable(required=False)
-        if champion is None:
-            return None
-        tags = champion.tags
-        if tags.get("airflow.dag_id") == self.dag_id and tags.get("airflow.run_id") == context["run_id"]:
-            earlier = tags.get("mlops.gate.champion_version")
-            return self.servable(version=earlier) if earlier else None
-        return champion
+        version, tags = (None, None) if champion is None else (str(champion.version), champion.tags)
+        choice = choose_baseline(version, tags, self.dag_id, context["run_id"])
+        if choice.version is None:
+            return None, choice
+        return (champion if choice.version == version else self.servable(version=choice.version)), choice
 
     def execute(self, context: Context) -> dict[str, Any]:
         import os
 
         from mlops_airflow.core import tracking
+        from mlops_airflow.core.assessment import COMPARISON_ARTIFACT, Scored, describe, evaluate
         from mlops_airflow.core.data import load_part
-        from mlops_airflow.core.evaluation import Target, compute_metrics
-        from mlops_airflow.core.explain import Scored, assess_versions, recorded_importance
-        from mlops_airflow.core.gate import CHAMPION_BREACH_TAG, breach_text, paired_bootstrap, slice_metrics
-        from mlops_airflow.core.reports import metric_comparison_figure, roc_curve_figure
+        from mlops_airflow.core.errors import MlopsError
+        from mlops_airflow.core.explain import recorded_importance
+        from mlops_airflow.core.gate import CHAMPION_BREACH_TAG
         from mlops_airflow.core.scoring import encode_labels, load_model, model_threshold, predict_rows
 
         spec = self.spec
-        target = Target.of(spec)
         parent = self.parent_run_id(context)
-        evaluation = load_part(load_snapshot(self.snapshot), "eval", self.spec.input_columns)
-        y = encode_labels(spec, evaluation[spec.label.name])
-        candidate_model = load_model(self.candidate["model_uri"])
-        candidate_threshold = model_threshold(candidate_model)
-        _, candidate_score = predict_rows(spec, candidate_model, evaluation)
-        result: dict[str, Any] = {
-            "primary_metric": spec.primary,
-            "rows": len(evaluation),
-            "candidate": compute_metrics(target, y, candidate_score, threshold=candidate_threshold),
-            "candidate_threshold": candidate_threshold,
-            "champion": None,
-            "champion_version": None,
-            "champion_threshold": None,
-            "bootstrap": None,
-            "slices": None,
-        }
-        tracking.log_metrics(self.client, parent, result["candidate"], prefix="candidate_")
+        rows = load_part(load_snapshot(self.snapshot), "eval", spec.input_columns)
+        baseline, choice = self._baseline(context)
 
-        baseline = self._baseline(context)
-        figures = {}
-        champion_scored = None
-        if baseline is not None:
-            version = baseline.version
-            champion_model = load_model(baseline.uri)
-            champion_threshold = model_threshold(champion_model)
-            _, champion_score = predict_rows(spec, champion_model, evaluation)
-            thresholds = (candidate_threshold, champion_threshold)
-            result["champion"] = compute_metrics(target, y, champion_score, threshold=champion_threshold)
-            result["champion_version"] = version
-            result["champion_threshold"] = champion_threshold
-            champion_scored = Scored(champion_model, champion_score, champion_threshold)
-            gate = spec.gate
-            result["bootstrap"] = paired_bootstrap(
-                y,
-                candidate_score,
-                champion_score,
-                spec.primary,
-                target=target,
-                thresholds=thresholds,
-                n_resamples=gate.n_bootstrap,
-                confidence=gate.confidence,
-                workers=candidate_threads() or os.cpu_count() or 1,  # this task's share of the worker's cores
-            ).to_dict()
-            if spec.slices:
-                columns = {c: evaluation[c].to_numpy() for c in spec.slices}
-                result["slices"] = slice_metrics(
-                    spec.primary, y, candidate_score, champion_score, columns, target=target, thresholds=thresholds
-                )
-            tracking.log_metrics(self.client, parent, result["champion"], prefix="champion_")
-            self.client.set_tag(parent, "mlops.champion_version", version)
-            if spec.is_classifier:
-                figures["roc_candidate_vs_champion.png"] = roc_curve_figure(
-                    target, y, {"candidate": candidate_score, f"champion v{version}": champion_score}
-                )
-        figures["metrics_candidate_vs_champion.png"] = metric_comparison_figure(result["candidate"], result["champion"])
-        tracking.log_figures(self.client, parent, figures, "evaluation")
-        # What each version relies on and whom it fails, on the same rows (report and gate input); the
-        # champion's importance is also read as its own CT run recorded it at registration.
+        def scored(uri: str) -> Scored:
+            model = load_model(uri)
+            return Scored(model, predict_rows(spec, model, rows)[1], model_threshold(model))
+
         recorded = None
         if baseline is not None:
             recorded = recorded_importance(self.client, spec, str(baseline.version), baseline.run_id)
-        assessment = assess_versions(
-            spec,
-            evaluation,
-            y,
-            Scored(candidate_model, candidate_score, candidate_threshold),
-            champion_scored,
-            recorded,
-        )
-        result.update(assessment.summary)
-        if assessment.summary["champion_fairness_breaches"]:
-            breach = breach_text(assessment.summary["champion_fairness_breaches"], result["champion_version"])
-            self.client.set_tag(parent, CHAMPION_BREACH_TAG, breach[:5000])
-        for path, data in assessment.artifacts.items():
+        try:
+            done = evaluate(
+                spec,
+                rows,
+                encode_labels(spec, rows[spec.label.name]),
+                scored(self.candidate["model_uri"]),
+                None if baseline is None else scored(baseline.uri),
+                champion_version=choice.version,
+                recorded=recorded,
+                workers=candidate_threads() or os.cpu_count() or 1,  # this task's share of the worker's cores
+            )
+        except MlopsError as err:  # the rows cannot be compared: a retry would not change that
+            raise AirflowFailException(str(err)) from None
+        result = done.result
+        for line in describe(result, choice):
+            self.log.info("%s", line)
+        tracking.log_metrics(self.client, parent, result["candidate"], prefix="candidate_")
+        if done.calibration is not None:  # what a label-free estimate of this model can rest on
+            ece = {"candidate_ece": done.calibration["raw_ece"], "candidate_excess_ece": done.calibration["excess_ece"]}
+            tracking.log_metrics(self.client, parent, ece)
+            tracking.log_json(self.client, parent, done.calibration, "evaluation/calibration.json")
+        if result["champion"] is not None:
+            tracking.log_metrics(self.client, parent, result["champion"], prefix="champion_")
+            self.client.set_tag(parent, "mlops.champion_version", choice.version)
+        if done.champion_breach:
+            self.log.warning("%s", done.champion_breach)
+            self.client.set_tag(parent, CHAMPION_BREACH_TAG, done.champion_breach[:5000])
+        for path, data in done.artifacts.items():
             tracking.log_json(self.client, parent, data, path)
-        tracking.log_figures(self.client, parent, assessment.figures, "explain")
-        tracking.log_json(self.client, parent, result, "evaluation/comparison.json")
+        for folder, figures in done.figures.items():
+            tracking.log_figures(self.client, parent, figures, folder)
+        tracking.log_json(self.client, parent, result, COMPARISON_ARTIFACT)
         return result
 
 
@@ -186,7 +152,7 @@ class GateOperator(MlopsBaseOperator, SkipMixin):
         """A "nothing new" decision when this run's snapshot hash and code (git commit) equal those of the
         champion it was evaluated against: a new version would only duplicate the champion. None otherwise,
         and when a commit is unknown (the same code cannot be proven then)."""
-        from mlops_airflow.core.registry import ModelRegistry
+        from mlops_airflow.core.trust import ModelRegistry
 
         champion_version = self.evaluation.get("champion_version")
         if not champion_version:
@@ -218,7 +184,7 @@ class GateOperator(MlopsBaseOperator, SkipMixin):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import tracking
-        from mlops_airflow.core.explain import report_markdown
+        from mlops_airflow.core.assessment import report_markdown
         from mlops_airflow.core.gate import BootstrapResult, decide
 
         ev = self.evaluation
@@ -330,6 +296,9 @@ class RegisterChallengerOperator(_RegistryMixin, MlopsBaseOperator):
         )
         registry.set_alias(CHALLENGER, str(version.version))
         self.client.set_tag(parent, "mlops.registered_version", str(version.version))
+        self.log.info(
+            "registered %s version %s, signed by the gate, alias %s", self.model_name, version.version, CHALLENGER
+        )
         self.mlflow_url = tracking.model_url(self.model_name, version.version)
         return {
             "version": str(version.version),
@@ -405,6 +374,8 @@ class SmokeTestOperator(MlopsBaseOperator):
             spec.name, str(challenger.version), "mlops.smoke_test", str(result["passed"]).lower()
         )
         self.log.info("smoke test: %s", result)
+        self.log.info("smoke test of %s version %s (alias %s): %s", spec.name, challenger.version, CHALLENGER,
+                      "passed" if result["passed"] else f"failed: {result['problems']}")  # fmt: skip
         if not result["passed"]:
             raise AirflowFailException(f"{spec.name} v{challenger.version} failed its smoke test: {result['problems']}")
         return {
@@ -443,7 +414,7 @@ class PromoteOperator(_RegistryMixin, MlopsBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from mlops_airflow.core import tracking
-        from mlops_airflow.core.registry import UnblessedVersionError
+        from mlops_airflow.core.trust import UnblessedVersionError
 
         parent = self.parent_run_id(context)
         version = str(self.registered["version"])

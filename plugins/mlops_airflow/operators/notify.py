@@ -21,8 +21,8 @@ from airflow.sdk import BaseNotifier, BaseOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from mlops_airflow.core.config import NotifySpec
     from mlops_airflow.core.notify import FlushResult, Notification, Sender
+    from mlops_airflow.core.spec import NotifySpec
 
 log = logging.getLogger(__name__)
 
