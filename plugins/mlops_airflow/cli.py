@@ -41,6 +41,7 @@ import yaml
 
 from mlops_airflow.core.config import MODELS_DIR_ENV, load_model_spec, spec_files
 from mlops_airflow.core.encoding import dumps
+from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.spec import ModelSpec, ModelSpecError
 
 #: A problem line of an "invalid model spec" message: ``  <key>: <rule>``.
@@ -210,7 +211,7 @@ def _cmd_lint(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # ------------------------------------------------------------------------------------------------ status
 
 
-class StatusError(RuntimeError):
+class StatusError(MlopsError, RuntimeError):
     """The status cannot be read (no spec, no store, a bad signing key); the message says which and where."""
 
 

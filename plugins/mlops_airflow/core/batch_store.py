@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.landing import DataError, _local, _mtime, as_path
 
 log = logging.getLogger(__name__)
@@ -296,7 +297,7 @@ def write_pending(dest: Any, digests: Iterable[str]) -> None:
 # ------------------------------------------------------------------------------------------------ retention
 
 
-class RetentionError(RuntimeError):
+class RetentionError(MlopsError, RuntimeError):
     """Retention cannot tell safely what is in use; nothing was removed."""
 
 

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.evaluation import Target, as_encoded, as_scores, weighted_metric
 from mlops_airflow.core.metrics import finite_or_none
 
@@ -77,7 +78,7 @@ NO_REGRESSION = (
 _METHOD = {"beta": "beta map", "none": "raw scores"}
 
 
-class EstimateError(ValueError):
+class EstimateError(MlopsError, ValueError):
     """Input the estimator cannot use (mis-shaped or non-finite scores, labels not of the target)."""
 
 

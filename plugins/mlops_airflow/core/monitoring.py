@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlops_airflow.core.drift import DriftReport, performance_drop, retrain_decision
+from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.metrics import finite_or_none
 from mlops_airflow.core.spec import ModelSpec
 
@@ -26,7 +27,7 @@ LANDING = "landing zone"
 SERVING = "serving log"
 
 
-class MonitorError(ValueError):
+class MonitorError(MlopsError, ValueError):
     """Input the monitor cannot decide on; the message names the model, the input and the rule."""
 
 

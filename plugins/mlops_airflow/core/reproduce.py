@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlops_airflow.core.config import candidate_grid, get_spec, parse_model_spec
+from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.spec import ModelSpec, ModelSpecError
 
 TAG_SPEC_HASH = "mlops.spec_hash"
@@ -128,7 +129,7 @@ def record_training_inputs(
 # ------------------------------------------------------------------------------------------- the report
 
 
-class ReproduceRefused(RuntimeError):
+class ReproduceRefused(MlopsError, RuntimeError):
     """The version cannot be reproduced (no such version, its snapshot or source run is gone, its snapshot's
     bytes changed); the message names what is missing or changed and where, ``reason`` says which in short."""
 

@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from mlops_airflow.core import encoding
+from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.request_log import CHALLENGER_ROLE, CHAMPION_ROLE, OUT_OF_DOMAIN_COLUMN
 from mlops_airflow.core.spec import ModelSpec
 from mlops_airflow.serving.batching import Batcher
@@ -61,7 +62,7 @@ REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 INLINE_BODY_BYTES = 16 * 1024
 
 
-class ApiError(Exception):
+class ApiError(MlopsError):
     def __init__(self, status: int, message: str, code: str = "BAD_REQUEST", **extra: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.extra = status, code, extra

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from mlops_airflow.core.encoding import clean_text
+from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.spec import FeatureSpec, ModelSpec
 
 TRUE_TEXT = {"true", "t", "yes", "y", "1"}
@@ -52,7 +53,7 @@ SHOWN_CATEGORIES = 10
 LONG_NUMBER = 10**SHOWN_CHARS
 
 
-class InputError(ValueError):
+class InputError(MlopsError, ValueError):
     """A request the server refuses; ``status`` is the HTTP status, ``problems`` one entry per broken rule."""
 
     def __init__(self, status: int, message: str, problems: list[dict[str, Any]] | None = None) -> None:

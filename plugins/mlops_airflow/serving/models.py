@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.served_model import proba_column
 from mlops_airflow.core.spec import ModelSpec
 
@@ -166,7 +167,7 @@ def version_info(mv: Any, proof: Any) -> dict[str, Any]:
     }
 
 
-class WarmUpError(RuntimeError):
+class WarmUpError(MlopsError, RuntimeError):
     """A version that loaded but does not answer as the spec says it must."""
 
 
@@ -226,11 +227,11 @@ def remove_stale_copies(root: str | None = None, models: list[str] | None = None
     return removed
 
 
-class RefusedVersionError(RuntimeError):
+class RefusedVersionError(MlopsError, RuntimeError):
     """A version the registry names but that is not proven blessed: it is never downloaded nor loaded."""
 
 
-class AliasMovedError(RuntimeError):
+class AliasMovedError(MlopsError, RuntimeError):
     """The alias moved on while a version was being proven: nothing is decided, the next read goes on."""
 
 

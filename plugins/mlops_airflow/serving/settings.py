@@ -42,10 +42,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from mlops_airflow.core.errors import MlopsError
+
 TOKEN_ENV = "MLOPS_SERVING_TOKEN"
 
 
-class ServingConfigError(RuntimeError):
+class ServingConfigError(MlopsError, RuntimeError):
     """A setting the server cannot start with; the message names the variable."""
 
 
