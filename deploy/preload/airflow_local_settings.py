@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 __all__: list[str] = []
 
@@ -38,6 +39,7 @@ WARM_MODULES = (
 
 
 def _warm() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before OpenMP loads (mlops_airflow/__init__.py)
     for name in WARM_MODULES:
         try:
             importlib.import_module(name)
