@@ -3,7 +3,8 @@
 Airflow imports ``airflow_local_settings`` once at start-up in each of its processes that can find it. The
 LocalExecutor forks its workers from the scheduler and each task process from a worker, so a module imported
 here is already in every task process instead of being imported again by each of them (MLflow, pandas,
-pyarrow, scikit-learn, skops: about 1.5 CPU-seconds per task process; a CT run has a dozen). Only the
+pyarrow, scikit-learn, skops, Great Expectations: 1.5 to 4 CPU-seconds per task process; a CT run has a
+dozen). Only the
 scheduler gets this folder: the api-server, the dag-processor and the triggerer do not pay for the imports,
 and DAG parsing stays as cheap as without it.
 
@@ -31,6 +32,7 @@ WARM_MODULES = (
     "mlflow",
     "mlflow.pyfunc",
     "mlflow.tracking",
+    "great_expectations",
     "mlops_airflow.core.data",
     "mlops_airflow.core.training",
     "mlops_airflow.core.evaluation",
@@ -40,6 +42,8 @@ WARM_MODULES = (
 
 def _warm() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before OpenMP loads (mlops_airflow/__init__.py)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)  # ~200 lines on import
     for name in WARM_MODULES:
         try:
             importlib.import_module(name)
