@@ -134,3 +134,38 @@ def test_served_rows_without_an_answer_are_left_out_of_the_estimate() -> None:
     calibration = Calibration("binary", True, "ok")  # the raw scores taken as probabilities
     (found,) = monitoring.estimate_batches(SPEC, calibration, [(monitoring.SERVING, "date=x", scores, None)], 0.5)
     assert found.estimate.rows == 30 and found.estimate.value is not None
+
+
+def with_retrain(**section) -> object:
+    from mlops_airflow.core.spec import ModelSpec
+
+    data = SPEC.model_dump(mode="json", exclude_unset=True)
+    data["retrain"] = section
+    return ModelSpec.model_validate(data)
+
+
+def test_a_retrain_section_that_turns_drift_off_is_obeyed_by_the_monitor() -> None:
+    spec = with_retrain(on_drift=False)
+    decision = monitoring.decide(spec, report(6), None, NO_LIVE, None, NOW, [])
+    assert not decision.request and "drift" in decision.reason
+    # the same drift without the section asks for a retrain
+    assert monitoring.decide(SPEC, report(6), None, NO_LIVE, None, NOW).request
+
+
+def test_the_weekly_cap_counts_the_models_recent_ct_runs() -> None:
+    spec = with_retrain(max_runs_per_week=2)
+    runs = [NOW - dt.timedelta(days=1), NOW - dt.timedelta(days=3)]
+    capped = monitoring.decide(spec, report(6), None, NO_LIVE, None, NOW, runs)
+    assert not capped.request and capped.in_cooldown
+    assert "2 runs this week = max 2" in capped.reason and capped.figures["runs_last_7_days"] == 2
+    older = [NOW - dt.timedelta(days=9)]
+    assert monitoring.decide(spec, report(6), None, NO_LIVE, None, NOW, older).request
+
+
+def test_a_retrain_section_with_an_observed_drop_threshold() -> None:
+    spec = with_retrain(max_observed_drop=0.2)
+    dropped = monitoring.LiveMetric("roc_auc", 0.7, 0.85, True, 0.15, 500, "fell")
+    assert not monitoring.decide(spec, report(0), None, dropped, None, NOW, []).request  # 0.15 <= 0.2
+    worse = monitoring.LiveMetric("roc_auc", 0.6, 0.85, True, 0.25, 500, "fell")
+    decision = monitoring.decide(spec, report(0), None, worse, None, NOW, [])
+    assert decision.request and "observed roc_auc drop 0.250 > 0.2" in decision.reason

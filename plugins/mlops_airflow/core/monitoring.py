@@ -158,10 +158,16 @@ def decide(
     live: LiveMetric,
     last_request_at: dt.datetime | None,
     now: dt.datetime,
+    ct_runs: list[dt.datetime] | None = None,
 ) -> MonitorDecision:
-    """The retrain decision from the drift reports and the live metric (cooldown as ``spec.drift``)."""
+    """The retrain decision from the drift reports and the live metric.
+
+    Without a ``retrain:`` section in the spec: drift or an observed drop of ``drift.max_metric_drop`` asks
+    for a retrain, one request per ``drift.cooldown_hours``. With one, the spec's policy decides
+    (:func:`~mlops_airflow.core.retrain_policy.decide`: its triggers, minimum interval and weekly cap, counted
+    over ``ct_runs``, the start times of the model's recent CT runs, and the last request).
+    """
     choice = choose_drift_source(landing, serving)
-    decision = retrain_decision(choice.report, live.dropped, last_request_at, now, spec.drift, perf_delta=live.delta)
     figures = {
         "drift_source": choice.source,
         "drift_share": round(choice.report.drift_share, 4),
@@ -169,7 +175,39 @@ def decide(
         f"live_{live.metric}": None if live.value is None else round(live.value, 4),
         "last_request": last_request_at.isoformat() if last_request_at else None,
     }
+    if "retrain" in spec.model_fields_set:
+        return _policy_decision(spec, choice, live, last_request_at, now, ct_runs or [], figures)
+    decision = retrain_decision(choice.report, live.dropped, last_request_at, now, spec.drift, perf_delta=live.delta)
     return MonitorDecision(decision.request, decision.reason, decision.in_cooldown, choice, live, figures)
+
+
+def _policy_decision(
+    spec: ModelSpec,
+    choice: DriftChoice,
+    live: LiveMetric,
+    last_request_at: dt.datetime | None,
+    now: dt.datetime,
+    ct_runs: list[dt.datetime],
+    figures: dict[str, Any],
+) -> MonitorDecision:
+    from mlops_airflow.core import retrain_policy
+
+    report = choice.report
+    signals = retrain_policy.Signals(
+        drift_share=report.drift_share,
+        drift_threshold=spec.drift.drift_share,
+        drift_retrain=report.should_retrain,
+        drifted_features=tuple(report.drifted_features),
+        observed_drop=live.delta,
+        metric=spec.primary,
+    )
+    history = [retrain_policy.CTRun(at, "ct") for at in ct_runs]
+    if last_request_at is not None:
+        history.append(retrain_policy.CTRun(last_request_at, "triggered"))
+    decision = retrain_policy.decide(retrain_policy.RetrainPolicy.from_spec(spec), history, signals, now)
+    held = not decision.retrain and "skipped:" in decision.reason
+    figures = {**figures, **{k: v for k, v in decision.figures.items() if k in ("policy", "runs_last_7_days")}}
+    return MonitorDecision(decision.retrain, decision.reason, held, choice, live, figures)
 
 
 @dataclass(frozen=True)

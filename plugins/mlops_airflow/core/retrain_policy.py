@@ -159,6 +159,8 @@ def _triggers(policy: RetrainPolicy, s: Signals) -> tuple[list[tuple[str, str]],
             asks.append((DRIFT, f"drift {s.drift_share:.2f} >={threshold}{on}"))
         else:
             quiet.append(f"drift {s.drift_share:.2f} <{threshold}")
+    elif s.drift_share is not None:
+        quiet.append(f"drift {s.drift_share:.2f} not a trigger (on_drift: false)")
     if policy.max_estimated_drop is not None:
         if s.estimated_drop is None:
             quiet.append("no estimate")

@@ -3,6 +3,7 @@ retrain request)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +52,6 @@ class PredictOperator(MlopsBaseOperator):
         return prediction_lineage(tracking_uri, self.model_name, version, batches, written)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        import datetime as dt
 
         import pandas as pd
 
@@ -137,7 +137,6 @@ class MonitorOperator(MlopsBaseOperator):
             raise AirflowFailException(str(err)) from None
 
     def _monitor(self, context: Context) -> dict[str, Any]:
-        import datetime as dt
 
         import numpy as np
         import pandas as pd
@@ -179,7 +178,8 @@ class MonitorOperator(MlopsBaseOperator):
         registered = self.client.get_registered_model(spec.name)
         last = monitoring.parse_request_time((registered.tags or {}).get(LAST_REQUEST_TAG), spec.name, LAST_REQUEST_TAG)
         now = dt.datetime.now(dt.UTC)
-        decision = monitoring.decide(spec, report, serving_report, live, last, now)
+        ct_runs = self._recent_ct_runs(spec.name, now) if "retrain" in spec.model_fields_set else None
+        decision = monitoring.decide(spec, report, serving_report, live, last, now, ct_runs)
 
         # Label-free estimate of each recent batch, calibrated on the rows the gate scored the champion on.
         try:
@@ -292,6 +292,21 @@ class MonitorOperator(MlopsBaseOperator):
         reason = estimates[-1].estimate.reason if estimates else calibration.reason
         self.client.set_tag(run_id, "mlops.estimate_reason", reason[:5000])
 
+    def _recent_ct_runs(self, model: str, now: dt.datetime) -> list[dt.datetime]:
+        """Start times of the model's CT runs of the last 7 days (the retrain policy's interval and weekly cap)."""
+        from mlops_airflow.core.tracking import TAG_KIND
+
+        found = self.client.get_experiment_by_name(model)
+        if found is None:
+            return []
+        since = int((now - dt.timedelta(days=7)).timestamp() * 1000)
+        runs = self.client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{TAG_KIND}` = 'ct' and attributes.start_time >= {since}",
+            max_results=500,
+        )
+        return [dt.datetime.fromtimestamp(r.info.start_time / 1000, dt.UTC) for r in runs]
+
     def _serving_drift(self, reference: Any) -> tuple[Any, list[str], Any]:
         """Drift of the rows the model server answered with ``champion`` in the newest ``drift.window_batches``
         days of its request log (``<storage>/<model>/serving/date=...``), with those rows; ``(None, [], None)``
@@ -330,7 +345,6 @@ class RequestRetrainOperator(MlopsBaseOperator):
         self.decision = decision
 
     def execute(self, context: Context) -> dict[str, Any]:
-        import datetime as dt
 
         if not self.decision.get("request"):
             raise AirflowSkipException(f"no retrain requested: {self.decision.get('reason')}")
