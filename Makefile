@@ -19,8 +19,8 @@ export GX_ANALYTICS_ENABLED ?= false
 # no usage reports from MLflow's client (it would post each logged model, run and search to a remote host)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
-# OpenMP threads sleep when idle instead of spinning (plugins/mlops_airflow/__init__.py says why)
-export OMP_WAIT_POLICY ?= PASSIVE
+# OpenMP threads spin briefly, then sleep (plugins/mlops_airflow/__init__.py says why)
+export GOMP_SPINCOUNT ?= 10000
 MLFLOW_STORE := sqlite:///$(MLOPS_HOME)/mlflow/mlflow.db
 DEMO_DATA := $(MLOPS_HOME)/data/landing/credit_default
 SCORING_DATA := $(MLOPS_HOME)/data/scoring/credit_default

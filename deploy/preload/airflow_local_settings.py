@@ -41,7 +41,7 @@ WARM_MODULES = (
 
 
 def _warm() -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before OpenMP loads (mlops_airflow/__init__.py)
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # before OpenMP loads (mlops_airflow/__init__.py)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.getLogger("great_expectations._docs_decorators").setLevel(logging.WARNING)  # ~200 lines on import
     for name in WARM_MODULES:

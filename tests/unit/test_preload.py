@@ -43,12 +43,12 @@ def test_every_warm_module_imports(local_settings_on_path):
     assert not any(name.startswith("airflow") for name in warm.WARM_MODULES)
 
 
-def test_openmp_threads_sleep_when_idle_unless_the_environment_says_otherwise(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+def test_openmp_threads_spin_briefly_unless_the_environment_says_otherwise(monkeypatch):
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     importlib.reload(importlib.import_module("mlops_airflow"))
     import os
 
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # a deployment's own choice is kept
+    assert os.environ["GOMP_SPINCOUNT"] == "10000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")  # a deployment's own choice is kept
     importlib.reload(importlib.import_module("mlops_airflow"))
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["GOMP_SPINCOUNT"] == "300000"
