@@ -48,6 +48,16 @@ def test_monitor_logs_the_estimate_then_estimated_vs_realised(run_dag, demo_batc
     run_id = second.xcom("monitor")["mlflow_run_id"]
     assert metric_history(mlflow_client, run_id, "realised_roc_auc") == [pytest.approx(later["realised"])]
     assert metric_history(mlflow_client, run_id, "estimate_error_roc_auc") == [pytest.approx(later["error"])]
+    # the model page reads the same figures from the newest monitor run
+    from mlops_airflow.core.ledger import last_monitor_run
+    from mlops_airflow.ui.app import _estimate
+
+    summary = last_monitor_run(mlflow_client, mlflow_client.get_run(run_id).info.experiment_id, "roc_auc")
+    assert summary is not None and summary.mlflow_run_id == run_id
+    assert summary.estimated_metric == pytest.approx(later["value"])
+    assert summary.realised_metric == pytest.approx(later["realised"])
+    shown = _estimate("roc_auc", summary)
+    assert f"{later['value']:.4f}" in shown and f"realised {later['realised']:.4f}" in shown
     local = mlflow_client.download_artifacts(run_id, "estimate/batches.json")
     with open(local, encoding="utf-8") as fh:
         logged = json.load(fh)

@@ -107,6 +107,13 @@ class MonitorSummary:
     retrain_requested: bool
     retrain_reason: str | None
     plots: list[str] = field(default_factory=list)
+    #: The label-free estimate of the primary metric on the newest batch, its interval, the realised metric
+    #: once that batch's labels arrived, and why (or why no estimate was made).
+    estimated_metric: float | None = None
+    estimated_low: float | None = None
+    estimated_high: float | None = None
+    realised_metric: float | None = None
+    estimate_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -389,6 +396,11 @@ def last_monitor_run(client: Any, experiment_id: str, primary_metric: str) -> Mo
         retrain_requested=tags.get("mlops.retrain_requested") == "true",
         retrain_reason=tags.get("mlops.retrain_reason"),
         plots=image_artifacts(client, run.info.run_id, DRIFT_PLOTS),
+        estimated_metric=metrics.get(f"estimated_{primary_metric}"),
+        estimated_low=metrics.get(f"estimated_low_{primary_metric}"),
+        estimated_high=metrics.get(f"estimated_high_{primary_metric}"),
+        realised_metric=metrics.get(f"realised_{primary_metric}"),
+        estimate_reason=tags.get("mlops.estimate_reason"),
     )
 
 

@@ -483,6 +483,23 @@ def _last_ct(st: Any, report: str | None) -> str:
     return "".join(parts)
 
 
+def _estimate(metric: str, mon: Any) -> str:
+    """The newest batch's label-free estimate of the primary metric (and the realised one once labels came)."""
+    if mon.estimated_metric is None:
+        why = mon.estimate_reason or "the monitor made no estimate"
+        return f"<p id='estimate'>no label-free estimate: {e(why)}</p>"
+    interval = ""
+    if mon.estimated_low is not None and mon.estimated_high is not None:
+        interval = f" (95% interval {mon.estimated_low:.4f} to {mon.estimated_high:.4f})"
+    realised = "labels not arrived yet"
+    if mon.realised_metric is not None:
+        realised = f"realised {mon.realised_metric:.4f} once its labels arrived"
+    return (
+        f"<p id='estimate'>estimated {e(metric)} on the newest batch, before its labels: "
+        f"<b>{mon.estimated_metric:.4f}</b>{e(interval)}; {e(realised)}</p>"
+    )
+
+
 def _drift_section(spec: Any, st: Any) -> str:
     mon, exp = st.last_monitor, st.experiment_id
     parts = [f"<h2>Drift</h2><div id='drift'><p>{_drift(mon)}</p>"]
@@ -494,6 +511,7 @@ def _drift_section(spec: Any, st: Any) -> str:
         )
         if mon.retrain_reason:
             parts.append(f"<p>{e(mon.retrain_reason)}</p>")
+        parts.append(_estimate(spec.primary, mon))
         for path in mon.plots:
             src = f"{quote(spec.name)}/image?run={quote(mon.mlflow_run_id)}&amp;path={quote(path)}"
             parts.append(f"<img alt='{e(path)}' src='{src}'>")
