@@ -28,7 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
 DAG_FILE = 'from mlops_airflow import model_dags\n\nglobals().update(model_dags("include/models"))\n'
 HEAVY = ("pandas", "sklearn", "mlflow", "great_expectations", "scipy", "matplotlib", "fairlearn")
-MODEL_DAGS = {"ct_credit_default", "monitor_credit_default", "predict_credit_default", "rollback_credit_default"}
+MODEL_DAGS = {
+    "ct_credit_default",
+    "monitor_credit_default",
+    "predict_credit_default",
+    "rollback_credit_default",
+    "replay_credit_default",
+}
 
 
 def locked_version(package: str) -> str:

@@ -36,7 +36,9 @@ def served(mlops_home: Path) -> tuple[Any, Any]:
     train = pd.concat([demo_data.generate_batch(d, n_rows=200, seed=d) for d in range(2)], ignore_index=True)
     pipeline = fit_final(spec, {"max_iter": 20}, train)
     mlflow.set_tracking_uri(f"sqlite:///{mlops_home / 'mlflow' / 'mlflow.db'}")
-    with mlflow.start_run():
+    # an experiment of this store: the fluent API keeps the active experiment id of an earlier test's store
+    experiment = mlflow.set_experiment("batching")
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
         uri = log_spec_model(spec, pipeline, train, 0.5)
     return spec, mlflow.pyfunc.load_model(uri)
 

@@ -13,7 +13,7 @@ from conftest import DAGS_FOLDER
 HEAVY = ("pandas", "sklearn", "mlflow", "great_expectations", "scipy", "matplotlib", "fairlearn")
 #: Tasks that never retry on purpose: a retry cannot change their answer (the gate's decision, a rollback a
 #: person asked for, a bad spec's stand-in, the notification outbox that tries again on its next run).
-NO_RETRY = {"gate", "rollback", "invalid_spec", "deliver"}
+NO_RETRY = {"gate", "rollback", "invalid_spec", "deliver", "replay"}
 
 
 def test_no_import_errors(dagbag):
