@@ -13,53 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import free_port, wait_for
+from e2e_support import DagRunResult, free_port, wait_for
 
 from mlops_airflow.core import demo_data
-
-
-class DagRunResult:
-    """A finished DAG run: its state, each task instance's state, and what tasks pushed to XCom."""
-
-    def __init__(self, dag_run: Any) -> None:
-        from airflow.models.taskinstance import TaskInstance
-        from airflow.utils.session import create_session
-
-        self.run_id = dag_run.run_id
-        self.state = str(dag_run.state)
-        self.tasks: dict[str, str] = {}
-        with create_session() as session:
-            tis = (
-                session.query(TaskInstance)
-                .filter(TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)
-                .all()
-            )
-            for ti in tis:
-                key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"
-                self.tasks[key] = str(ti.state)
-        self.dag_id = dag_run.dag_id
-        self.run_after: dt.datetime | None = None
-
-    def state_of(self, task_id: str) -> str:
-        return self.tasks[task_id]
-
-    def xcom(self, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
-        from airflow.models.xcom import XComModel
-        from airflow.utils.session import create_session
-
-        with create_session() as session:
-            row = (
-                session.query(XComModel)
-                .filter(
-                    XComModel.dag_id == self.dag_id,
-                    XComModel.run_id == self.run_id,
-                    XComModel.task_id == task_id,
-                    XComModel.key == key,
-                    XComModel.map_index == map_index,
-                )
-                .one_or_none()
-            )
-            return None if row is None else XComModel.deserialize_value(row)
 
 
 @pytest.fixture

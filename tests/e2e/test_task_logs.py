@@ -10,6 +10,8 @@ scored with which version.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -27,13 +29,23 @@ TASK_LOG = re.compile(
 )
 
 
-def task_logs(capfd: pytest.CaptureFixture[str]) -> dict[str, str]:
-    """Each task's log since the last call, by task id (``train[0]`` for a mapped one)."""
-    captured = capfd.readouterr()
-    text = captured.out + captured.err
-    return {
-        m["task"] if m["index"] == "-1" else f"{m['task']}[{m['index']}]": m["log"] for m in TASK_LOG.finditer(text)
-    }
+def logs_of(output: str) -> dict[str, str]:
+    """Each task's log in a DAG run's console output, by task id (``train[0]`` for a mapped one)."""
+    found = TASK_LOG.finditer(output)
+    return {m["task"] if m["index"] == "-1" else f"{m['task']}[{m['index']}]": m["log"] for m in found}
+
+
+def run_logged(dag_id: str) -> tuple[Any, dict[str, str]]:
+    """Run ``dag_id`` with ``dag.test()`` in a fresh interpreter (this test's Airflow home and MLflow store) and
+    read its console: what an earlier test did to this process's logging cannot hide a task's lines."""
+    from airflow.models.dagrun import DagRun
+    from e2e_support import DagRunResult
+
+    code = "import sys\nfrom mlops_airflow.dag_factory import build_dags\nbuild_dags()[sys.argv[1]].test()\n"
+    done = subprocess.run([sys.executable, "-c", code, dag_id], capture_output=True, text=True, timeout=1200)
+    runs = sorted(DagRun.find(dag_id=dag_id), key=lambda r: r.start_date)
+    assert runs, f"{dag_id} did not run:\n{done.stderr[-3000:]}"
+    return DagRunResult(runs[-1]), logs_of(done.stdout + done.stderr)
 
 
 def line_with(logs: dict[str, str], task: str, *needles: str) -> str:
@@ -45,13 +57,11 @@ def line_with(logs: dict[str, str], task: str, *needles: str) -> str:
 
 
 def test_every_task_log_states_what_it_decided_with_its_figures(
-    run_dag: Any, demo_batches: Any, mlops_home: Any, capfd: pytest.CaptureFixture[str]
+    airflow_db: Any, demo_batches: Any, mlops_home: Any
 ) -> None:
     demo_batches(range(15))
-    task_logs(capfd)
-    ct = run_dag(f"ct_{MODEL}")
+    ct, logs = run_logged(f"ct_{MODEL}")
     assert ct.state == "success", ct.tasks
-    logs = task_logs(capfd)
     assert set(logs) == set(ct.tasks), "every task instance of the run has its log section"
 
     snap = ct.xcom("snapshot")
@@ -110,9 +120,8 @@ def test_every_task_log_states_what_it_decided_with_its_figures(
 
     # monitor_: drift of a new day against the champion's reference, and whether it asks for a retrain
     demo_batches(range(15, 16))
-    monitored = run_dag(f"monitor_{MODEL}")
+    monitored, logs = run_logged(f"monitor_{MODEL}")
     assert monitored.state_of("monitor") == "success", monitored.tasks
-    logs = task_logs(capfd)
     drift = monitored.xcom("monitor")
     verdict = "request a retrain" if drift["request"] else "no retrain request"
     line_with(logs, "monitor", f"decided {verdict} because {drift['reason']}")
@@ -123,8 +132,7 @@ def test_every_task_log_states_what_it_decided_with_its_figures(
 
     # predict_: what was scored, with which version
     demo_data.write_batches(mlops_home / "data" / "scoring" / MODEL, range(15, 16))
-    scored = run_dag(f"predict_{MODEL}")
+    scored, logs = run_logged(f"predict_{MODEL}")
     assert scored.state_of("predict") == "success", scored.tasks
-    logs = task_logs(capfd)
     out = scored.xcom("predict")
     line_with(logs, "predict", f"scored {out['written']} batch(es) with {MODEL} v{version}")
