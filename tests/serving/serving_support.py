@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,15 @@ TOKEN = "test-serving-token-0123456789"
 SIGNING_KEY = "test-signing-key-only-airflow-holds"
 FEATURES = ["age", "income", "debt_ratio", "credit_lines", "late_payments", "utilization", "employment_type",
             "region", "home_ownership"]  # fmt: skip
+
+
+def wait_until(what: str, done: Callable[[], Any], seconds: float = 180) -> None:
+    """Poll ``done`` until it is true; fail naming ``what`` after ``seconds`` (a bound on waiting, not an
+    assertion on speed)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
 
 
 def rows(n: int, day: int = 20, shift: float = 0.0) -> list[dict[str, Any]]:

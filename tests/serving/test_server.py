@@ -6,25 +6,16 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from typing import Any
 
 import pandas as pd
 import pytest
 import requests
-from serving_support import FEATURES, MODEL, REPO, TOKEN, rows
+from serving_support import FEATURES, MODEL, REPO, TOKEN, rows, wait_until
 
 from mlops_airflow.core import request_log
 from mlops_airflow.core.serving_client import notify_model_server
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_until(what: str, done: Any, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds  # a bound on waiting, not an assertion on speed
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_predict_answers_and_refuses_bad_input_and_missing_tokens(registrar, model_server) -> None:

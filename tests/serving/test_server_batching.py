@@ -12,25 +12,16 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 import requests
-from serving_support import FEATURES, MODEL, SIGNING_KEY, TOKEN, ct_version, log_flaky_model, rows
+from serving_support import FEATURES, MODEL, SIGNING_KEY, TOKEN, ct_version, log_flaky_model, rows, wait_until
 
 from mlops_airflow.core.serving_client import notify_model_server
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_until(what: str, done: Any, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds  # a bound on waiting, not an assertion on speed
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def copies(tmp: Path, version: str | None = None) -> list[str]:

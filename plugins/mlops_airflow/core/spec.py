@@ -46,7 +46,7 @@ class _Strict(BaseModel):
 
 
 class LandingSpec(_Strict):
-    """How a producer marks a landed batch whole (README "Landing protocol"); both zones of a model use it.
+    """How a producer marks a landed batch whole (docs/operations.md, "Landing protocol"); both zones of a model use it.
 
     ``none``: a visible file is whole (the producer writes under a dot-name and renames); ``success_marker``:
     a batch is whole once ``_SUCCESS`` is at least as new as the batch; ``manifest``: a batch is whole once
