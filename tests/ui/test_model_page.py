@@ -181,8 +181,18 @@ def test_a_person_logs_in_and_reads_champion_ledger_and_verdict(api_server, ops_
         expect(run_links).to_have_count(6)  # the champion's move, three moves in the ledger, last CT, monitor
         expect(run_links).to_have_text([re.compile(r"^manual run, \d{4}-\d\d-\d\d \d\d:\d\d UTC$")] * 6)
 
-        # the ledger first, then the trend, the last CT run (history now) and drift
-        expect(page.locator("h2")).to_have_text(["Promotion ledger", "Metric trend", "Last CT run (history)", "Drift"])
+        # the ledger first, then the trend, the last CT run (history now), drift, the estimate against the realised
+        # metric and the replay reports
+        expect(page.locator("h2")).to_have_text(
+            [
+                "Promotion ledger",
+                "Metric trend",
+                "Last CT run (history)",
+                "Drift",
+                "Estimated vs realised",
+                "Replay reports",
+            ]
+        )
         ledger = page.locator("#ledger tr")
         expect(ledger).to_have_count(4)  # header + three moves, newest first
         expect(ledger.nth(1).locator("td")).to_have_text(
@@ -228,6 +238,11 @@ def test_a_person_logs_in_and_reads_champion_ledger_and_verdict(api_server, ops_
             drift_plots.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
             for i in range(drift_plots.count())
         )
+        # the monitor run's batches, each estimated before its labels; no replay was run
+        expect(page.locator("#estimate-trend")).to_be_visible()
+        assert page.locator("#estimate-trend .batch .estimated").count() >= 1
+        expect(page.locator("#estimate-error")).to_contain_text("from the newest 1 monitor run(s)")
+        expect(page.locator("#replays")).to_contain_text(f"no replay report yet: the manual DAG replay_{MODEL}")
         shots.append(tmp_path / "model-page.png")
         page.screenshot(path=str(shots[-1]), full_page=True)
 

@@ -1,15 +1,26 @@
-"""How the model page words times, runs, versions and reasons, and draws the metric trend (pure functions)."""
+"""How the model page words times, runs, versions and reasons and draws the metric trend (pure functions); and
+its estimate-vs-realised plot and replay reports, built from a real local MLflow store holding runs logged as
+the monitor task and the replay log them."""
 
 from __future__ import annotations
 
 import datetime as dt
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
 from xml.etree import ElementTree
 
+import numpy as np
+import pandas as pd
+
+from mlops_airflow.core.encoding import html_text
 from mlops_airflow.core.ledger import TrendPoint, gate_interval
 from mlops_airflow.ui.text import reason, run_label, version, when
 from mlops_airflow.ui.trend import trend_svg
 
 NOW = dt.datetime(2026, 12, 7, 7, 10, 30, tzinfo=dt.UTC)
+NS = {"s": "http://www.w3.org/2000/svg"}
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_times_read_as_utc_minutes_with_their_age() -> None:
@@ -64,3 +75,172 @@ def test_the_trend_draws_each_version_its_interval_and_rings_the_champion() -> N
     assert titles[1] == "v2: roc_auc 0.77; gate interval 0.76 to 0.78 against v1"
     assert titles[2] == "v3: roc_auc not measured"
     assert trend_svg([TrendPoint("1", None, None, None, None)], None, "roc_auc") == ""
+
+
+# ---------------------------------------------------------------- estimated vs realised, replay reports
+
+MODEL = "credit_default"
+MONITOR_DAG = f"monitor_{MODEL}"
+
+
+def _scored(seed: int, n: int = 300) -> tuple[pd.Series, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    p = rng.random(n)
+    return pd.Series((rng.random(n) < p).astype("int64")), p
+
+
+def _monitor_run(client, exp: str, started: dt.datetime, batches: list[tuple[str, str, int, bool]]) -> list:
+    """One monitor MLflow run, its batch estimates made by :mod:`mlops_airflow.core.monitoring` and logged by the
+    monitor task's own ``_log_estimates`` (``batches``: source, batch name, score seed, labels arrived)."""
+    from mlops_airflow.core import monitoring, tracking
+    from mlops_airflow.core.config import get_spec
+    from mlops_airflow.core.estimate import Calibration
+    from mlops_airflow.operators.monitoring import MonitorOperator
+
+    spec = get_spec(MODEL)
+    calibration = Calibration("binary", True, "calibrated on the champion's evaluation rows")
+    parts = []
+    for source, name, seed, labelled in batches:
+        labels, scores = _scored(seed)
+        parts.append((source, name, scores, labels if labelled else None))
+    estimates = monitoring.estimate_batches(spec, calibration, parts, 0.5)
+    run_id = f"scheduled__{started.isoformat()}"
+    tags = {tracking.TAG_DAG_ID: MONITOR_DAG, tracking.TAG_RUN_ID: run_id, tracking.TAG_KIND: "monitor"}
+    run = client.create_run(exp, start_time=int(started.timestamp() * 1000), tags=tags)
+    # the task's method reads only its client and spec: called on them, it logs exactly as a monitor run does
+    task = SimpleNamespace(client=client, spec=spec)
+    MonitorOperator._log_estimates(task, run.info.run_id, calibration, estimates)  # type: ignore[arg-type]
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return estimates
+
+
+def _page(name: str = MODEL, models_dir: Path | None = None) -> str:
+    """The model page's HTML as the route builds it, read from the test's MLflow store."""
+    from mlops_airflow.core.config import get_spec
+    from mlops_airflow.ui import app
+
+    spec = get_spec(name, models_dir) if models_dir else get_spec(name)
+    st = app._status(spec)
+    return app.render_model(
+        spec,
+        st,
+        None,
+        None,
+        None,
+        None,
+        estimates=app._estimate_history_of(spec, st),
+        replays=app._replay_reports_of(spec),
+    )
+
+
+def _svg(page: str, svg_id: str) -> ElementTree.Element:
+    start = page.index(f"<svg id='{svg_id}'")
+    return ElementTree.fromstring(page[start : page.index("</svg>", start) + len("</svg>")])
+
+
+def test_estimates_are_plotted_once_per_batch_from_the_newest_run_beside_the_realised_metric(mlops_home) -> None:
+    from mlops_airflow.core import monitoring, settings, tracking
+
+    client = tracking.client_for(settings.default_tracking_uri())
+    exp = tracking.experiment_id(client, MODEL)
+    land, serve = monitoring.LANDING, monitoring.SERVING
+    odd = "batch_2026-01-05 <b>'x'.csv"  # a landed file's name is whatever was landed
+    day = dt.datetime(2026, 1, 2, 2, tzinfo=dt.UTC)
+    older = _monitor_run(
+        client,
+        exp,
+        day,
+        [(land, "batch_2026-01-01.csv", 1, True), (land, "batch_2026-01-02.csv", 2, False),
+         (land, "batch_2026-01-03.csv", 3, False)],
+    )  # fmt: skip
+    second = _monitor_run(
+        client,
+        exp,
+        day + dt.timedelta(days=1),
+        [(land, "batch_2026-01-02.csv", 12, True), (land, "batch_2026-01-03.csv", 13, False),
+         (land, "batch_2026-01-04.csv", 14, False), (serve, "date=2026-01-04", 15, False)],
+    )  # fmt: skip
+    newest = _monitor_run(
+        client,
+        exp,
+        day + dt.timedelta(days=2),
+        [(land, "batch_2026-01-03.csv", 23, True), (land, "batch_2026-01-04.csv", 24, False), (land, odd, 25, False)],
+    )
+    # logged last but started first (an older run, a retried task): the start time orders runs
+    _monitor_run(client, exp, day - dt.timedelta(days=1), [(land, "batch_2026-01-01.csv", 91, False)])
+    # each batch as the newest run that saw it logged it: its labels may have arrived since the older run
+    shown = [older[0], second[0], newest[0], newest[1], second[3], newest[2]]
+
+    page = _page()
+    svg = _svg(page, "estimate-trend")
+    columns = svg.findall("s:g[@class='batch']", NS)
+    assert [g.get("data-batch") for g in columns] == [b.batch for b in shown]
+    assert [g.get("data-source") for g in columns] == [b.source for b in shown]
+    assert [g.get("data-estimated") for g in columns] == [f"{b.estimate.value:.4g}" for b in shown]
+    assert [g.get("data-low") for g in columns] == [f"{b.estimate.low:.4g}" for b in shown]
+    realised = [g.get("data-realised") for g in columns]
+    assert realised == [f"{b.estimate.realised:.4g}" for b in shown[:3]] + ["", "", ""]
+    assert [len(g.findall("s:rect[@class='realised']", NS)) for g in columns] == [1, 1, 1, 0, 0, 0]
+    assert len(svg.findall("s:polygon[@class='band']", NS)) == 1  # every batch has an interval: one band
+    assert "<b>'x'" not in page and "batch_2026-01-05 &lt;b&gt;&#x27;x&#x27;.csv" in page
+    error = statistics.median(abs(b.estimate.error) for b in shown[:3])
+    assert (
+        f"median |estimated &minus; realised| roc_auc <b>{error:.4f}</b> over the 3 batch(es) whose labels arrived"
+    ) in page
+    assert "6 batch(es) from the newest 4 monitor run(s), 6 of them estimated" in page
+
+
+def test_no_estimate_plot_without_a_monitor_run_nor_for_a_regression_model(mlops_home) -> None:
+    from mlops_airflow.core.estimate import NO_REGRESSION
+
+    page = _page()
+    assert "id='estimate-trend'" not in page
+    assert "nothing to plot: no monitor run yet" in page
+    assert "no replay report yet: the manual DAG replay_credit_default" in page
+    regression = _page("diabetes_progression", REPO / "tests" / "e2e" / "models")
+    assert "id='estimate-trend'" not in regression and f"nothing to plot: {html_text(NO_REGRESSION)}" in regression
+
+
+def _replay_result(means: dict[str, float | None]) -> dict:
+    """A replay's report as :func:`mlops_airflow.core.replay.replay` returns it, for ``means`` by policy."""
+    from mlops_airflow.core.replay import ISOLATION
+
+    def policy(mean: float | None) -> dict:
+        days = [{"day": 0, "date": "2026-02-01", "value": mean, "version": 1, "model": "m1", "decision": "keep",
+                 "trigger": None, "ct": "", "failed_batches_in_model": []}]  # fmt: skip
+        counts = ("days_below_gate_threshold", "ct_runs", "ct_runs_schedule", "ct_runs_triggered", "models_trained")
+        return {
+            "label": "a policy", "mode": "gated", "policy": "nightly", "mean": mean, "worst": mean,
+            **dict.fromkeys(counts, 0), "rejected_by_validation": 0, "gate_rejections": 0, "promotions": 0,
+            "compute_seconds": 1.0, "corrupt_batches_served": [], "quarantined": [], "days": days,
+        }  # fmt: skip
+
+    return {
+        "model": MODEL, "from": "2026-02-01", "to": "2026-02-14", "history": "landing", "warmup_batches": 14,
+        "days": 14, "label_delay_days": 2, "metric": "roc_auc", "gate_threshold": None, "gate_threshold_value": None,
+        "isolation": ISOLATION, "policies": {name: policy(mean) for name, mean in means.items()},
+    }  # fmt: skip
+
+
+def test_replay_reports_name_their_days_policies_winner_and_link_their_mlflow_run(mlops_home, tmp_path) -> None:
+    from mlops_airflow.core import settings, tracking
+    from mlops_airflow.core.replay import ISOLATION, log_report, write_report
+
+    client = tracking.client_for(settings.default_tracking_uri())
+    tags = {tracking.TAG_DAG_ID: f"replay_{MODEL}", tracking.TAG_RUN_ID: "manual__2026-02-20T10:00:00+00:00",
+            tracking.TAG_KIND: "replay"}  # fmt: skip
+    result = _replay_result({"never": 0.7012, "nightly": 0.7391, "weekly": float("nan"), "triggers": None})
+    run_id = log_report(client, result, write_report(result, tmp_path / "report"), tags)
+    exp = client.get_experiment_by_name(f"{MODEL}/replay").experiment_id
+
+    page = _page()
+    row = page[page.index("<tr class='replay'") :]
+    row = row[: row.index("</tr>")]
+    assert f"data-run='{run_id}'" in row and "2026-02-01 to 2026-02-14" in row
+    assert "never 0.7012, nightly 0.7391, weekly n/a, triggers n/a" in row
+    assert "<b>nightly</b> (0.7391)" in row
+    link = f"href='{settings.mlflow_ui_url()}/#/experiments/{exp}/runs/{run_id}'"
+    assert link in row and ">replay report</a>" in row
+    assert f"dags/replay_{MODEL}/runs/manual__2026-02-20T10%3A00%3A00%2B00%3A00" in row
+    assert f"A replay never touched the live registry: {html_text(ISOLATION)}" in page
+    assert "nan" not in row.lower().replace("manual", "")

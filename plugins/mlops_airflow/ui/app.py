@@ -26,7 +26,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from mlops_airflow.core.encoding import html_text
-from mlops_airflow.ui.text import reason, run_label, version, when
+from mlops_airflow.ui.text import figure, reason, run_label, version, when
 
 URL_PREFIX = "/mlops"
 NAV_ROUTE = "mlops-models"
@@ -490,13 +490,80 @@ def _estimate(metric: str, mon: Any) -> str:
         return f"<p id='estimate'>no label-free estimate: {e(why)}</p>"
     interval = ""
     if mon.estimated_low is not None and mon.estimated_high is not None:
-        interval = f" (95% interval {mon.estimated_low:.4f} to {mon.estimated_high:.4f})"
+        interval = f" (95% interval {figure(mon.estimated_low)} to {figure(mon.estimated_high)})"
     realised = "labels not arrived yet"
     if mon.realised_metric is not None:
-        realised = f"realised {mon.realised_metric:.4f} once its labels arrived"
+        realised = f"realised {figure(mon.realised_metric)} once its labels arrived"
     return (
         f"<p id='estimate'>estimated {e(metric)} on the newest batch, before its labels: "
-        f"<b>{mon.estimated_metric:.4f}</b>{e(interval)}; {e(realised)}</p>"
+        f"<b>{figure(mon.estimated_metric)}</b>{e(interval)}; {e(realised)}</p>"
+    )
+
+
+def _estimate_history(spec: Any, history: Any) -> str:
+    """The estimate against the realised metric, batch by batch over the newest monitor runs, with the
+    estimate's own error; or, plainly, why there is nothing to plot."""
+    from mlops_airflow.ui.trend import estimate_svg
+
+    head = "<h2>Estimated vs realised</h2>"
+    metric = e(spec.primary)
+    svg = "" if history.why else estimate_svg(history.points, spec.primary)
+    if not svg:
+        why = history.why or "the monitor runs logged no batch estimate"
+        return f"{head}<p class='muted' id='estimate-history'>nothing to plot: {e(why)}</p>"
+    labelled = history.compared
+    if labelled:
+        error = (
+            f"Error of the estimate: median |estimated &minus; realised| {metric} <b>{figure(history.median_error)}"
+            f"</b> over the {labelled} batch(es) whose labels arrived."
+        )
+    elif any(p.realised is not None for p in history.points):
+        error = "Error of the estimate: not known, no batch whose labels arrived was estimated."
+    else:
+        error = "Error of the estimate: not known yet, no batch's labels have arrived."
+    estimated = sum(p.value is not None for p in history.points)
+    summary = (
+        f"<p id='estimate-error'>{error} {len(history.points)} batch(es) from the newest {history.runs} monitor "
+        f"run(s), {estimated} of them estimated; a batch several runs saw is shown as the newest run logged it.</p>"
+    )
+    legend = (
+        f"<p class='legend'>Blue dot: the label-free estimate of {metric} on each batch, before its labels; band: "
+        "its interval. Orange square: the realised metric once the batch's labels arrived. Hover a column for "
+        "the batch and the reason.</p>"
+    )
+    return f"{head}<div id='estimate-history'>{svg}{summary}{legend}</div>"
+
+
+def _replays(spec: Any, reports: list[Any]) -> str:
+    """The newest replay reports of the model: days replayed, policies compared, the best by mean deployed
+    metric, a link to each report's MLflow run; and that a replay never touched the live registry."""
+    from mlops_airflow.core.replay import EXPERIMENT_SUFFIX, ISOLATION
+
+    head = "<h2>Replay reports</h2>"
+    if not reports:
+        return (
+            f"{head}<p class='muted' id='replays'>no replay report yet: the manual DAG replay_{e(spec.name)} "
+            f"replays retrain policies over the model's landed history and logs its report here.</p>"
+        )
+    metric = spec.primary
+    rows = []
+    for r in reports:
+        means = ", ".join(f"{e(name)} {figure(value)}" for name, value in r.means.items()) or "n/a"
+        best = r.winner(metric)
+        winner = "n/a" if best is None else f"<b>{e(best)}</b> ({figure(r.means[best])})"
+        state = "" if r.status == "FINISHED" else f" <span class='tag'>{e(r.status.lower())}</span>"
+        run = _airflow_run(r.dag_id, r.run_id, 2)
+        rows.append(
+            f"<tr class='replay' data-run='{e(r.mlflow_run_id)}'><td>{e(when(r.started_at))}{state}"
+            f"{'<br>' + run if run else ''}</td><td>{e(r.first_day)} to {e(r.last_day)}</td><td>{means}</td>"
+            f"<td>{winner}</td><td>{_mlflow_run(r.experiment_id, r.mlflow_run_id, 'replay report')}</td></tr>"
+        )
+    return (
+        f"{head}<div id='replays'><table id='replay-reports'><tr><th>when (UTC)</th><th>days replayed</th>"
+        f"<th>policies (mean deployed {e(metric)})</th><th>best policy</th><th>MLflow</th></tr>{''.join(rows)}"
+        f"</table><p class='legend' id='replay-isolation'>A replay never touched the live registry: "
+        f"{e(ISOLATION)}. Its reports are logged to the experiment {e(spec.name + EXPERIMENT_SUFFIX)}, not the "
+        "model's own.</p></div>"
     )
 
 
@@ -529,10 +596,15 @@ def render_model(
     fairness_breach: str | None = None,
     *,
     trend: list[Any] | None = None,
+    estimates: Any = None,
+    replays: list[Any] | None = None,
 ) -> str:
     """The model's page: the champion, the promotion ledger, what served when, the metric trend, the last CT
-    run (its gate report folded), drift. ``fairness_breach``: the fairness limits the champion breaks
-    (:func:`_fairness_breach`); ``trend``: :func:`mlops_airflow.core.ledger.metric_trend`'s points."""
+    run (its gate report folded), drift, the estimate against the realised metric, the replay reports.
+    ``fairness_breach``: the fairness limits the champion breaks (:func:`_fairness_breach`); ``trend``:
+    :func:`mlops_airflow.core.ledger.metric_trend`'s points; ``estimates``:
+    :func:`mlops_airflow.ui.history.estimate_history`; ``replays``: :func:`mlops_airflow.ui.history.replay_reports`
+    (a section given None is left out)."""
     parts = [f"<p><a href='./'>&larr; all models</a></p><h1>{e(spec.name)}</h1>"]
     if spec.description:
         parts.append(f"<p class='muted'>{e(spec.description)}</p>")
@@ -543,6 +615,10 @@ def render_model(
     parts.append(_trend(spec, st, trend))
     parts.append(_last_ct(st, report))
     parts.append(_drift_section(spec, st))
+    if estimates is not None:
+        parts.append(_estimate_history(spec, estimates))
+    if replays is not None:
+        parts.append(_replays(spec, replays))
     return "".join(parts)
 
 
@@ -633,12 +709,41 @@ async def model_page(name: str, user: UserDep, at: str | None = None) -> HTMLRes
     breach = await asyncio.to_thread(_fairness_breach, st)
     stuck = await asyncio.to_thread(stuck_notifications, spec.name)
     trend = await asyncio.to_thread(_trend_points, spec)
-    page = render_model(spec, st, report, at if moment else None, served, error, breach, trend=trend)
+    estimates = await asyncio.to_thread(_estimate_history_of, spec, st)
+    replays = await asyncio.to_thread(_replay_reports_of, spec)
+    page = render_model(
+        spec,
+        st,
+        report,
+        at if moment else None,
+        served,
+        error,
+        breach,
+        trend=trend,
+        estimates=estimates,
+        replays=replays,
+    )
     return _page(f"{name}: model", stuck + page)
 
 
 #: Comparisons already read for the metric trend, by MLflow run id (written once by a CT run, never changed).
 _COMPARISONS: dict[str, dict[str, Any]] = {}
+
+
+#: Finished monitor runs' batch estimates already read, by MLflow run id (never changed once the run finished).
+_ESTIMATES: dict[str, list[dict[str, Any]]] = {}
+
+
+def _estimate_history_of(spec: Any, st: Any) -> Any:
+    from mlops_airflow.ui.history import estimate_history
+
+    return estimate_history(_client(), st.experiment_id, spec.primary, classifier=spec.is_classifier, cache=_ESTIMATES)
+
+
+def _replay_reports_of(spec: Any) -> list[Any]:
+    from mlops_airflow.ui.history import replay_reports
+
+    return replay_reports(_client(), spec.name)
 
 
 def _trend_points(spec: Any) -> list[Any]:

@@ -7,6 +7,7 @@ Pure functions over strings: no Airflow, no MLflow.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 
 #: Run id prefixes Airflow gives DAG runs (``<type>__<logical date or run after>``), as a person says them.
@@ -80,3 +81,10 @@ def reason(text: str | None) -> str:
     if _GATE_REASON.match(text):
         return "blessed by the gate"
     return _ACTOR_SUFFIX.sub("", text)
+
+
+def figure(value: float | None, digits: int = 4) -> str:
+    """A metric as the page prints it: ``0.8123``; ``n/a`` when it is missing, NaN or infinite."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f}"

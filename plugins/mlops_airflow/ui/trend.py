@@ -1,6 +1,7 @@
-"""The metric trend of the model page: an inline SVG drawn on the server (no script, no network, no plotting
-library in the api-server), one column per version: the primary metric its CT run measured, the gate's
-interval for it, and the champion ringed."""
+"""The plots of the model page, inline SVGs drawn on the server (no script, no network, no plotting library in
+the api-server): the metric trend, one column per version (the primary metric its CT run measured, the gate's
+interval for it, the champion ringed), and the label-free estimate against the realised metric, one column per
+batch."""
 
 from __future__ import annotations
 
@@ -109,4 +110,122 @@ def _column(point: Any, cx: float, y: Any, axis: float, champion: str | None, me
         f"<text x='{cx:.1f}' y='{axis + 18:.1f}' font-size='12' text-anchor='middle'{weight} fill='#1d2733'>"
         f"{html_text(label)}</text></g>"
     )
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------ estimated vs realised
+
+
+def _estimate_bounds(points: Sequence[Any]) -> tuple[float, float] | None:
+    values = [v for p in points for v in (p.value, p.low, p.high, p.realised) if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.12 or abs(high) * 0.01 or 0.01
+    return low - pad, high + pad
+
+
+def _estimate_title(point: Any, metric: str) -> str:
+    where = f"{point.source} {point.batch}".strip()
+    if point.value is None:
+        text = f"{where}: no estimate ({point.reason})" if point.reason else f"{where}: no estimate"
+    else:
+        text = f"{where}: estimated {metric} {_fmt(point.value)}"
+        if point.low is not None and point.high is not None:
+            text += f" (interval {_fmt(point.low)} to {_fmt(point.high)})"
+    if point.realised is not None:
+        text += f"; realised {_fmt(point.realised)} on {point.labelled} labelled row(s)"
+    else:
+        text += "; labels not arrived"
+    return text
+
+
+def _segments(points: Sequence[Any]) -> list[list[int]]:
+    """Runs of consecutive indexes whose points have an interval."""
+    out: list[list[int]] = []
+    for i, p in enumerate(points):
+        if p.low is None or p.high is None:
+            continue
+        if out and out[-1][-1] == i - 1:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
+
+
+def estimate_svg(points: Sequence[Any], metric: str) -> str:
+    """The SVG of :func:`mlops_airflow.ui.history.estimate_history`'s points, one column per batch: the estimate
+    (blue dots and line) inside its interval (the band), the realised metric (orange squares) where labels
+    arrived; empty when no point has a value."""
+    bounds = _estimate_bounds(points)
+    if bounds is None:
+        return ""
+    low, high = bounds
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    step = plot_w / len(points)
+
+    def x(i: int) -> float:
+        return LEFT + step * (i + 0.5)
+
+    def y(value: float) -> float:
+        return TOP + plot_h * (high - value) / (high - low)
+
+    parts = [
+        f"<svg id='estimate-trend' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' "
+        f"viewBox='0 0 {WIDTH} {HEIGHT}' role='img' aria-label='estimated and realised {html_text(metric)} per "
+        "batch'>",
+        f"<line x1='{LEFT}' y1='{TOP}' x2='{LEFT}' y2='{TOP + plot_h}' stroke='#98a2b3'/>",
+        f"<line x1='{LEFT}' y1='{TOP + plot_h}' x2='{WIDTH - RIGHT}' y2='{TOP + plot_h}' stroke='#98a2b3'/>",
+        f"<text x='{LEFT}' y='14' font-size='12' fill='#344054'>{html_text(metric)}: "
+        "<tspan fill='#0b63c5'>estimated</tspan> (band: interval), <tspan fill='#c4320a'>realised</tspan></text>",
+    ]
+    for tick in _ticks(low, high):
+        ty = y(tick)
+        parts.append(
+            f"<line x1='{LEFT - 4}' y1='{ty:.1f}' x2='{WIDTH - RIGHT}' y2='{ty:.1f}' stroke='#eaecf0'/>"
+            f"<text x='{LEFT - 8}' y='{ty + 4:.1f}' font-size='11' text-anchor='end' fill='#667085'>{_fmt(tick)}</text>"
+        )
+    half = min(step * 0.3, 8.0)
+    for segment in _segments(points):
+        first, last = segment[0], segment[-1]
+        upper = [(x(i), y(points[i].high)) for i in segment]
+        lower = [(x(i), y(points[i].low)) for i in reversed(segment)]
+        if first == last:  # one batch alone: a short band around its column
+            upper = [(x(first) - half, upper[0][1]), (x(first) + half, upper[0][1])]
+            lower = [(x(first) + half, lower[0][1]), (x(first) - half, lower[0][1])]
+        outline = " ".join(f"{px:.1f},{py:.1f}" for px, py in upper + lower)
+        parts.append(f"<polygon class='band' points='{outline}' fill='#0b63c5' fill-opacity='0.15' stroke='none'/>")
+    for attr, colour in (("value", "#84adea"), ("realised", "#f4a37d")):
+        line = " ".join(
+            f"{x(i):.1f},{y(getattr(p, attr)):.1f}" for i, p in enumerate(points) if getattr(p, attr) is not None
+        )
+        if line:
+            parts.append(f"<polyline points='{line}' fill='none' stroke='{colour}' stroke-width='1.5'/>")
+    every = max(1, math.ceil(len(points) / 8))  # about eight date labels
+    for i, point in enumerate(points):
+        parts.append(_batch_column(point, x(i), y, TOP + plot_h, metric, i % every == 0))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _batch_column(point: Any, cx: float, y: Any, axis: float, metric: str, labelled: bool) -> str:
+    def data(value: float | None) -> str:
+        return "" if value is None else _fmt(value)
+
+    out = [
+        f"<g class='batch' data-batch='{html_text(point.batch)}' data-source='{html_text(point.source)}' "
+        f"data-estimated='{data(point.value)}' data-low='{data(point.low)}' data-high='{data(point.high)}' "
+        f"data-realised='{data(point.realised)}'><title>{html_text(_estimate_title(point, metric))}</title>"
+    ]
+    if point.value is not None:
+        out.append(f"<circle class='estimated' cx='{cx:.1f}' cy='{y(point.value):.1f}' r='4' fill='#0b63c5'/>")
+    if point.realised is not None:
+        ry = y(point.realised)
+        out.append(f"<rect class='realised' x='{cx - 4:.1f}' y='{ry - 4:.1f}' width='8' height='8' fill='#c4320a'/>")
+    if labelled:
+        out.append(
+            f"<text x='{cx:.1f}' y='{axis + 16:.1f}' font-size='11' text-anchor='middle' fill='#1d2733'>"
+            f"{point.date:%m-%d}</text>"
+        )
+    out.append("</g>")
     return "".join(out)
