@@ -12,7 +12,7 @@ import pytest
 from mlops_airflow.core import monitoring
 from mlops_airflow.core.config import get_spec
 from mlops_airflow.core.drift import DriftReport, FeatureDrift
-from mlops_airflow.core.estimate import Calibration
+from mlops_airflow.core.estimate import Calibration, Estimate
 
 SPEC = get_spec("credit_default")
 REGRESSION = get_spec("diabetes_progression", Path(__file__).parents[1] / "e2e" / "models")
@@ -72,7 +72,8 @@ def test_decide_requests_on_drift_and_explains_itself() -> None:
     assert decision.figures["drift_source"] == monitoring.SERVING and decision.figures["drifted"] == 6
     first, *rest = decision.log_lines()
     assert first.startswith("decided request a retrain because retrain requested: feature drift")
-    assert "drift_share=0.6667" in first and len(rest) == 2
+    assert "drift_share=0.6667" in first and len(rest) == 3
+    assert rest[-1] == "decided estimated drop None because no estimate: no landed batch was estimated"
 
 
 def test_decide_holds_back_within_the_cooldown_and_on_no_drift() -> None:
@@ -136,10 +137,11 @@ def test_served_rows_without_an_answer_are_left_out_of_the_estimate() -> None:
     assert found.estimate.rows == 30 and found.estimate.value is not None
 
 
-def with_retrain(**section) -> object:
+def with_retrain(*, base: object = SPEC, **section) -> object:
     from mlops_airflow.core.spec import ModelSpec
 
-    data = SPEC.model_dump(mode="json", exclude_unset=True)
+    assert isinstance(base, ModelSpec)
+    data = base.model_dump(mode="json", exclude_unset=True)
     data["retrain"] = section
     return ModelSpec.model_validate(data)
 
@@ -169,3 +171,69 @@ def test_a_retrain_section_with_an_observed_drop_threshold() -> None:
     worse = monitoring.LiveMetric("roc_auc", 0.6, 0.85, True, 0.25, 500, "fell")
     decision = monitoring.decide(spec, report(0), None, worse, None, NOW, [])
     assert decision.request and "observed roc_auc drop 0.250 > 0.2" in decision.reason
+
+
+def landed(batch: str, value: float | None, source: str = monitoring.LANDING) -> monitoring.BatchEstimate:
+    reason = "estimated from 1000 rows' calibrated probabilities" if value is not None else "no estimate: no rows"
+    return monitoring.BatchEstimate(source, batch, Estimate("roc_auc", value, reason, 1000))
+
+
+UNLABELLED = monitoring.LiveMetric("roc_auc", None, 0.85, None, None, 0, "no labelled row among the recent batches")
+
+
+def test_a_large_estimated_drop_requests_a_retrain_before_any_label_arrives() -> None:
+    spec = with_retrain(on_drift=False, max_estimated_drop=0.02)
+    # The newest landed batch counts; an older one and a day of the request log do not.
+    estimates = [landed("day-14.csv", 0.86), landed("day-15.csv", 0.70), landed("date=x", 0.9, monitoring.SERVING)]
+    decision = monitoring.decide(spec, report(0), None, UNLABELLED, None, NOW, [], estimates)
+    assert decision.request and decision.reason == "estimated roc_auc drop 0.150 > 0.02"
+    assert decision.estimated.batch == "day-15.csv" and decision.estimated.drop == pytest.approx(0.15)
+    assert decision.figures["estimated_drop"] == 0.15 and decision.figures["estimated_roc_auc"] == 0.7
+    first, *_, last = decision.log_lines()
+    assert first.startswith("decided request a retrain because estimated roc_auc drop 0.150 > 0.02: ")
+    assert "estimated_drop=0.15" in first
+    assert last == (
+        "decided estimated drop 0.15000000000000002 because estimated roc_auc 0.7000 on day-15.csv vs 0.8500 at "
+        "promotion (drop 0.1500)"
+    )
+
+
+def test_an_estimated_drop_within_the_limit_or_without_the_trigger_requests_nothing() -> None:
+    estimates = [landed("day-15.csv", 0.84)]
+    spec = with_retrain(on_drift=False, max_estimated_drop=0.02)
+    within = monitoring.decide(spec, report(0), None, UNLABELLED, None, NOW, [], estimates)
+    assert not within.request and "estimated roc_auc drop 0.010 <= 0.02" in within.reason
+    untriggered = with_retrain(on_drift=False)
+    assert not monitoring.decide(untriggered, report(0), None, UNLABELLED, None, NOW, [], [landed("b", 0.5)]).request
+
+
+def test_the_drop_is_oriented_so_that_worse_is_positive() -> None:
+    assert monitoring.oriented_drop("roc_auc", 0.85, 0.70) == pytest.approx(0.15)
+    assert monitoring.oriented_drop("rmse", 50.0, 56.0) == pytest.approx(6.0)  # a rise of an error is a drop
+    assert monitoring.oriented_drop("rmse", 50.0, 44.0) == pytest.approx(-6.0)
+
+
+def test_a_regression_spec_has_no_estimated_drop_and_says_so() -> None:
+    spec = with_retrain(base=REGRESSION, on_drift=False, max_estimated_drop=0.02)
+    calibration = monitoring.champion_calibration(REGRESSION, np.arange(300.0), np.arange(300.0))
+    estimates = monitoring.estimate_batches(
+        REGRESSION, calibration, [(monitoring.LANDING, "b.csv", np.ones(3), None)], 0.5
+    )
+    live = monitoring.LiveMetric("rmse", None, 50.0, None, None, 0, "no labelled row among the recent batches")
+    decision = monitoring.decide(spec, report(0), None, live, None, NOW, [], estimates)
+    assert not decision.request and decision.estimated.drop is None
+    assert "no estimate for a regression model" in decision.reason
+    assert decision.figures["estimated_drop"] is None
+
+
+def test_no_estimated_drop_from_a_poor_calibration_or_without_a_reference_metric() -> None:
+    spec = with_retrain(on_drift=False, max_estimated_drop=0.02)
+    _, scores = scored()
+    refused = monitoring.unusable_calibration(spec, "the model's probabilities are poorly calibrated")
+    estimates = monitoring.estimate_batches(spec, refused, [(monitoring.LANDING, "b.csv", scores, None)], 0.5)
+    poor = monitoring.decide(spec, report(0), None, UNLABELLED, None, NOW, [], estimates)
+    assert not poor.request and "no estimate: the model's probabilities are poorly calibrated" in poor.reason
+    unrecorded = monitoring.LiveMetric("roc_auc", None, None, None, None, 0, "no labelled row among the recent batches")
+    blind = monitoring.decide(spec, report(0), None, unrecorded, None, NOW, [], [landed("b.csv", 0.5)])
+    assert not blind.request and "recorded no candidate_roc_auc" in blind.reason
+    assert blind.figures["estimated_roc_auc"] == 0.5 and blind.figures["estimated_drop"] is None

@@ -89,6 +89,9 @@ def test_observed_and_estimated_drop_triggers() -> None:
     quiet = decide(policy, [], Signals(observed_drop=0.01, metric="roc_auc"), NOW)
     assert not quiet.retrain
     assert "no estimate" in quiet.reason and "observed roc_auc drop 0.010 <= 0.05" in quiet.reason
+    why = "no estimate: the model's probabilities are poorly calibrated"
+    explained = decide(policy, [], Signals(estimate_reason=why, metric="roc_auc"), NOW)
+    assert not explained.retrain and explained.reason.startswith(f"no retrain: {why}; no labelled rows")
 
 
 def test_min_interval_skips_with_hours() -> None:

@@ -1,5 +1,5 @@
-"""The decisions of ``monitor_<model>``: which drift report counts, the live metric, the retrain request and
-the label-free estimate of each recent batch.
+"""The decisions of ``monitor_<model>``: which drift report counts, the live metric, the label-free estimate
+of each recent batch and the champion's estimated drop, and the retrain request.
 
 Pure logic, no Airflow and no MLflow: plain inputs (drift reports, label columns, score arrays, the spec) in,
 small frozen dataclasses out, each with its reason and the figures behind it. The operator reads the data,
@@ -10,12 +10,13 @@ tag that is not a time) raises :class:`MonitorError` naming what to fix.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mlops_airflow.core.drift import DriftReport, performance_drop, retrain_decision
 from mlops_airflow.core.errors import MlopsError
-from mlops_airflow.core.metrics import finite_or_none
+from mlops_airflow.core.metrics import finite_or_none, higher_is_better
 from mlops_airflow.core.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -29,6 +30,12 @@ SERVING = "serving log"
 
 class MonitorError(MlopsError, ValueError):
     """Input the monitor cannot decide on; the message names the model, the input and the rule."""
+
+
+def oriented_drop(metric: str, reference: float, value: float) -> float:
+    """How far ``value`` of ``metric`` is worse than ``reference``: positive = worse whatever the metric's
+    direction (a fall of ROC AUC, a rise of RMSE), as :func:`~mlops_airflow.core.drift.performance_drop`."""
+    return reference - value if higher_is_better(metric) else value - reference
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,7 @@ class MonitorDecision:
     in_cooldown: bool
     drift: DriftChoice
     live: LiveMetric
+    estimated: EstimatedDrop
     figures: dict[str, Any] = field(default_factory=dict)
 
     def log_lines(self) -> list[str]:
@@ -136,6 +144,7 @@ class MonitorDecision:
             f"decided {verdict} because {self.reason}: {figures}",
             f"decided drift source {self.drift.source} because {self.drift.reason}",
             f"decided live metric {self.live.value} because {self.live.reason}",
+            f"decided estimated drop {self.estimated.drop} because {self.estimated.reason}",
         ]
 
 
@@ -159,32 +168,39 @@ def decide(
     last_request_at: dt.datetime | None,
     now: dt.datetime,
     ct_runs: list[dt.datetime] | None = None,
+    estimates: Sequence[BatchEstimate] = (),
 ) -> MonitorDecision:
-    """The retrain decision from the drift reports and the live metric.
+    """The retrain decision from the drift reports, the live metric and the recent batches' estimates.
 
     Without a ``retrain:`` section in the spec: drift or an observed drop of ``drift.max_metric_drop`` asks
     for a retrain, one request per ``drift.cooldown_hours``. With one, the spec's policy decides
     (:func:`~mlops_airflow.core.retrain_policy.decide`: its triggers, minimum interval and weekly cap, counted
-    over ``ct_runs``, the start times of the model's recent CT runs, and the last request).
+    over ``ct_runs``, the start times of the model's recent CT runs, and the last request); its
+    ``max_estimated_drop`` reads the :func:`estimated_drop` of the newest landed batch in ``estimates``
+    against the champion's metric at promotion (``live.reference``).
     """
     choice = choose_drift_source(landing, serving)
+    estimated = estimated_drop(spec, estimates, live.reference)
     figures = {
         "drift_source": choice.source,
         "drift_share": round(choice.report.drift_share, 4),
         "drifted": len(choice.report.drifted_features),
         f"live_{live.metric}": None if live.value is None else round(live.value, 4),
+        f"estimated_{estimated.metric}": None if estimated.value is None else round(estimated.value, 4),
+        "estimated_drop": None if estimated.drop is None else round(estimated.drop, 4),
         "last_request": last_request_at.isoformat() if last_request_at else None,
     }
     if "retrain" in spec.model_fields_set:
-        return _policy_decision(spec, choice, live, last_request_at, now, ct_runs or [], figures)
+        return _policy_decision(spec, choice, live, estimated, last_request_at, now, ct_runs or [], figures)
     decision = retrain_decision(choice.report, live.dropped, last_request_at, now, spec.drift, perf_delta=live.delta)
-    return MonitorDecision(decision.request, decision.reason, decision.in_cooldown, choice, live, figures)
+    return MonitorDecision(decision.request, decision.reason, decision.in_cooldown, choice, live, estimated, figures)
 
 
 def _policy_decision(
     spec: ModelSpec,
     choice: DriftChoice,
     live: LiveMetric,
+    estimated: EstimatedDrop,
     last_request_at: dt.datetime | None,
     now: dt.datetime,
     ct_runs: list[dt.datetime],
@@ -198,6 +214,8 @@ def _policy_decision(
         drift_threshold=spec.drift.drift_share,
         drift_retrain=report.should_retrain,
         drifted_features=tuple(report.drifted_features),
+        estimated_drop=estimated.drop,
+        estimate_reason=None if estimated.drop is not None else estimated.reason,
         observed_drop=live.delta,
         metric=spec.primary,
     )
@@ -207,7 +225,7 @@ def _policy_decision(
     decision = retrain_policy.decide(retrain_policy.RetrainPolicy.from_spec(spec), history, signals, now)
     held = not decision.retrain and "skipped:" in decision.reason
     figures = {**figures, **{k: v for k, v in decision.figures.items() if k in ("policy", "runs_last_7_days")}}
-    return MonitorDecision(decision.retrain, decision.reason, held, choice, live, figures)
+    return MonitorDecision(decision.retrain, decision.reason, held, choice, live, estimated, figures)
 
 
 @dataclass(frozen=True)
@@ -287,3 +305,47 @@ def unusable_calibration(spec: ModelSpec, why: str) -> Calibration:
     if not spec.is_classifier:
         return Calibration(spec.kind, False, NO_REGRESSION)
     return Calibration(spec.kind, False, f"no estimate: {why}")
+
+
+@dataclass(frozen=True)
+class EstimatedDrop:
+    """The champion's estimated drop on the newest landed batch: the label-free estimate of its primary metric
+    against its metric at promotion, oriented (:func:`oriented_drop`: positive = worse).
+
+    ``drop`` is ``None`` without a usable estimate or reference; ``reason`` then says why (it starts with
+    ``no estimate``), else it gives the figures.
+    """
+
+    metric: str
+    batch: str | None
+    value: float | None
+    reference: float | None
+    drop: float | None
+    reason: str
+
+
+def estimated_drop(spec: ModelSpec, estimates: Sequence[BatchEstimate], reference: float | None) -> EstimatedDrop:
+    """The estimated drop of the newest landed batch among ``estimates`` (in landing order; request log days
+    do not count) against ``reference``, the champion's ``candidate_<primary>`` at promotion."""
+    metric = spec.primary
+    newest = next((e for e in reversed(estimates) if e.source == LANDING), None)
+    if newest is None:
+        return EstimatedDrop(metric, None, None, reference, None, "no estimate: no landed batch was estimated")
+    found = newest.estimate
+    value = finite_or_none(found.value)
+    if value is None:
+        why = found.reason if found.reason.startswith("no estimate") else f"no estimate: {found.reason}"
+        return EstimatedDrop(metric, newest.batch, None, reference, None, why)
+    ref = finite_or_none(reference)
+    if ref is None:
+        why = f"no estimate of a drop: the champion's training run recorded no candidate_{metric} to compare with"
+        return EstimatedDrop(metric, newest.batch, value, None, None, why)
+    drop = oriented_drop(metric, ref, value)
+    return EstimatedDrop(
+        metric,
+        newest.batch,
+        value,
+        ref,
+        drop,
+        f"estimated {metric} {value:.4f} on {newest.batch} vs {ref:.4f} at promotion (drop {drop:.4f})",
+    )

@@ -98,7 +98,8 @@ class CTRun:
 class Signals:
     """What the monitor saw today. ``None`` where it was not measured (no labels yet, no estimate).
 
-    Drops are oriented: positive = worse than the champion's metric at promotion.
+    Drops are oriented: positive = worse than the champion's metric at promotion. ``estimate_reason``: why
+    there is no ``estimated_drop`` (a regression model, a poorly calibrated one, no metric at promotion).
     """
 
     scheduled: bool = False
@@ -109,6 +110,7 @@ class Signals:
     estimated_drop: float | None = None
     observed_drop: float | None = None
     metric: str = "metric"
+    estimate_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def _triggers(policy: RetrainPolicy, s: Signals) -> tuple[list[tuple[str, str]],
         quiet.append(f"drift {s.drift_share:.2f} not a trigger (on_drift: false)")
     if policy.max_estimated_drop is not None:
         if s.estimated_drop is None:
-            quiet.append("no estimate")
+            quiet.append(s.estimate_reason or "no estimate")
         elif s.estimated_drop > policy.max_estimated_drop:
             asks.append(
                 (ESTIMATED_DROP, f"estimated {s.metric} drop {s.estimated_drop:.3f} > {policy.max_estimated_drop:g}")

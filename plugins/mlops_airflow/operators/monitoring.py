@@ -116,8 +116,11 @@ class MonitorOperator(MlopsBaseOperator):
     :mod:`mlops_airflow.core.monitoring`'s; the estimate (classifiers; calibrated on the champion's evaluation
     rows, :mod:`mlops_airflow.core.estimate`) is logged per batch as step ``i`` of ``estimated_<metric>``,
     beside ``realised_<metric>`` and ``estimate_error_<metric>`` once the batch's labels have arrived, with
-    every batch's reason in ``estimate/batches.json``. A fault in the data (labels outside the classes, an
-    unreadable tag) fails the task without retries.
+    every batch's reason in ``estimate/batches.json``. The estimates are made before the decision: the newest
+    landed batch's estimate against the champion's metric at promotion is the estimated drop that the spec's
+    ``retrain.max_estimated_drop`` reads, logged as ``estimated_drop_<metric>`` (tag
+    ``mlops.estimated_drop_reason``) and pushed as ``estimated_drop``. A fault in the data (labels outside the
+    classes, an unreadable tag) fails the task without retries.
 
     :param data_uri: landing zone to read recent batches from (templated; empty = the spec's source).
     """
@@ -175,12 +178,6 @@ class MonitorOperator(MlopsBaseOperator):
         labels = current.get(label, None)
         live = monitoring.live_metric(spec, labels, scores, threshold, reference_metric)
 
-        registered = self.client.get_registered_model(spec.name)
-        last = monitoring.parse_request_time((registered.tags or {}).get(LAST_REQUEST_TAG), spec.name, LAST_REQUEST_TAG)
-        now = dt.datetime.now(dt.UTC)
-        ct_runs = self._recent_ct_runs(spec.name, now) if "retrain" in spec.model_fields_set else None
-        decision = monitoring.decide(spec, report, serving_report, live, last, now, ct_runs)
-
         # Label-free estimate of each recent batch, calibrated on the rows the gate scored the champion on.
         try:
             evaluation = load_part(reference_snapshot, "eval", spec.input_columns)
@@ -201,6 +198,13 @@ class MonitorOperator(MlopsBaseOperator):
                 except ValueError as err:  # a log written before answers carried probabilities
                     self.log.warning("request log of %s on %s: no estimate: %s", spec.name, date, err)
         estimates = monitoring.estimate_batches(spec, calibration, parts, threshold)
+
+        registered = self.client.get_registered_model(spec.name)
+        last = monitoring.parse_request_time((registered.tags or {}).get(LAST_REQUEST_TAG), spec.name, LAST_REQUEST_TAG)
+        now = dt.datetime.now(dt.UTC)
+        ct_runs = self._recent_ct_runs(spec.name, now) if "retrain" in spec.model_fields_set else None
+        decision = monitoring.decide(spec, report, serving_report, live, last, now, ct_runs, estimates)
+        estimated = decision.estimated
 
         run_id = tracking.get_or_create_run(
             self.client,
@@ -238,10 +242,13 @@ class MonitorOperator(MlopsBaseOperator):
             metrics["serving_out_of_domain_rows"] = float(self.out_of_domain)
         if live.value is not None:
             metrics[f"live_{spec.primary}"] = live.value
+        if estimated.drop is not None:
+            metrics[f"estimated_drop_{spec.primary}"] = estimated.drop
         tracking.log_metrics(self.client, run_id, metrics)
         self._log_estimates(run_id, calibration, estimates)
         self.client.set_tag(run_id, "mlops.retrain_requested", str(decision.request).lower())
         self.client.set_tag(run_id, "mlops.retrain_reason", decision.reason[:5000])
+        self.client.set_tag(run_id, "mlops.estimated_drop_reason", estimated.reason[:5000])
         self.client.set_terminated(run_id, "FINISHED")
         for line in [*decision.log_lines(), *(e.log_line() for e in estimates)]:
             self.log.info("%s: %s", spec.name, line)
@@ -253,6 +260,7 @@ class MonitorOperator(MlopsBaseOperator):
             "drift_share": report.drift_share,
             "drifted_features": report.drifted_features,
             "live_metric": live.value,
+            "estimated_drop": estimated.drop,
             "champion_version": str(champion.version),
             "batches": [b.name for b in recent],
             "mlflow_run_id": run_id,
