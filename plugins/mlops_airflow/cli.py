@@ -14,7 +14,8 @@
     (:mod:`mlops_airflow.core.reproduce`). Progress on stderr; ``--json`` for JSON.
 ``mlops replay MODEL --from DATE --to DATE --policy NAME...``
     Replay retrain policies over the model's landed history with the CT pipeline's functions and write a report
-    (Markdown, JSON, PNG); no MLflow, registry or storage is touched (:mod:`mlops_airflow.core.replay`).
+    (Markdown, JSON, PNG); no registry or storage is touched (:mod:`mlops_airflow.core.replay`). ``--log`` also
+    logs the report to the MLflow experiment ``MODEL/replay``, where the model page lists it.
 ``mlops gc MODEL [--keep-runs N] [--dry-run]``
     Retention of the model's storage: keep the ``N`` newest snapshots (every one without ``--keep-runs``) and
     every snapshot a registered model version was trained on, and remove the stored batches none of them names
@@ -364,11 +365,28 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except (ReplayError, ModelSpecError, FileNotFoundError) as error:
         print(f"mlops replay: refused: {error}", file=err)
         return 2
+    logged = None
+    if args.log:
+        import uuid
+
+        from mlops_airflow.core import settings
+        from mlops_airflow.core.replay import EXPERIMENT_SUFFIX, log_report
+
+        try:
+            client = _client(args.tracking_uri or settings.default_tracking_uri())
+        except StatusError as error:
+            print(f"mlops replay: the report is in {paths['md'].parent} but was not logged: {error}", file=err)
+            return 2
+        # a report of its own each time: nothing of the model's experiment, registry or aliases is touched
+        tags = {"mlops.kind": "replay", "mlops.replay_source": "cli", "mlops.replay_id": uuid.uuid4().hex}
+        logged = f"{args.model}{EXPERIMENT_SUFFIX} run {log_report(client, result, paths, tags)}"
     if args.format == "json":
         print(dumps(result, indent=2), file=out)
     else:
         print(render_markdown(result, None).split("## Policies")[0].rstrip(), file=out)
         print(f"report: {paths['md']}, {paths['json']}, {paths['png']}", file=out)
+        if logged:
+            print(f"logged to MLflow: experiment {logged}", file=out)
     return 0
 
 
@@ -518,11 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     gc_cmd.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     replay_cmd = sub.add_parser(
         "replay",
-        help="replay retrain policies over a model's landed history (no MLflow, no registry)",
+        help="replay retrain policies over a model's landed history (no registry; MLflow only with --log)",
         description="Replay retrain policies over the model's landed daily batches dated FROM to TO (earlier "
         "batches train the first champion) with the CT pipeline's functions, and write a report (Markdown, JSON, "
-        "PNG) to --out. Reads the landing zone only; writes nothing to MLflow, the registry or the model's "
-        "storage. Exit status 2 when it cannot run.",
+        "PNG) to --out. Reads the landing zone only; writes nothing to the registry or the model's storage, and "
+        "to MLflow only with --log (the experiment MODEL/replay). Exit status 2 when it cannot run.",
     )
     replay_cmd.add_argument("model", help="the model's name (its spec file's stem)")
     replay_cmd.add_argument("--from", dest="start", required=True, metavar="DATE", help="first replayed day")
@@ -541,6 +559,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay_cmd.add_argument("--out", type=Path, help="report folder (default: ./replay-MODEL)")
     replay_cmd.add_argument(
         "--models-dir", type=Path, help=f"folder of the model specs (default: ${MODELS_DIR_ENV}, else include/models)"
+    )
+    replay_cmd.add_argument(
+        "--log",
+        action="store_true",
+        help="also log the report to the MLflow experiment MODEL/replay (as replay_MODEL does; the model page lists "
+        "it); never the model's own experiment, registry or aliases",
+    )
+    replay_cmd.add_argument(
+        "--tracking-uri", help="with --log: MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)"
     )
     replay_cmd.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     return parser

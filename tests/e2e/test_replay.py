@@ -61,7 +61,7 @@ def test_replay_from_cli_and_dag_agree_and_leave_the_model_alone(
     landed = _feed(landing)
     out = tmp_path / "cli-report"
     args = ["replay", "credit_default", "--from", FIRST, "--to", LAST, "--policy", "never,nightly", "--out", str(out)]
-    assert cli.main([*args, "--format", "json"]) == 0
+    assert cli.main([*args, "--format", "json", "--log"]) == 0  # --log: the report also goes to MLflow
     report = json.loads((out / "replay.json").read_text())
     assert (out / "replay.md").read_text().startswith("# Replay of `credit_default`")
     assert (out / "replay.png").read_bytes()[:4] == b"\x89PNG"
@@ -93,9 +93,40 @@ def test_replay_from_cli_and_dag_agree_and_leave_the_model_alone(
     assert run.data.metrics["nightly.ct_runs"] == DAYS
     local = mlflow_client.download_artifacts(run_id, "replay.json", str(tmp_path / "dl"))
     assert decisions(json.loads(Path(local).read_text())) == decisions(report)
+    # the command line's report is in the same experiment, where the model page lists it
+    logged = mlflow_client.search_runs([run.info.experiment_id], "tags.`mlops.replay_source` = 'cli'")
+    assert len(logged) == 1 and logged[0].data.metrics["nightly.ct_runs"] == DAYS
 
     # the live model: no registered model, no run in its experiment, no storage, the landing zone as landed
     assert mlflow_client.search_registered_models() == []
     assert mlflow_client.get_experiment_by_name("credit_default") is None
     assert not (mlops_home / "storage" / "credit_default").exists()
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(landing.iterdir())} == landed
+
+
+def test_replay_reports_the_first_night_late_labels_request_a_retrain(small_spec: Path, tmp_path: Path) -> None:
+    """Labels 2 days late, a concept change on replayed day 2: a labels-only policy first asks on day 4."""
+    from mlops_airflow.core.config import get_spec
+    from mlops_airflow.core.replay import ReplayPolicy, replay
+    from mlops_airflow.core.retrain_policy import RetrainPolicy
+
+    feed = tmp_path / "feed"
+    for day in range(WARMUP + 6):
+        demo_data.write_batch(feed, day, n_rows=300, concept_shift=1.5 if day >= WARMUP + 2 else 0.0)
+    spec = get_spec("credit_default", small_spec)
+    labels_only = RetrainPolicy.from_spec(spec, "labels_only", schedule=None, on_drift=False, max_observed_drop=0.05)
+    first = demo_data.DEFAULT_START + dt.timedelta(days=WARMUP)
+    report = replay(
+        spec,
+        feed,
+        first,
+        first + dt.timedelta(days=5),
+        [ReplayPolicy("labels_only", "observed drop", "gated", labels_only)],
+        tmp_path / "out",
+        label_delay_days=2,
+    )
+    policy = report["policies"]["labels_only"]
+    asked = [{"day": r["day"], "date": r["date"], "trigger": r["trigger"]} for r in policy["days"] if r["trigger"]]
+    assert policy["retrain_requests"] == asked
+    assert asked[0] == {"day": 4, "date": (first + dt.timedelta(days=4)).isoformat(), "trigger": "observed_drop"}
+    assert all(r["decision"] == "no retrain: no labelled rows; no schedule" for r in policy["days"][:2])

@@ -2,7 +2,8 @@
 
 Everything is generated offline from a seed. Switches inject the faults a continuous-training system must
 survive: covariate drift (``feature_shift``), a change of the label's dependence on the features
-(``concept_shift``), and corrupt batches (``corrupt``: one of :data:`CORRUPTIONS`).
+(``concept_shift``), and corrupt batches (``corrupt``: one of :data:`CORRUPTIONS`). :func:`shift_on` spreads a
+shift over days: a step, a gradual ramp or a seasonal wave (``--drift-shape``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,30 @@ CORRUPTIONS = (
     "unknown_category",
 )
 DEFAULT_START = dt.date(2026, 1, 1)
+DRIFT_SHAPES = ("step", "gradual", "seasonal")
+
+
+def shift_on(day: int, *, shape: str = "step", start: int = 0, length: int = 14) -> float:
+    """The share (0 to 1) of a shift that applies on ``day``; multiply a ``feature_shift`` or
+    ``concept_shift`` by it.
+
+    ``step``: 0 before ``start``, 1 from ``start``. ``gradual``: a linear ramp from 0 on day ``start`` to 1 on
+    day ``start + length``, then 1. ``seasonal``: 0 before ``start``, then a wave of period ``length`` days,
+    ``(1 - cos(2 pi (day - start) / length)) / 2`` (0 on ``start``, 1 half a period later, 0 again after one).
+    """
+    import math
+
+    if shape not in DRIFT_SHAPES:
+        raise ValueError(f"drift shape {shape!r}: choose one of {DRIFT_SHAPES}")
+    if length < 1:
+        raise ValueError(f"drift length {length}: must be at least 1 day")
+    if day < start:
+        return 0.0
+    if shape == "step":
+        return 1.0
+    if shape == "gradual":
+        return min(1.0, (day - start) / length)
+    return (1.0 - math.cos(2.0 * math.pi * (day - start) / length)) / 2.0
 
 
 def generate_batch(
@@ -220,6 +245,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-shift", type=float, default=0.0)
     parser.add_argument("--concept-shift", type=float, default=0.0)
     parser.add_argument("--corrupt", choices=CORRUPTIONS, default=None)
+    parser.add_argument(
+        "--drift-shape",
+        choices=DRIFT_SHAPES,
+        default=None,
+        help="spread --feature-shift and --concept-shift over the days (see shift_on); default: every day alike",
+    )
+    parser.add_argument("--drift-start", type=int, default=0, help="day index the shift starts (--drift-shape)")
+    parser.add_argument("--drift-length", type=int, default=14, help="ramp length or wave period in days")
     args = parser.parse_args(argv)
     first = next_day(args.directory) if args.next else args.first_day
     write: Any = upload_batch if _is_url(args.directory) else write_batch
@@ -230,7 +263,15 @@ def main(argv: list[str] | None = None) -> None:
         "concept_shift": args.concept_shift,
         "corrupt": args.corrupt,
     }
-    paths = [write(args.directory, day, **options) for day in range(first, first + args.days)]
+    paths = []
+    for day in range(first, first + args.days):
+        share = (
+            1.0
+            if args.drift_shape is None
+            else shift_on(day, shape=args.drift_shape, start=args.drift_start, length=args.drift_length)
+        )
+        shifted = {"feature_shift": args.feature_shift * share, "concept_shift": args.concept_shift * share}
+        paths.append(write(args.directory, day, **(options | shifted)))
     print(f"wrote {len(paths)} batches to {args.directory}")
 
 
