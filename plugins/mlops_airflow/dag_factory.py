@@ -60,16 +60,15 @@ def cron_timetable(cron: str) -> CronTriggerTimetable:
 
 def ct_cron(spec: ModelSpec) -> str | None:
     """The CT DAG's cron (a preset resolved), or None when it only runs on retrain requests."""
+    from mlops_airflow.core.spec import schedule_cron
+
     schedule = spec.ct_schedule  # ``retrain.schedule`` when set, else ``schedule``
     if schedule is None:
         return None
-    if schedule.startswith("@"):
-        presets = {"@daily": "0 0 * * *", "@hourly": "0 * * * *", "@weekly": "0 0 * * 0"}
-        cron = presets.get(schedule)
-        if cron is None:
-            raise ModelSpecError(f"{spec.name}: schedule {schedule!r} is not a supported preset")
-        return cron
-    return schedule
+    try:
+        return schedule_cron(schedule)
+    except ValueError as err:  # a spec object built without validation
+        raise ModelSpecError(f"{spec.name}: schedule: {err}") from None
 
 
 def ct_schedule(spec: ModelSpec) -> Any:

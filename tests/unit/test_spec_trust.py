@@ -174,3 +174,65 @@ def test_distribution_needs_random_search(tmp_path):
     change = set_estimator(search_space={"learning_rate": {"distribution": "uniform", "low": 0.01, "high": 0.2}})
     with pytest.raises(ModelSpecError, match=r"needs search\.kind: random"):
         load_model_spec(variant(tmp_path, change))
+
+
+def _set(section: str, **fields):
+    def change(d):
+        d[section] = {**(d.get(section) or {}), **fields}
+
+    return change
+
+
+def _canary(**fields):
+    def change(d):
+        d["serving"] = {**(d.get("serving") or {}), "canary": fields}
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "why"),
+    [
+        # a limit of NaN or infinity would switch a rule off without saying so
+        (_set("retrain", max_estimated_drop=math.inf), "retrain.max_estimated_drop", "finite number"),
+        (_set("retrain", max_observed_drop=math.nan), "retrain.max_observed_drop", "finite number"),
+        (_set("retrain", min_interval_hours=math.inf), "retrain.min_interval_hours", "finite number"),
+        (_set("retrain", max_runs_per_week=0), "retrain.max_runs_per_week", "greater than or equal to 1"),
+        (_set("drift", max_metric_drop=math.inf), "drift.max_metric_drop", "finite number"),
+        (_set("gate", max_regression=math.inf), "gate.max_regression", "finite number"),
+        (_set("gate", min_improvement=math.nan), "gate.min_improvement", "finite number"),
+        (_canary(percent=1e400), "serving.canary.percent", "finite number"),
+        (_canary(percent=10, max_error_rate=math.nan), "serving.canary.max_error_rate", "finite number"),
+        # a schedule is a cron expression or a preset, checked when the spec is read, not when a run is due
+        (_set("retrain", schedule="not a cron"), "retrain.schedule", "is not a cron expression"),
+        (_set("retrain", schedule="61 * * * *"), "retrain.schedule", "is not a cron expression"),
+        (_set("retrain", schedule="@yearly"), "retrain.schedule", "presets"),
+        (lambda d: d.update(schedule="0 2 * *"), "schedule", "is not a cron expression of 5 fields"),
+    ],
+)
+def test_hostile_policy_limits_and_schedules_are_refused_by_key(tmp_path, change, key, why):
+    path = variant(tmp_path, change)
+    with pytest.raises(ModelSpecError) as err:
+        load_model_spec(path)
+    message = str(err.value)
+    assert str(path) in message and key in message and why in message, message
+
+
+@pytest.mark.parametrize("schedule", ["@daily", "@midnight", "@hourly", "@weekly", "15 3 * * 1-5"])
+def test_the_dag_the_retrain_policy_and_the_page_read_a_schedule_alike(tmp_path, schedule):
+    import datetime as dt
+
+    from croniter import croniter
+
+    from mlops_airflow.core.retrain_policy import schedule_due
+    from mlops_airflow.dag_factory import ct_cron
+    from mlops_airflow.ui.app import next_run
+
+    spec = load_model_spec(variant(tmp_path, _set("retrain", schedule=schedule)))
+    cron = ct_cron(spec)  # what the CT DAG's timetable runs on
+    since = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.UTC)
+    fire = croniter(cron, since).get_next(dt.datetime)
+    assert schedule_due(spec.ct_schedule, since, fire) and not schedule_due(
+        spec.ct_schedule, since, fire - dt.timedelta(seconds=1)
+    )
+    assert f"cron {schedule}" in next_run(spec.ct_schedule, since)

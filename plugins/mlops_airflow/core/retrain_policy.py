@@ -26,7 +26,6 @@ SCHEDULE = "schedule"
 DRIFT = "drift"
 ESTIMATED_DROP = "estimated_drop"
 OBSERVED_DROP = "observed_drop"
-PRESETS = {"@daily": "0 0 * * *", "@hourly": "0 * * * *", "@weekly": "0 0 * * 0", "@midnight": "0 0 * * *"}
 
 
 class PolicyError(MlopsError, ValueError):
@@ -135,11 +134,12 @@ def schedule_due(schedule: str | None, since: dt.datetime, now: dt.datetime) -> 
     """Whether the cron ``schedule`` (or a preset) fires in ``(since, now]`` (UTC)."""
     if schedule is None:
         return False
-    cron = PRESETS.get(schedule, schedule)
     try:
         from croniter import croniter
 
-        nxt = croniter(cron, _utc(since)).get_next(dt.datetime)
+        from mlops_airflow.core.spec import schedule_cron
+
+        nxt = croniter(schedule_cron(schedule), _utc(since)).get_next(dt.datetime)
     except (ValueError, KeyError) as err:
         raise PolicyError(f"retrain.schedule: {schedule!r} is not a cron expression or preset: {err}") from None
     return bool(_utc(nxt) <= _utc(now))

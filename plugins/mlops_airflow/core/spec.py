@@ -42,7 +42,34 @@ class ModelSpecError(MlopsError, ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused in every number of a spec: a limit of .nan or .inf would switch a rule off
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+#: The schedule presets a spec may name, and the cron expressions (UTC) they stand for.
+SCHEDULE_PRESETS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@weekly": "0 0 * * 0"}
+
+
+def schedule_cron(schedule: str) -> str:
+    """The cron expression of a spec's schedule, a preset resolved: the one reading of a schedule for the DAG
+    factory, the retrain policy and the model page.
+
+    :raises ValueError: neither a preset nor a valid 5-field cron expression.
+    """
+    from croniter import croniter
+
+    cron = SCHEDULE_PRESETS.get(schedule.strip(), schedule.strip())
+    if cron.startswith("@") or len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise ValueError(
+            f"{schedule!r} is not a cron expression of 5 fields (UTC) or one of the presets {sorted(SCHEDULE_PRESETS)}"
+        )
+    return cron
+
+
+def _checked_schedule(value: str | None) -> str | None:
+    if value is not None:
+        schedule_cron(value)
+    return value
 
 
 class LandingSpec(_Strict):
@@ -531,6 +558,8 @@ class RetrainSpec(_Strict):
 
     #: Cron expression or preset of scheduled CT runs, or null for none; default: the top-level ``schedule``.
     schedule: str | None = None
+
+    _schedule = field_validator("schedule")(_checked_schedule)
     #: A drift report that asks for a retrain (``drift.drift_share`` of the features drifted) starts a run.
     on_drift: bool = True
     #: Estimated drop (label-free estimate of the primary metric below the champion's) that starts a run,
@@ -698,7 +727,7 @@ class ModelSpec(_Strict):
     threshold: float | ThresholdOptimize | None = None
     #: Columns (features) whose categories are evaluated and gated separately.
     slices: list[str] = Field(default_factory=list)
-    #: Cron expression, a preset such as ``@daily``, or null for manual/asset-only.
+    #: Cron expression (5 fields, UTC), a preset such as ``@daily``, or null for manual/asset-only.
     schedule: str | None = "0 2 * * *"
     #: The rule a candidate must pass to be registered and promoted.
     gate: GateSpec = GateSpec()
@@ -720,6 +749,8 @@ class ModelSpec(_Strict):
     tags: list[str] = Field(default_factory=list)
     #: Minimum rows a snapshot's training set must hold.
     min_rows: int = Field(default=100, ge=1)
+
+    _schedule = field_validator("schedule")(_checked_schedule)
 
     @field_validator("name")
     @classmethod

@@ -81,9 +81,10 @@ def next_run(schedule: str | None, now: dt.datetime | None = None) -> str:
         return "on a retrain request or by hand"
     from croniter import croniter
 
-    presets = {"@daily": "0 0 * * *", "@hourly": "0 * * * *", "@weekly": "0 0 * * 0"}
+    from mlops_airflow.core.spec import schedule_cron
+
     now = now or dt.datetime.now(dt.UTC)
-    moment = croniter(presets.get(schedule, schedule), now).get_next(dt.datetime)
+    moment = croniter(schedule_cron(schedule), now).get_next(dt.datetime)
     return f"{when(moment, now)}, cron {schedule}, or on a retrain request"
 
 
@@ -324,7 +325,7 @@ def render_overview(rows: list[Any], errors: dict[str, str], sort: str = "model"
             f"<td>{champion}</td><td>{e(when(move.at) if move else '')}</td><td>{why}</td>"
             f"<td>{_airflow_run(ct.dag_id, ct.run_id, 2) if ct else ''}</td>"
             f"<td>{_verdict(ct, st.moved_since_last_ct is not None)}</td>"
-            f"<td>{_fleet_drift(row)}</td><td>{e(next_run(spec.schedule))}</td></tr>"
+            f"<td>{_fleet_drift(row)}</td><td>{e(next_run(spec.ct_schedule))}</td></tr>"
         )
     bad = "".join(f"<li><b>{e(path)}</b>: {e(msg)}</li>" for path, msg in sorted(errors.items()))
     invalid = f"<h2>Invalid model specs</h2><ul>{bad}</ul>" if bad else ""
@@ -391,7 +392,7 @@ def _head(spec: Any, st: Any) -> str:
         rows.append(("previous champion", e(version(st.previous_champion))))
     if st.challenger:
         rows.append(("challenger", e(version(st.challenger))))
-    rows.append(("next scheduled run", e(next_run(spec.schedule))))
+    rows.append(("next scheduled run", e(next_run(spec.ct_schedule))))
     cells = "".join(
         f"<tr><th>{name}</th><td id='head-{name.replace(' ', '-')}'>{html}</td></tr>" for name, html in rows
     )
@@ -771,7 +772,7 @@ def _fairness_breach(st: Any) -> str | None:
 async def model_json(name: str, user: UserDep) -> JSONResponse:
     spec = await asyncio.to_thread(_spec_for, user, name)
     st = await asyncio.to_thread(_status, spec)
-    return JSONResponse(st.to_dict() | {"next_run": next_run(spec.schedule)})
+    return JSONResponse(st.to_dict() | {"next_run": next_run(spec.ct_schedule)})
 
 
 @app.get("/models/{name}/image")
