@@ -16,8 +16,10 @@ resamples, one OpenMP thread):
    estimated-drop and observed-drop triggers, a minimum interval and a weekly cap. Goal: a policy within 0.5
    points (0.005) of the oracle's mean deployed ROC AUC with <= 33 % of the oracle's CT runs.
 3. **delay**: labels reach CT 7 days late; a degradation starts on day 10 of a 30-day feed (concept change only,
-   feature shift only, both together). Days from the degradation's first day to the first night a retrain is
-   requested (a CT run starts; 0 = the night after the first degraded day), labels-only policy
+   feature shift only, both together, and applicants pulled 80 % towards the population median with the concept
+   unchanged: ``demo_data.generate_batch(toward_center=0.8)``, a covariate shift towards the decision boundary).
+   Days from the degradation's first day to the first night a retrain is requested (a CT run starts; 0 = the
+   night after the first degraded day), labels-only policy
    (``max_observed_drop``) against label-free estimate policies (``max_estimated_drop``). Goal: <= 2 days with
    the estimate, >= 7 labels-only.
 
@@ -87,6 +89,7 @@ class Scenario:
     days: int = 30
     feature: Shift = Shift(1.0, "step", 10)
     concept: Shift = Shift(1.0, "step", 20)
+    center: Shift = Shift()  # ``toward_center``: applicants pulled towards the population median
     corrupt: dict[int, str] = field(default_factory=lambda: {7: "out_of_range", 16: "nulls_in_required"})
     label_delay_days: int = 0
     degradation_day: int | None = None
@@ -108,6 +111,7 @@ def write_feed(scenario: Scenario, feed: Path) -> dict[str, Any]:
             "seed": scenario.seed,
             "feature_shift": scenario.feature.on(day),
             "concept_shift": scenario.concept.on(day),
+            "toward_center": scenario.center.on(day),
         }
         gen_day = day + config.warmup  # the generator seeds on a non-negative day index
         path = demo_data.write_batch(feed, gen_day, corrupt=scenario.corrupt.get(day), **kwargs)
@@ -224,6 +228,20 @@ DELAY_SCENARIOS = (
         "feature shift and concept change together from day 10",
         feature=Shift(1.0, "step", 10),
         concept=Shift(1.0, "step", 10),
+        corrupt={},
+        label_delay_days=7,
+        degradation_day=10,
+    ),
+    # The case the label-free estimate is built for: the population moves towards the decision boundary (80 %
+    # of the way to the median, as the batch of tests/e2e/test_retrain_policy_monitor.py), the concept unchanged;
+    # the champion is less confident and its real ROC AUC drops. Strength fixed before any result was seen.
+    Scenario(
+        "delay_toward_center",
+        "covariate shift towards the decision boundary from day 10 (applicants 80 % of the way to the median, "
+        "concept unchanged)",
+        feature=Shift(),
+        concept=Shift(),
+        center=Shift(0.8, "step", 10),
         corrupt={},
         label_delay_days=7,
         degradation_day=10,
@@ -394,6 +412,7 @@ def delay_goal(report: dict[str, Any], start: int) -> dict[str, Any]:
         after = [r for r in requests if r["day"] >= start]
         first = after[0] if after else None
         values = [r["value"] for r in p["days"]]
+        promoted = [r["day"] for r in p["days"] if re.search(r": promoted v\d", r.get("ct", ""))]
         rows.append(
             {
                 "policy": name,
@@ -403,6 +422,10 @@ def delay_goal(report: dict[str, Any], start: int) -> dict[str, Any]:
                 "days_to_request": None if first is None else first["day"] - start,
                 "requests_before_degradation": sum(1 for r in requests if r["day"] < start),
                 "requests": [(r["day"], r["trigger"]) for r in requests],
+                "ct_runs": p["ct_runs"],
+                "promotions": p["promotions"],
+                "first_promotion_day": promoted[0] if promoted else None,
+                "promotion_days": promoted,
                 "mean_before": round(sum(values[:start]) / start, 4),
                 "mean_after": round(sum(values[start:]) / len(values[start:]), 4),
                 "mean": p["mean"],
@@ -543,6 +566,8 @@ DELAY_COLUMNS = {
     "first_request_trigger": "by",
     "days_to_request": "days after degradation start",
     "requests_before_degradation": "requests before it",
+    "ct_runs": "CT runs",
+    "first_promotion_day": "first promotion (day)",
     "mean_before": "ROC AUC before",
     "mean_after": "ROC AUC from day 10",
 }

@@ -1,7 +1,8 @@
 """Deterministic demo data: daily batches for the ``credit_default`` binary-classification model.
 
 Everything is generated offline from a seed. Switches inject the faults a continuous-training system must
-survive: covariate drift (``feature_shift``), a change of the label's dependence on the features
+survive: covariate drift (``feature_shift``), applicants made alike (``toward_center``: a covariate shift
+towards the decision boundary, the concept unchanged), a change of the label's dependence on the features
 (``concept_shift``), and corrupt batches (``corrupt``: one of :data:`CORRUPTIONS`). :func:`shift_on` spreads a
 shift over days: a step, a gradual ramp or a seasonal wave (``--drift-shape``).
 """
@@ -29,6 +30,20 @@ CORRUPTIONS = (
 )
 DEFAULT_START = dt.date(2026, 1, 1)
 DRIFT_SHAPES = ("step", "gradual", "seasonal")
+#: Medians of the unshifted population's numeric features (of the distributions they are drawn from) and its
+#: most common categories: where ``toward_center`` pulls applicants.
+POPULATION_CENTER: dict[str, float | str] = {
+    "age": 42.0,
+    "income": 40134.84,  # exp(10.6)
+    "debt_ratio": 0.3021,  # gamma(2, 0.18)
+    "credit_lines": 6.0,  # Poisson(6)
+    "late_payments": 0.0,  # Poisson(0.6)
+    "utilization": 0.3138,  # beta(2, 4)
+    "employment_type": "salaried",
+    "region": "north",
+    "home_ownership": "rent",
+}
+_ROUNDING = {"age": 0, "income": 2, "debt_ratio": 4, "credit_lines": 0, "late_payments": 0, "utilization": 4}
 
 
 def shift_on(day: int, *, shape: str = "step", start: int = 0, length: int = 14) -> float:
@@ -61,6 +76,7 @@ def generate_batch(
     seed: int = 42,
     feature_shift: float = 0.0,
     concept_shift: float = 0.0,
+    toward_center: float = 0.0,
     start: dt.date = DEFAULT_START,
 ) -> pd.DataFrame:
     """One day of loan applications with their observed default label.
@@ -68,10 +84,23 @@ def generate_batch(
     :param day: day index from ``start``; the same ``(day, seed)`` always gives the same frame.
     :param feature_shift: 0 = none; 1 = strong covariate drift (poorer, more indebted applicants).
     :param concept_shift: 0 = none; 1 = the label depends on the features in a different way.
+    :param toward_center: 0 = none; between 0 and 1: each numeric feature pulled that share of the way towards
+        its :data:`POPULATION_CENTER` median, and that share of the applicants (at random) given the most common
+        employment type, region and home ownership. The labels are drawn from the same concept
+        (:func:`default_logit`) on the moved features: applicants become alike, near the decision boundary, and a
+        model's real ROC AUC drops while P(default | features) is unchanged. 0 gives the frame of before.
     """
+    import math
+
     import numpy as np
     import pandas as pd
 
+    pull = float(toward_center)
+    if not (math.isfinite(pull) and 0.0 <= pull <= 1.0):
+        raise ValueError(
+            f"demo batch day {day}: toward_center {toward_center!r} must be a number between 0 (no pull) and 1 "
+            "(every applicant at the population median)"
+        )
     rng = np.random.default_rng([seed, day])
     n = n_rows
     s = float(feature_shift)
@@ -86,31 +115,8 @@ def generate_batch(
     region_p = np.array([0.3, 0.25 + 0.2 * s, 0.25, 0.2])
     region = rng.choice(REGIONS, n, p=region_p / region_p.sum())
     home = rng.choice(HOME, n, p=[0.4, 0.25, 0.35])
-
-    c = float(concept_shift)
-    logit = (
-        -1.6
-        + 4.5 * (1 - c) * (utilization - 0.35)
-        + 4.0 * c * (0.45 - utilization)
-        + 1.8 * (debt_ratio - 0.4)
-        + 0.75 * late_payments
-        - 1.6 * (np.log(income) - 10.6)
-        - 0.03 * (age - 42)
-        + np.select(
-            [employment == "unemployed", employment == "self_employed", employment == "retired"],
-            [1.4 + 0.8 * c, 0.5 + 1.5 * c, -0.2],
-            0.0,
-        )
-        + np.where(home == "own", -0.5, 0.0)
-        + np.where(region == "south", 0.3 + 1.2 * c, 0.0)
-        + rng.normal(0, 0.3, n)
-    )
-    default = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
-
-    frame = pd.DataFrame(
+    features = pd.DataFrame(
         {
-            "application_id": [f"{day:04d}-{i:05d}" for i in range(n)],
-            "event_date": pd.Timestamp(start + dt.timedelta(days=day)),
             "age": age,
             "income": income,
             "debt_ratio": debt_ratio,
@@ -120,13 +126,72 @@ def generate_batch(
             "employment_type": employment,
             "region": region,
             "home_ownership": home,
-            "default": default,
         }
     )
+    if pull > 0.0:
+        features = _pull_to_center(features, pull, np.random.default_rng([seed, day, 1]))
+
+    # The noise is drawn after every feature, as before ``toward_center`` existed: same seed, same frame.
+    logit = default_logit(features, concept_shift) + rng.normal(0, 0.3, n)
+    default = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype("int64")
+
+    frame = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "application_id": [f"{day:04d}-{i:05d}" for i in range(n)],
+                    "event_date": pd.Timestamp(start + dt.timedelta(days=day)),
+                }
+            ),
+            features,
+        ],
+        axis=1,
+    ).assign(default=default)
     # Realistic gaps: income is often not reported, employment sometimes.
     frame.loc[rng.random(n) < 0.06, "income"] = np.nan
     frame.loc[rng.random(n) < 0.03, "employment_type"] = None
     return frame
+
+
+def default_logit(features: pd.DataFrame, concept_shift: float = 0.0) -> Any:
+    """The concept: log-odds of default given an applicant's features, before the generator's N(0, 0.3) noise.
+
+    ``concept_shift`` 0 = the feed's usual concept; 1 = the label depends on the features in a different way.
+    """
+    import numpy as np
+
+    c = float(concept_shift)
+    utilization = features["utilization"].to_numpy(dtype=float)
+    employment = features["employment_type"].to_numpy()
+    return (
+        -1.6
+        + 4.5 * (1 - c) * (utilization - 0.35)
+        + 4.0 * c * (0.45 - utilization)
+        + 1.8 * (features["debt_ratio"].to_numpy(dtype=float) - 0.4)
+        + 0.75 * features["late_payments"].to_numpy(dtype=float)
+        - 1.6 * (np.log(features["income"].to_numpy(dtype=float)) - 10.6)
+        - 0.03 * (features["age"].to_numpy(dtype=float) - 42)
+        + np.select(
+            [employment == "unemployed", employment == "self_employed", employment == "retired"],
+            [1.4 + 0.8 * c, 0.5 + 1.5 * c, -0.2],
+            0.0,
+        )
+        + np.where(features["home_ownership"].to_numpy() == "own", -0.5, 0.0)
+        + np.where(features["region"].to_numpy() == "south", 0.3 + 1.2 * c, 0.0)
+    )
+
+
+def _pull_to_center(features: pd.DataFrame, pull: float, rng: Any) -> pd.DataFrame:
+    """Each numeric feature ``pull`` of the way to its population median (rounded and typed as drawn); a share
+    ``pull`` of the rows, drawn from ``rng``, given the most common category of each categorical feature."""
+    out = features.copy()
+    for column, digits in _ROUNDING.items():
+        center = float(POPULATION_CENTER[column])
+        moved = (center + (1.0 - pull) * (out[column].to_numpy(dtype=float) - center)).round(digits)
+        out[column] = moved.astype(out[column].dtype)
+    for column in ("employment_type", "region", "home_ownership"):
+        out.loc[rng.random(len(out)) < pull, column] = POPULATION_CENTER[column]
+    return out
 
 
 def corrupt_batch(frame: pd.DataFrame, kind: str, *, seed: int = 0) -> pd.DataFrame | bytes:
@@ -244,12 +309,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv")
     parser.add_argument("--feature-shift", type=float, default=0.0)
     parser.add_argument("--concept-shift", type=float, default=0.0)
+    parser.add_argument(
+        "--toward-center", type=float, default=0.0, help="0-1: applicants pulled towards the population median"
+    )
     parser.add_argument("--corrupt", choices=CORRUPTIONS, default=None)
     parser.add_argument(
         "--drift-shape",
         choices=DRIFT_SHAPES,
         default=None,
-        help="spread --feature-shift and --concept-shift over the days (see shift_on); default: every day alike",
+        help="spread --feature-shift, --concept-shift and --toward-center over the days (see shift_on); "
+        "default: every day alike",
     )
     parser.add_argument("--drift-start", type=int, default=0, help="day index the shift starts (--drift-shape)")
     parser.add_argument("--drift-length", type=int, default=14, help="ramp length or wave period in days")
@@ -270,7 +339,11 @@ def main(argv: list[str] | None = None) -> None:
             if args.drift_shape is None
             else shift_on(day, shape=args.drift_shape, start=args.drift_start, length=args.drift_length)
         )
-        shifted = {"feature_shift": args.feature_shift * share, "concept_shift": args.concept_shift * share}
+        shifted = {
+            "feature_shift": args.feature_shift * share,
+            "concept_shift": args.concept_shift * share,
+            "toward_center": args.toward_center * share,
+        }
         paths.append(write(args.directory, day, **(options | shifted)))
     print(f"wrote {len(paths)} batches to {args.directory}")
 
