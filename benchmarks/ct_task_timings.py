@@ -2,8 +2,9 @@
 
 ``uv run python benchmarks/ct_task_timings.py`` runs the DAG twice in a private Airflow home and MLflow
 store: run 1 has no champion (first-run policy), run 2 one day later is judged against run 1's champion.
-Task durations come from the task instances' start and end dates. Results go to
-benchmarks/results/ct_task_timings.{json,md}.
+Task durations come from the task instances' start and end dates; the host's load averages (1, 5, 15 min)
+before and after each run are recorded beside them (on a busy host the fits, which use every core, slow
+down most). Results go to benchmarks/results/ct_task_timings.{json,md}.
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def main() -> dict:
     for label, new_day in (("run1_first", None), ("run2_vs_champion", 15)):
         if new_day is not None:
             demo_data.write_batch(landing, new_day)
+        load_before = [round(x, 2) for x in os.getloadavg()]
         started = time.perf_counter()
         dag_run = build_dags()["ct_credit_default"].test()
         wall = time.perf_counter() - started
+        load_after = [round(x, 2) for x in os.getloadavg()]
         tasks = durations(dag_run)
         task_sum = sum(tasks.values())
         deploy = sum(v for k, v in tasks.items() if k in DEPLOY_TASKS)
@@ -82,6 +85,8 @@ def main() -> dict:
             "task_time_sum_s": round(task_sum, 2),
             "deploy_share": round(deploy / task_sum, 3) if task_sum else None,
             "deploy_tasks_share": {k: round(tasks.get(k, 0) / task_sum, 3) for k in DEPLOY_TASKS},
+            "load_average_before": load_before,
+            "load_average_after": load_after,
         }
     result = {"model": "credit_default", "rows_per_day": 1000, "train_days": 14, "runs": runs}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -97,6 +102,14 @@ def main() -> dict:
     lines.append(
         f"| **share in evaluate+gate+register+smoke+promote** | {runs['run1_first']['deploy_share']:.1%} "
         f"| {runs['run2_vs_champion']['deploy_share']:.1%} |"
+    )
+    lines.append(
+        "| **load average (1, 5, 15 min) before / after** | "
+        + " | ".join(
+            f"{runs[k]['load_average_before']} / {runs[k]['load_average_after']}"
+            for k in ("run1_first", "run2_vs_champion")
+        )
+        + " |"
     )
     (RESULTS / "ct_task_timings.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

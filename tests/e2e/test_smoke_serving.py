@@ -41,6 +41,7 @@ def test_smoke_test_passes_a_sound_model_and_fails_one_over_budget(logged_model)
     result = smoke_test(uri, rows, "classification", max_latency_ms=1000.0)
     assert result["passed"], result
     assert result["rows"] == 100 and result["latency_ms_per_row"] > 0
+    assert result["requirement_mismatches"] == []  # logged from this interpreter: every pin is installed
 
     slow = smoke_test(uri, rows, "classification", max_latency_ms=1e-6)
     assert not slow["passed"]

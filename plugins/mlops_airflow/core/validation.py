@@ -466,7 +466,9 @@ def _run_suite(
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    suites = {awaiting: context.suites.add(build_suite(spec, gx, awaiting)) for awaiting in (False, True)}
+    # A batch validates against a suite held in memory: nothing reads it back from the context's store, so it
+    # is not added there. The suite of batches awaiting labels is built only when one is to be validated.
+    suites = {awaiting: build_suite(spec, gx, awaiting) for awaiting in {False, *(b.awaiting_labels for b in todo)}}
     summary.expectations = len(suites[False].expectations) + len(finite_columns(spec))
     asset = context.data_sources.add_pandas("snapshot").add_dataframe_asset("batch")
     batch_definition = asset.add_batch_definition_whole_dataframe("whole")

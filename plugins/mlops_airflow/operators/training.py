@@ -46,13 +46,16 @@ def serving_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in SERVING_PACKAGES]
 
 
-def trusted_types(pipeline: Any) -> list[str]:
-    """Types skops must trust to load a pipeline this task built itself: sklearn and numpy ones only."""
+def trusted_types(pipeline: Any, dumped: bytes | None = None) -> list[str]:
+    """Types skops must trust to load a pipeline this task built itself: sklearn and numpy ones only.
+
+    :param dumped: the pipeline already serialised with ``skops.io.dumps`` (not serialised again).
+    """
     from mlops_airflow.core.served_model import import_skops_io
 
     skops_io = import_skops_io()
     with quiet_skops_scan():
-        found = skops_io.get_untrusted_types(data=skops_io.dumps(pipeline))
+        found = skops_io.get_untrusted_types(data=skops_io.dumps(pipeline) if dumped is None else dumped)
     foreign = [t for t in found if not t.startswith(("sklearn.", "numpy."))]
     if foreign:
         raise TypeError(f"pipeline holds types that are not sklearn/numpy: {foreign}")
@@ -89,12 +92,13 @@ def log_spec_model(
     from mlops_airflow.core import served_model, tracking
     from mlops_airflow.core.scoring import model_config, model_input, model_signature
 
-    config = model_config(spec, threshold, trusted_types(pipeline))
+    with quiet_skops_scan():
+        dumped = served_model.import_skops_io().dumps(pipeline)  # serialised once: checked, then logged
+    config = model_config(spec, threshold, trusted_types(pipeline, dumped))
     example = model_input(spec, example_rows.head(5))
     with tempfile.TemporaryDirectory(dir=tracking.scratch_dir()) as scratch:
         pipeline_file = Path(scratch) / "pipeline.skops"
-        with quiet_skops_scan():
-            served_model.import_skops_io().dump(pipeline, pipeline_file)
+        pipeline_file.write_bytes(dumped)
         # MLflow would also copy the working directory's uv.lock/pyproject.toml (Airflow and all) when it is a
         # uv project; the pinned requirements are what serving needs.
         os.environ["MLFLOW_UV_AUTO_DETECT"] = "false"
