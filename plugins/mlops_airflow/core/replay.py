@@ -742,7 +742,7 @@ def plot(result: dict[str, Any], path: Path, marks: dict[int, str] | None = None
     for name, p in result["policies"].items():
         days = [r["day"] for r in p["days"]]
         ax.plot(days, [r["value"] for r in p["days"]], marker="o", markersize=3, label=p.get("label", name))
-        promoted = [r["day"] for r in p["days"] if "promoted" in r.get("ct", "")]
+        promoted = [r["day"] for r in p["days"] if PROMOTED.search(r.get("ct", ""))]
         ax.plot(promoted, [p["days"][d]["value"] for d in promoted], linestyle="none", marker="^", color="grey")
     top = ax.get_ylim()[1]
     for day, text in (marks or {}).items():
@@ -780,6 +780,8 @@ def decisions(result: dict[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
 
 
 # ---- entry points (``mlops replay``, ``replay_<model>``) -------------------------------------------------
+#: A night's CT text that promoted a model ("... CT: promoted v3", "...: promoted v1 unchecked"), never "not promoted".
+PROMOTED = re.compile(r"(?:^|: )promoted v\d+")
 EXPERIMENT_SUFFIX = "/replay"
 
 
