@@ -177,6 +177,15 @@ def oracle_policies(spec: ModelSpec, config: closed_loop.SimConfig) -> list[Repl
             "gated",
             policy("triggers_gap48", schedule=None, max_estimated_drop=0.03, min_interval_hours=48),
         ),
+        # Added after the seven above were measured: the run budget of the goal (a third of the oracle's) spent
+        # evenly, alone and with the triggers held to the same spacing (72 h also holds the scheduled runs back).
+        ReplayPolicy("every3", "CT every 3rd night", "gated", policy("every3", schedule="0 2 */3 * *", **quiet)),
+        ReplayPolicy(
+            "every3_all_gap72",
+            "CT every 3rd night + drift + estimated drop 0.03 + observed drop, min interval 72 h",
+            "gated",
+            policy("every3_all_gap72", schedule="0 2 */3 * *", max_estimated_drop=0.03, min_interval_hours=72),
+        ),
     ]
 
 
