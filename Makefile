@@ -107,16 +107,19 @@ typecheck: setup ## mypy over the package
 # Two tiers, by folder. The fast tier (tests/unit, tests/dags) runs after every change; the slow tier
 # (tests/e2e, tests/serving, tests/ui, tests/cluster) runs whole DAGs, pipelines, servers, a browser and
 # interpreters that load the training stack. make test runs the fast tier, make ci (CI) both.
-# Test modules spread over PYTEST_WORKERS processes (pytest-xdist), a module's tests in one process (module
-# fixtures start servers once). Most end-to-end time is spent waiting on subprocesses and servers.
+# Test modules spread over pytest-xdist processes, a module's tests in one process (module fixtures start
+# servers once). The fast tier is CPU-bound: one process per core. The slow tier's processes mostly wait on
+# the subprocesses and servers they start (about 25 CPU-minutes in a 69-minute run of two), so it runs one
+# more process than cores.
 PYTEST_WORKERS ?= 2
-PYTEST := $(RUN) pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15
+CI_PYTEST_WORKERS ?= 3
+PYTEST_OPTS := -q --dist loadfile --durations=15
 FAST_TESTS := tests/unit tests/dags
 pytest-fast: setup ## the fast tier's tests: unit and DAG integrity
-	$(PYTEST) $(FAST_TESTS) $(PYTEST_ARGS)
+	$(RUN) pytest $(PYTEST_OPTS) -n $(PYTEST_WORKERS) $(FAST_TESTS) $(PYTEST_ARGS)
 
 pytest: setup ## every tier's tests: unit, DAG integrity, end to end, model server, model page, cluster
-	$(PYTEST) $(PYTEST_ARGS)
+	$(RUN) pytest $(PYTEST_OPTS) -n $(CI_PYTEST_WORKERS) $(PYTEST_ARGS)
 
 browser: ## Debian's headless Chromium for the model page's browser test (installed when run as root)
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: /usr/bin/chromium"; \
