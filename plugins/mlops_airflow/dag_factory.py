@@ -14,7 +14,7 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, BaseOperator, Param
 from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
 from mlops_airflow.core.config import candidate_grid, load_specs_tolerant, use_models_dir
-from mlops_airflow.core.spec import ModelSpec, ModelSpecError
+from mlops_airflow.core.spec import MAX_LABEL_DELAY_DAYS, ModelSpec, ModelSpecError
 
 START_DATE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # only the invalid-spec stand-in DAG (never scheduled)
 REGISTRY_POOL = "mlflow_registry"
@@ -340,7 +340,11 @@ See `docs/operations.md` (Replay).
                 description="Policies: spec, never, always, nightly, weekly, weekly_triggers, triggers",
             ),
             "label_delay_days": Param(
-                spec.label.delay_days, type="integer", minimum=0, description="Days until a batch's labels reach CT"
+                spec.label.delay_days,
+                type="integer",
+                minimum=0,
+                maximum=MAX_LABEL_DELAY_DAYS,
+                description="Days until a batch's labels reach CT",
             ),
         },
     ) as dag:

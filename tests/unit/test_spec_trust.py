@@ -198,6 +198,8 @@ def _canary(**fields):
         (_set("retrain", max_observed_drop=math.nan), "retrain.max_observed_drop", "finite number"),
         (_set("retrain", min_interval_hours=math.inf), "retrain.min_interval_hours", "finite number"),
         (_set("retrain", max_runs_per_week=0), "retrain.max_runs_per_week", "greater than or equal to 1"),
+        # a delay no timestamp arithmetic survives (the window's end minus 10**12 days overflows)
+        (_set("label", delay_days=10**12), "label.delay_days", "less than or equal to 3650"),
         (_set("drift", max_metric_drop=math.inf), "drift.max_metric_drop", "finite number"),
         (_set("gate", max_regression=math.inf), "gate.max_regression", "finite number"),
         (_set("gate", min_improvement=math.nan), "gate.min_improvement", "finite number"),

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.retrain_policy import CTRun, RetrainPolicy, Signals, decide, schedule_due
-from mlops_airflow.core.spec import ModelSpec
+from mlops_airflow.core.spec import MAX_LABEL_DELAY_DAYS, ModelSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -192,8 +192,10 @@ class Replay:
         label_delay_days: int = 0,
         truth: Callable[[LandedBatch], pd.DataFrame] | None = None,
     ) -> None:
-        if label_delay_days < 0:
-            raise ReplayError(f"{spec.name}: label delay {label_delay_days} days is negative")
+        if not 0 <= label_delay_days <= MAX_LABEL_DELAY_DAYS:
+            raise ReplayError(
+                f"{spec.name}: label delay {label_delay_days} days is not between 0 and {MAX_LABEL_DELAY_DAYS}"
+            )
         if end < start:
             raise ReplayError(f"{spec.name}: --to {end} is before --from {start}")
         self.spec = spec

@@ -46,6 +46,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+#: The longest label delay a spec or a replay may name, in days (ten years): dates stay computable.
+MAX_LABEL_DELAY_DAYS = 3650
+
 #: The schedule presets a spec may name, and the cron expressions (UTC) they stand for.
 SCHEDULE_PRESETS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@weekly": "0 0 * * 0"}
 
@@ -259,7 +262,8 @@ class LabelSpec(_Strict):
     #: Binary only: the value that is the positive class (its probability is thresholded); default: the second.
     positive: LabelValue | None = None
     #: Days a label takes to arrive: batches of the newest ``delay_days`` days may lack labels in any share.
-    delay_days: int = Field(default=0, ge=0)
+    #: At most ten years (3650).
+    delay_days: int = Field(default=0, ge=0, le=MAX_LABEL_DELAY_DAYS)
     #: Largest share of rows without a label in one batch (older than ``delay_days``); 0: every row labelled.
     max_unlabelled_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
 
