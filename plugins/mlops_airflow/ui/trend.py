@@ -46,34 +46,48 @@ def _title(point: Any, metric: str) -> str:
     return text
 
 
+class _Frame:
+    """One plot's scales, ``len`` columns over the value range ``low`` to ``high``, and its axes and ticks."""
+
+    def __init__(self, columns: int, low: float, high: float) -> None:
+        self.low, self.high = low, high
+        self.plot_h = HEIGHT - TOP - BOTTOM
+        self.step = (WIDTH - LEFT - RIGHT) / columns
+
+    def x(self, i: int) -> float:
+        return LEFT + self.step * (i + 0.5)
+
+    def y(self, value: float) -> float:
+        return TOP + self.plot_h * (self.high - value) / (self.high - self.low)
+
+    def open(self, svg_id: str, label: str, title: str) -> list[str]:
+        """The SVG's opening, both axes, the ``title`` (escaped markup) and the grid with its tick labels."""
+        bottom = TOP + self.plot_h
+        parts = [
+            f"<svg id='{svg_id}' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' "
+            f"viewBox='0 0 {WIDTH} {HEIGHT}' role='img' aria-label='{label}'>",
+            f"<line x1='{LEFT}' y1='{TOP}' x2='{LEFT}' y2='{bottom}' stroke='#98a2b3'/>",
+            f"<line x1='{LEFT}' y1='{bottom}' x2='{WIDTH - RIGHT}' y2='{bottom}' stroke='#98a2b3'/>",
+            f"<text x='{LEFT}' y='14' font-size='12' fill='#344054'>{title}</text>",
+        ]
+        for tick in _ticks(self.low, self.high):
+            ty = self.y(tick)
+            parts.append(
+                f"<line x1='{LEFT - 4}' y1='{ty:.1f}' x2='{WIDTH - RIGHT}' y2='{ty:.1f}' stroke='#eaecf0'/>"
+                f"<text x='{LEFT - 8}' y='{ty + 4:.1f}' font-size='11' text-anchor='end' fill='#667085'>"
+                f"{_fmt(tick)}</text>"
+            )
+        return parts
+
+
 def trend_svg(points: Sequence[Any], champion: str | None, metric: str) -> str:
     """The SVG of :func:`mlops_airflow.core.ledger.metric_trend`'s points; empty when none was measured."""
     bounds = _bounds(points)
     if bounds is None:
         return ""
-    low, high = bounds
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    step = plot_w / len(points)
-
-    def x(i: int) -> float:
-        return LEFT + step * (i + 0.5)
-
-    def y(value: float) -> float:
-        return TOP + plot_h * (high - value) / (high - low)
-
-    parts = [
-        f"<svg id='metric-trend' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' "
-        f"viewBox='0 0 {WIDTH} {HEIGHT}' role='img' aria-label='{html_text(metric)} per version'>",
-        f"<line x1='{LEFT}' y1='{TOP}' x2='{LEFT}' y2='{TOP + plot_h}' stroke='#98a2b3'/>",
-        f"<line x1='{LEFT}' y1='{TOP + plot_h}' x2='{WIDTH - RIGHT}' y2='{TOP + plot_h}' stroke='#98a2b3'/>",
-        f"<text x='{LEFT}' y='14' font-size='12' fill='#344054'>{html_text(metric)}</text>",
-    ]
-    for tick in _ticks(low, high):
-        ty = y(tick)
-        parts.append(
-            f"<line x1='{LEFT - 4}' y1='{ty:.1f}' x2='{WIDTH - RIGHT}' y2='{ty:.1f}' stroke='#eaecf0'/>"
-            f"<text x='{LEFT - 8}' y='{ty + 4:.1f}' font-size='11' text-anchor='end' fill='#667085'>{_fmt(tick)}</text>"
-        )
+    frame = _Frame(len(points), *bounds)
+    x, y, plot_h = frame.x, frame.y, frame.plot_h
+    parts = frame.open("metric-trend", f"{html_text(metric)} per version", html_text(metric))
     line = " ".join(f"{x(i):.1f},{y(p.value):.1f}" for i, p in enumerate(points) if p.value is not None)
     parts.append(f"<polyline points='{line}' fill='none' stroke='#84adea' stroke-width='1.5'/>")
     for i, point in enumerate(points):
@@ -160,32 +174,15 @@ def estimate_svg(points: Sequence[Any], metric: str) -> str:
     bounds = _estimate_bounds(points)
     if bounds is None:
         return ""
-    low, high = bounds
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    step = plot_w / len(points)
-
-    def x(i: int) -> float:
-        return LEFT + step * (i + 0.5)
-
-    def y(value: float) -> float:
-        return TOP + plot_h * (high - value) / (high - low)
-
-    parts = [
-        f"<svg id='estimate-trend' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' "
-        f"viewBox='0 0 {WIDTH} {HEIGHT}' role='img' aria-label='estimated and realised {html_text(metric)} per "
-        "batch'>",
-        f"<line x1='{LEFT}' y1='{TOP}' x2='{LEFT}' y2='{TOP + plot_h}' stroke='#98a2b3'/>",
-        f"<line x1='{LEFT}' y1='{TOP + plot_h}' x2='{WIDTH - RIGHT}' y2='{TOP + plot_h}' stroke='#98a2b3'/>",
-        f"<text x='{LEFT}' y='14' font-size='12' fill='#344054'>{html_text(metric)}: "
-        "<tspan fill='#0b63c5'>estimated</tspan> (band: interval), <tspan fill='#c4320a'>realised</tspan></text>",
-    ]
-    for tick in _ticks(low, high):
-        ty = y(tick)
-        parts.append(
-            f"<line x1='{LEFT - 4}' y1='{ty:.1f}' x2='{WIDTH - RIGHT}' y2='{ty:.1f}' stroke='#eaecf0'/>"
-            f"<text x='{LEFT - 8}' y='{ty + 4:.1f}' font-size='11' text-anchor='end' fill='#667085'>{_fmt(tick)}</text>"
-        )
-    half = min(step * 0.3, 8.0)
+    frame = _Frame(len(points), *bounds)
+    x, y, plot_h = frame.x, frame.y, frame.plot_h
+    parts = frame.open(
+        "estimate-trend",
+        f"estimated and realised {html_text(metric)} per batch",
+        f"{html_text(metric)}: <tspan fill='#0b63c5'>estimated</tspan> (band: interval), "
+        "<tspan fill='#c4320a'>realised</tspan>",
+    )
+    half = min(frame.step * 0.3, 8.0)
     for segment in _segments(points):
         first, last = segment[0], segment[-1]
         upper = [(x(i), y(points[i].high)) for i in segment]
