@@ -27,6 +27,15 @@ def variant(tmp_path: Path, change, name: str = "credit_default") -> Path:
     return path
 
 
+def assert_refused(tmp_path: Path, change, key: str, why: str) -> None:
+    """The changed spec is refused with a message naming its file, the key and the rule."""
+    path = variant(tmp_path, change)
+    with pytest.raises(ModelSpecError) as err:
+        load_model_spec(path)
+    message = str(err.value)
+    assert str(path) in message and key in message and why in message, message
+
+
 def set_estimator(**fields):
     def change(d):
         d["estimator"] = {**d["estimator"], **fields}
@@ -72,11 +81,7 @@ def set_estimator(**fields):
     ],
 )
 def test_estimator_that_is_not_data_is_refused(tmp_path, change, key, why):
-    path = variant(tmp_path, change)
-    with pytest.raises(ModelSpecError) as err:
-        load_model_spec(path)
-    message = str(err.value)
-    assert str(path) in message and key in message and why in message, message
+    assert_refused(tmp_path, change, key, why)
 
 
 def test_python_tags_in_yaml_are_not_constructed(tmp_path):
@@ -213,11 +218,7 @@ def _canary(**fields):
     ],
 )
 def test_hostile_policy_limits_and_schedules_are_refused_by_key(tmp_path, change, key, why):
-    path = variant(tmp_path, change)
-    with pytest.raises(ModelSpecError) as err:
-        load_model_spec(path)
-    message = str(err.value)
-    assert str(path) in message and key in message and why in message, message
+    assert_refused(tmp_path, change, key, why)
 
 
 @pytest.mark.parametrize("schedule", ["@daily", "@midnight", "@hourly", "@weekly", "15 3 * * 1-5"])
