@@ -160,3 +160,39 @@ def test_replay_history_needs_a_date_in_each_file_name(tmp_path: Path) -> None:
     (tmp_path / "latest.csv").write_text("x,y\n")
     with pytest.raises(ReplayError, match=r"latest\.csv: a replayed batch needs an ISO date"):
         landed_batches(tmp_path, "csv")
+
+
+def test_replay_history_is_listed_by_the_landing_zone_a_symlink_out_of_the_roots_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history is read as a CT run reads the landing zone: a symlink there naming a file outside the
+    allowed landing roots is refused by name; its content is neither read nor echoed."""
+    from mlops_airflow.core.replay import ReplayError, landed_batches
+
+    monkeypatch.setenv("MLOPS_DATA_ROOT", str(tmp_path / "data"))
+    history = tmp_path / "data" / "landing" / "m"
+    history.mkdir(parents=True)
+    (history / "batch_2026-01-01.csv").write_text("x,y\n1,0\n")
+    secret = tmp_path / "elsewhere" / "accounts.csv"
+    secret.parent.mkdir()
+    secret.write_text("user,password\nalice,hunter2\n")
+    (history / "batch_2026-01-02.csv").symlink_to(secret)
+    with pytest.raises(ReplayError, match=r"batch_2026-01-02\.csv: resolves outside the allowed landing roots") as err:
+        landed_batches(history, "csv")
+    assert "rule landing_root" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_replay_applies_the_specs_size_cap_to_every_history_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlops_airflow.core.replay import ReplayError, replay
+
+    monkeypatch.setenv("MLOPS_DATA_ROOT", str(tmp_path / "data"))
+    history = tmp_path / "data" / "landing" / "m"
+    history.mkdir(parents=True)
+    for day in (1, 2):
+        (history / f"batch_2026-01-0{day}.csv").write_text("x,y\n" + "1,0\n0,1\n" * 20)
+    spec = _spec(source={"uri": "landing/m", "max_file_bytes": 64})
+    capped = r"batch_2026-01-01\.csv: \d+ bytes, over the cap of 64 bytes.*max_file_bytes"
+    with pytest.raises(ReplayError, match=capped):
+        replay(spec, history, dt.date(2026, 1, 2), dt.date(2026, 1, 2), ["never"], tmp_path / "out")

@@ -328,12 +328,11 @@ class LandingZone:
 
     # -- size, read, hash ---------------------------------------------------------------------------------
 
-    def read(self, batch: LandedFile) -> tuple[Any, str]:
-        """``batch`` as an Arrow table and the SHA-256 of its bytes, read once.
+    def read_bytes(self, batch: LandedFile) -> tuple[bytes, str]:
+        """``batch``'s bytes and their SHA-256, read once, by every rule of the zone but the parse.
 
-        :raises RefusedFile: outside the landing roots, over the size cap, or a column name twice.
+        :raises RefusedFile: outside the landing roots, or over the size cap.
         :raises IncompleteBatch: not whole by the landing protocol, or changed while being read.
-        :raises DataError: not a readable table.
         """
         if batch.refused:
             raise RefusedFile(batch.refused, rule="landing_root")
@@ -350,6 +349,17 @@ class LandingZone:
                 "not whole yet, or replaced after the manifest was written",
                 rule="whole_batch",
             )
+        return raw, digest
+
+    def read(self, batch: LandedFile) -> tuple[Any, str]:
+        """``batch`` as an Arrow table and the SHA-256 of its bytes, read once.
+
+        :raises RefusedFile: outside the landing roots, over the size cap, or a column name twice.
+        :raises IncompleteBatch: not whole by the landing protocol, or changed while being read.
+        :raises DataError: not a readable table.
+        """
+        raw, digest = self.read_bytes(batch)
+        expected = (self._protocol()[1] or {}).get(batch.name)
         table = parse_table(raw, self._kind(batch.name), str(batch))
         del raw
         if expected is not None and expected.rows != table.num_rows:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mlops_airflow.core.errors import MlopsError
+from mlops_airflow.core.landing import DataError, LandedFile, LandingZone
 from mlops_airflow.core.retrain_policy import CTRun, RetrainPolicy, Signals, decide, schedule_due
 from mlops_airflow.core.spec import MAX_LABEL_DELAY_DAYS, ModelSpec
 
@@ -112,29 +113,62 @@ def resolve_policies(spec: ModelSpec, names: Sequence[str]) -> list[ReplayPolicy
 
 @dataclass(frozen=True)
 class LandedBatch:
-    """One daily batch of the history."""
+    """One daily batch of the history, as the landing zone listed it (and reads it)."""
 
     name: str
     date: dt.date
     path: Path
+    file: LandedFile
+    zone: LandingZone
+
+    def read_bytes(self) -> bytes:
+        """The batch's bytes through the landing zone's reader (roots, size cap, landing protocol)."""
+        try:
+            return self.zone.read_bytes(self.file)[0]
+        except DataError as err:
+            raise ReplayError(f"{err} (rule {err.rule})") from None
+
+    def frame(self) -> pd.DataFrame:
+        """The batch as a table, read as a CT run reads it."""
+        try:
+            return self.zone.read(self.file)[0].to_pandas()
+        except DataError as err:
+            raise ReplayError(f"{err} (rule {err.rule})") from None
+
+    def copy_to(self, folder: Path, name: str | None = None) -> None:
+        """Land the bytes read through the zone in ``folder`` (never a copy of what a symlink names)."""
+        (folder / (name or self.name)).write_bytes(self.read_bytes())
 
 
-def landed_batches(folder: Path, fmt: str) -> list[LandedBatch]:
-    """The daily batches of ``folder`` (files ending ``.<fmt>``) in date order; each name carries its date."""
+def landed_batches(folder: Path, fmt: str, zone: LandingZone | None = None) -> list[LandedBatch]:
+    """The daily batches of ``folder`` (files ending ``.<fmt>``) in date order; each name carries its date.
+
+    Listed and later read by the landing zone's one reader (``zone``, default the folder with no landing
+    protocol): a file or symlink leading outside the allowed landing roots is refused, naming it and the rule,
+    as a CT run refuses it.
+    """
     if not folder.is_dir():
         raise ReplayError(f"{folder}: the history folder does not exist")
+    zone = zone if zone is not None else LandingZone(folder, fmt)
+    try:
+        files = zone.files()
+    except DataError as err:
+        raise ReplayError(f"{err} (rule {err.rule})") from None
     out = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.suffix != f".{fmt}":
+    for file in files:
+        if not file.name.endswith(f".{fmt}"):
             continue
-        match = DATE_RE.search(path.name)
+        path = Path(str(file.path))
+        if file.refused:
+            raise ReplayError(f"{file.refused} (rule landing_root)")
+        match = DATE_RE.search(file.name)
         if match is None:
             raise ReplayError(f"{path}: a replayed batch needs an ISO date (YYYY-MM-DD) in its file name")
         try:
             day = dt.date.fromisoformat(match[1])
         except ValueError:
             raise ReplayError(f"{path}: {match[1]!r} in the file name is not a date") from None
-        out.append(LandedBatch(path.name, day, path))
+        out.append(LandedBatch(file.name, day, path, file, zone))
     out.sort(key=lambda b: (b.date, b.name))
     dates = [b.date for b in out]
     dupes = sorted({d for d in dates if dates.count(d) > 1})
@@ -227,10 +261,8 @@ class Replay:
     # ---- data -------------------------------------------------------------------------------------
     def rows(self, batch: LandedBatch) -> pd.DataFrame:
         """The batch as landed (read once)."""
-        from mlops_airflow.core.data import read_batch
-
         if batch.name not in self.frames:
-            self.frames[batch.name] = read_batch(batch.path, self.spec.source.format)
+            self.frames[batch.name] = batch.frame()
         return self.frames[batch.name]
 
     def truth_rows(self, batch: LandedBatch) -> pd.DataFrame:
@@ -373,7 +405,7 @@ class Replay:
         landing = self.workdir / "landing" / "warmup"
         landing.mkdir(parents=True)
         for batch in self.warmup:
-            shutil.copy(batch.path, landing / batch.name)
+            batch.copy_to(landing)
         snapshot = self.snapshot(landing, "warmup")
         failed, _ = self.validate(snapshot)
         if failed:
@@ -518,8 +550,7 @@ class Replay:
         """The batch whose labels arrive tonight reaches the policy's CT landing zone."""
         arrived = index - self.label_delay
         if arrived >= 0:
-            batch = self.replayed[arrived]
-            shutil.copy(batch.path, state.landing / batch.name)
+            self.replayed[arrived].copy_to(state.landing)
 
     def run(self) -> dict[str, Any]:
         initial, metric, calibration = self.initial_champion()
@@ -608,7 +639,7 @@ def replay(
         shutil.rmtree(work)
     work.mkdir(parents=True)
     started = time.perf_counter()
-    batches = landed_batches(history, spec.source.format)
+    batches = landed_batches(history, spec.source.format, LandingZone.of(spec, history))
     # The limit below applies to the thread pools already loaded: load the estimator's (scikit-learn's OpenMP
     # runtime) first. Loaded later, it kept its 2 threads, and on a busy 2-core machine a demo fit took 14.6 s
     # instead of 1.1 s (spinning threads); the fitted models are the same.
