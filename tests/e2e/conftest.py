@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,10 +68,14 @@ def mlflow_client(mlops_home: Path) -> Any:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path, mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A real MLflow tracking server (SQLite store, proxied artifacts), the ``mlflow_default`` connection."""
+def mlflow_server(
+    tmp_path: Path, mlops_home: Path, mlflow_store_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite store, proxied artifacts), the ``mlflow_default`` connection.
+    Its store is a copy of the session's migrated template (the server starts without migrating one)."""
     import requests
 
+    shutil.copyfile(mlflow_store_template, tmp_path / "server.db")
     url = f"http://127.0.0.1:{free_port()}"
     log = tmp_path / "mlflow-server.log"
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",

@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,14 +69,16 @@ def airflow_init() -> Any:
 
 
 @pytest.fixture
-def mlflow_server(mlops_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def mlflow_server(mlops_home: Path, mlflow_store_template: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """``mlflow server --app-name basic-auth`` (deploy/mlflow/basic_auth.ini with a SQLite user database; SQLite
     backend, proxied artifacts). The test process is its admin; user ``serving`` gets exactly the cluster's
-    grants (``airflow_init.SERVING_USER_GRANTS``, made by ``airflow_init.mlflow_user``)."""
+    grants (``airflow_init.SERVING_USER_GRANTS``, made by ``airflow_init.mlflow_user``). The backend store is a
+    copy of the session's migrated template: the server starts on it without migrating a new one."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     root = mlops_home / "mlflow-server"
     root.mkdir(parents=True)
+    shutil.copyfile(mlflow_store_template, root / "mlflow.db")
     auth = configparser.ConfigParser()
     auth.read(REPO / "deploy" / "mlflow" / "basic_auth.ini")
     auth["mlflow"]["database_uri"] = f"sqlite:///{root / 'auth.db'}"
