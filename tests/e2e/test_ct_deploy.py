@@ -11,7 +11,7 @@ import pytest
 
 from mlops_airflow.core.trust import ModelRegistry
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.demo_champion]  # each test starts from the first CT run
 CT = "ct_credit_default"
 ROLLBACK = "rollback_credit_default"
 MODEL = "credit_default"
@@ -34,9 +34,10 @@ def shuffle_training_labels(landing, days) -> None:
         frame.to_csv(path, index=False)
 
 
-def test_first_run_promotes_then_a_good_day_promotes_again_and_rollback_returns(run_dag, demo_batches, mlflow_client):
-    demo_batches(range(15))
-    first = run_dag(CT)
+def test_first_run_promotes_then_a_good_day_promotes_again_and_rollback_returns(
+    demo_champion, run_dag, demo_batches, mlflow_client
+):
+    first = demo_champion  # 15 landed days, then ct_credit_default
     assert first.state == "success", first.tasks
     decision = first.xcom("gate", key="gate_decision")
     assert decision["blessed"] and decision["first_run"], decision
@@ -82,9 +83,10 @@ def test_first_run_promotes_then_a_good_day_promotes_again_and_rollback_returns(
     assert aliases(mlflow_client)["champion"] == "1"
 
 
-def test_candidate_trained_on_shuffled_labels_is_not_blessed(run_dag, demo_batches, landing, mlflow_client):
-    demo_batches(range(15))
-    assert run_dag(CT).state == "success"
+def test_candidate_trained_on_shuffled_labels_is_not_blessed(
+    demo_champion, run_dag, demo_batches, landing, mlflow_client
+):
+    assert demo_champion.state == "success"
 
     demo_batches(range(15, 16))
     shuffle_training_labels(landing, slice(-15, -1))  # the next run's training window, not its eval day
@@ -109,9 +111,8 @@ def test_candidate_trained_on_shuffled_labels_is_not_blessed(run_dag, demo_batch
         assert "non_inferiority" in fh.read()
 
 
-def test_rollback_refuses_a_version_never_blessed(run_dag, demo_batches, mlflow_client):
-    demo_batches(range(15))
-    assert run_dag(CT).state == "success"
+def test_rollback_refuses_a_version_never_blessed(demo_champion, run_dag, mlflow_client):
+    assert demo_champion.state == "success"
     registry = ModelRegistry(mlflow_client, MODEL)
     # a version registered by hand, outside the gate
     unblessed = registry.register(

@@ -9,16 +9,15 @@ import pytest
 
 from mlops_airflow.core import demo_data
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.demo_champion]  # each test starts from the first CT run
 
 
 def metric_history(client, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def test_monitor_logs_the_estimate_then_estimated_vs_realised(run_dag, demo_batches, landing, mlflow_client):
-    demo_batches(range(15))
-    assert run_dag("ct_credit_default").state == "success"
+def test_monitor_logs_the_estimate_then_estimated_vs_realised(demo_champion, run_dag, landing, mlflow_client):
+    assert demo_champion.state == "success"
     version = mlflow_client.get_model_version_by_alias("credit_default", "champion")
     promoted = mlflow_client.get_run(version.run_id).data.metrics
     assert "candidate_ece" in promoted and "candidate_excess_ece" in promoted  # recorded at promotion

@@ -8,7 +8,7 @@ import pytest
 
 from mlops_airflow.core import demo_data
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.demo_champion]  # each test starts from the first CT run
 RETRAIN_URI = "mlops://credit_default/retrain-request"
 
 
@@ -27,10 +27,8 @@ def retrain_events() -> list[dict]:
 
 
 @pytest.fixture
-def champion(run_dag, demo_batches):
-    demo_batches(range(15))
-    result = run_dag("ct_credit_default")
-    assert result.state == "success", result.tasks
+def champion(demo_champion):
+    assert demo_champion.state == "success", demo_champion.tasks
 
 
 def test_drift_requests_a_retrain_once_per_cooldown(champion, run_dag, demo_batches):

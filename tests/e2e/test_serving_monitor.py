@@ -59,9 +59,9 @@ def serve_drifted_traffic(tmp_path: Path, requests_count: int) -> None:
     assert "Application shutdown complete." in log.read_text()
 
 
-def test_monitor_requests_a_retrain_for_drifted_served_traffic(run_dag, demo_batches, tmp_path) -> None:
-    demo_batches(range(15))
-    assert run_dag(f"ct_{MODEL}").state == "success"
+@pytest.mark.demo_champion
+def test_monitor_requests_a_retrain_for_drifted_served_traffic(demo_champion, run_dag, tmp_path) -> None:
+    assert demo_champion.state == "success"
 
     quiet = run_dag(f"monitor_{MODEL}")  # no request log yet: the landing zone alone, which has not drifted
     assert quiet.state == "success", quiet.tasks

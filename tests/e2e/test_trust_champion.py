@@ -22,7 +22,7 @@ from mlops_airflow.core import demo_data
 from mlops_airflow.core.registry import CHAMPION
 from mlops_airflow.core.trust import TAG_SIGNATURE, ModelRegistry, UnblessedVersionError
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.demo_champion]  # each test starts from the first CT run
 MODEL = "credit_default"
 
 
@@ -63,12 +63,11 @@ def hand_made_ct_version(client: Any) -> str:
 
 
 @pytest.fixture
-def first_ct_run(run_dag, demo_batches, mlops_home, monkeypatch) -> None:
-    """The embedded default with no key in the environment: 15 landed days, a scoring day, one CT run (v1)."""
-    monkeypatch.delenv("MLOPS_SIGNING_KEY", raising=False)
-    demo_batches(range(15))
+def first_ct_run(demo_champion, mlops_home) -> None:
+    """The embedded default with no key in the environment: 15 landed days, one CT run (v1), a scoring day."""
+    assert "MLOPS_SIGNING_KEY" not in os.environ
     demo_data.write_batches(mlops_home / "data" / "scoring" / MODEL, range(15, 16))
-    assert run_dag(f"ct_{MODEL}").state == "success"
+    assert demo_champion.state == "success"
 
 
 def test_embedded_default_signs_and_every_consumer_refuses_a_forged_champion(
