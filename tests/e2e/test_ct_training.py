@@ -26,9 +26,9 @@ def parent_run(client, run_id):
     return exp, run
 
 
-def test_ct_run_trains_candidates_and_logs_model(run_dag, demo_batches, mlflow_client):
-    demo_batches(range(15))
-    result = run_dag(DAG_ID)
+@pytest.mark.demo_champion
+def test_ct_run_trains_candidates_and_logs_model(demo_champion, mlflow_client):
+    result = demo_champion  # 15 landed days, then ct_credit_default
 
     n_candidates = len(candidate_grid(get_spec("credit_default")))
     for task in ("snapshot", "validate_data", "select_candidate"):
