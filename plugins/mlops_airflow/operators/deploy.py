@@ -326,15 +326,15 @@ class SmokeTestOperator(MlopsBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         import json
         import os
-        import subprocess
-        import sys
         from pathlib import Path
 
         from mlops_airflow.core import tracking
         from mlops_airflow.core.data import load_part
+        from mlops_airflow.core.fresh_process import run_in_fresh_process, start_server
         from mlops_airflow.core.registry import CHALLENGER
         from mlops_airflow.core.scoring import model_input
 
+        start_server()  # its imports run while this task reads the rows and the registry
         spec = self.spec
         parent = self.parent_run_id(context)
         x = model_input(spec, load_part(load_snapshot(self.snapshot), "eval", spec.input_columns))
@@ -351,8 +351,7 @@ class SmokeTestOperator(MlopsBaseOperator):
         # it asks (another run may move it), and needs no registry lookup of its own (a store connection and
         # schema check, ~1 s on a local store).
         source = self.client.get_model_version_download_uri(spec.name, str(challenger.version))
-        cmd = [
-            sys.executable, "-m", "mlops_airflow.core.smoke",
+        argv = [
             "--model-uri", source,
             "--rows", str(rows_file),
             "--task", spec.kind,
@@ -360,14 +359,17 @@ class SmokeTestOperator(MlopsBaseOperator):
             "--max-latency-ms", str(spec.smoke_test.max_latency_ms_per_row),
         ]  # fmt: skip
         if spec.smoke_test.serve:
-            cmd.append("--serve")
+            argv.append("--serve")
         # One OpenMP thread: the budget is per-row serving latency, and spinning OpenMP workers on a busy
         # worker host make a timing say more about the neighbours than about the model.
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.hook.tracking_uri, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        # A fresh process that imported no module of this package nor of this task: forked from a server that
+        # preloaded the third-party libraries (started at the first smoke test of this process), or a new
+        # interpreter (MLOPS_SMOKE_FRESH_INTERPRETER=1).
+        returncode, stdout, stderr = run_in_fresh_process("mlops_airflow.core.smoke", argv, env=env, timeout=600)
+        lines = [line for line in stdout.splitlines() if line.startswith("{")]
         if not lines:
-            raise RuntimeError(f"smoke test process gave no result (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"smoke test process gave no result (exit {returncode}):\n{stderr[-3000:]}")
         result = {**json.loads(lines[-1]), "model_uri": f"models:/{spec.name}/{challenger.version}", "source": source}
         tracking.log_json(self.client, parent, result, "smoke_test/result.json")
         self.client.set_model_version_tag(
