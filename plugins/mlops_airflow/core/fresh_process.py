@@ -37,6 +37,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mlops_airflow.core.errors import MlopsError
+
 #: Third-party modules the forkserver imports once: what loading and predicting with a model of this package
 #: imports (a module that is not installed is skipped). Never a module of this package nor ``__main__``: the
 #: child would then hold code the model server does not have, and a model that needs it would pass.
@@ -68,7 +70,7 @@ _start_lock = threading.Lock()
 _interpreter_paths: dict[tuple[str | None, ...], list[str]] = {}
 
 
-class FreshProcessTimeout(subprocess.TimeoutExpired):
+class FreshProcessTimeout(MlopsError, subprocess.TimeoutExpired):
     """The child ran past its timeout and was killed (the forkserver it was forked from runs on)."""
 
     def __init__(self, cmd: Any, timeout: float, output: str, stderr: str, pid: int | None) -> None:
