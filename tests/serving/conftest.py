@@ -236,9 +236,10 @@ def registrar(client: Any, models_dir: Callable[..., Path]) -> Callable[..., Reg
 
 
 class ModelServer:
-    """``python -m mlops_airflow.serving`` on a free loopback port."""
+    """``python -m mlops_airflow.serving`` on a free loopback port (``--workers`` processes behind it)."""
 
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
+    def __init__(self, root: Path, env: dict[str, str], workers: int = 1) -> None:
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / f"model-server-{self.port}.log"
@@ -247,6 +248,8 @@ class ModelServer:
 
     def start(self, *, ready: bool = True) -> ModelServer:
         cmd = [sys.executable, "-m", "mlops_airflow.serving", "--port", str(self.port)]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # fmt: skip
@@ -277,7 +280,7 @@ class ModelServer:
 def model_server(mlflow_server: str, mlops_home: Path, tmp_path: Path) -> Iterator[Callable[..., ModelServer]]:
     started: list[ModelServer] = []
 
-    def _start(*, ready: bool = True, **env: str) -> ModelServer:
+    def _start(*, ready: bool = True, workers: int = 1, **env: str) -> ModelServer:
         environment = {
             **os.environ,
             "MLFLOW_TRACKING_URI": mlflow_server,
@@ -290,7 +293,7 @@ def model_server(mlflow_server: str, mlops_home: Path, tmp_path: Path) -> Iterat
             "OMP_NUM_THREADS": "1",
             **env,
         }
-        server = ModelServer(tmp_path, environment).start(ready=ready)
+        server = ModelServer(tmp_path, environment, workers).start(ready=ready)
         started.append(server)
         return server
 

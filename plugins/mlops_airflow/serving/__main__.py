@@ -11,6 +11,7 @@ version copies are removed, and the process exits 0 after a SIGTERM (``make serv
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import shutil
@@ -54,6 +55,22 @@ def build_app() -> FastAPI:
     return create_app(Server(config, specs, client, settings.storage_base()))
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def worker_log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging plus this package's records, each naming its process: every worker sets its logging
+    up from this (``logging.basicConfig`` in the parent does not reach the worker processes)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["records"] = {"format": LOG_FORMAT.replace("%(name)s:", "%(name)s [pid %(process)d]:")}
+    config["handlers"]["records"] = {"class": "logging.StreamHandler", "formatter": "records",
+                                     "stream": "ext://sys.stderr"}  # fmt: skip
+    config["root"] = {"handlers": ["records"], "level": level.upper()}
+    return config
+
+
 def _exit_cleanly(signum: int, frame: Any) -> None:
     """SIGTERM outside uvicorn's own handling (before it starts, or re-raised once it has shut down)."""
     raise SystemExit(0)
@@ -71,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     if args.workers < 1:
         sys.exit(f"model server: --workers {args.workers}: must be at least 1")
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -85,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
             notify_dir = tempfile.mkdtemp(prefix="mlops-serving-notify-")
             os.environ[NOTIFY_DIR_ENV] = notify_dir  # the workers pass reload notifications on through it
             uvicorn.run("mlops_airflow.serving.__main__:build_app", factory=True, host=args.host, port=args.port,
-                        workers=args.workers, log_level=args.log_level, access_log=False)  # fmt: skip
+                        workers=args.workers, log_level=args.log_level, access_log=False,
+                        log_config=worker_log_config(args.log_level))  # fmt: skip
     except ServingConfigError as err:
         sys.exit(f"model server: {err}")
     finally:

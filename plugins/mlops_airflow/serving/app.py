@@ -259,6 +259,10 @@ def create_app(server: Server) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         server.start()
+        if server.follower.notify_dir is not None:
+            # One of several workers sharing the port: it accepts connections only once it holds its models'
+            # champion (or knows why not), so /ready answered by another worker holds for this one too.
+            await asyncio.to_thread(server.follower.first_pass.wait)
         try:
             yield
         finally:

@@ -317,6 +317,8 @@ class Follower:
         self._stop = threading.Event()
         self._notified: set[str] = set()
         self._lock = threading.Lock()
+        #: set after the first pass over the slots (each then holds its champion, or records why it does not)
+        self.first_pass = threading.Event()
         self._thread = threading.Thread(target=self._run, name="champion-follower", daemon=True)
 
     def start(self) -> None:
@@ -377,11 +379,12 @@ class Follower:
             self._seen_marks = self._marks() or self._seen_marks
             for name, slot in self.slots.items():
                 if self._stop.is_set():
-                    return
+                    break
                 try:
                     self.refresh(slot, retry_failed=name in notified)
                 except Exception:  # the follower must outlive any one model's trouble
                     log.exception("following %s failed", name)
+            self.first_pass.set()
             self._wait()
 
     def _alias_version(self, name: str, alias: str) -> str | None:
