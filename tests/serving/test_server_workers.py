@@ -128,13 +128,29 @@ class Traffic:
         return counts
 
 
-def connect_to_every_worker(port: int, workers: int, at_least: int) -> list[WorkerConnection]:
-    """Keep-alive connections until every worker process holds some (the kernel picks who accepts each)."""
+def connect_to_every_worker(
+    port: int, workers: int, at_least: int, per_worker: int = 20, seconds: float = 180
+) -> list[WorkerConnection]:
+    """Keep-alive connections until every worker process holds some (the kernel picks who accepts each).
+
+    Connections open in parallel bursts: opened one after another, each finds the same worker idle and first in
+    line (the kernel wakes the newest waiter), and on a busy host a worker may take a while to start accepting.
+    A worker keeps at most ``per_worker`` of them; surplus ones are closed.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     connections: list[WorkerConnection] = []
+    deadline = time.monotonic() + seconds
     while len({c.pid for c in connections}) < workers or len(connections) < at_least:
         accepted_by = sorted({c.pid for c in connections})
-        assert len(connections) < 40, f"40 connections, all accepted by worker(s) {accepted_by}"
-        connections.append(WorkerConnection(port))
+        assert time.monotonic() < deadline, f"after {seconds} s every connection was accepted by {accepted_by}"
+        with ThreadPoolExecutor(8) as pool:
+            burst = list(pool.map(lambda _: WorkerConnection(port), range(8)))
+        for connection in burst:
+            if sum(c.pid == connection.pid for c in connections) < per_worker:
+                connections.append(connection)
+            else:
+                connection.http.close()
     return connections
 
 
