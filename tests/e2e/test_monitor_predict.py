@@ -87,3 +87,26 @@ def test_predictions_carry_the_champion_version_and_are_not_made_twice(champion,
 
     again = run_dag("predict_credit_default")
     assert again.xcom("predict") | {} == {**again.xcom("predict"), "written": 0, "skipped": 1}
+
+    # Another folder's file of the same name (passed as data_uri) is a different batch: scored, not skipped
+    resend = mlops_home / "data" / "scoring" / "credit_default_resend"
+    resend.mkdir(parents=True)
+    other = demo_data.generate_batch(21, n_rows=120).drop(columns=["default"])
+    other.to_csv(resend / "batch_2026-01-21.csv", index=False)
+    third = run_dag("predict_credit_default", conf={"data_uri": str(resend)})
+    assert third.state == "success", third.tasks
+    assert third.xcom("predict")["written"] == 1
+    (path,) = third.xcom("predict")["files"]
+    assert path != out["files"][0]
+    assert list(pd.read_parquet(path.removeprefix("file://"))["application_id"]) == list(other["application_id"])
+    assert len(pd.read_parquet(out["files"][0].removeprefix("file://"))) == 300  # the first batch's, kept
+
+    # the same batch landed again with other bytes is scored again; the same bytes touched are not
+    frame.iloc[:50].to_csv(scoring / "batch_2026-01-21.csv", index=False)
+    fourth = run_dag("predict_credit_default")
+    assert fourth.xcom("predict")["written"] == 1
+    assert len(pd.read_parquet(fourth.xcom("predict")["files"][0].removeprefix("file://"))) == 50
+    (scoring / "batch_2026-01-21.csv").touch()
+    for uri in (None, str(resend)):
+        rerun = run_dag("predict_credit_default", conf={"data_uri": uri} if uri else None)
+        assert rerun.xcom("predict")["written"] == 0, rerun.xcom("predict")

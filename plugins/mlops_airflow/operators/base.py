@@ -211,6 +211,11 @@ class LandedBatches:
 
     def frame(self, batch: Any) -> Any:
         """One batch as a pandas frame; ``None`` when it is not whole yet and the spec says ``skip``."""
+        read = self.table(batch)
+        return None if read is None else read[0]
+
+    def table(self, batch: Any) -> tuple[Any, str] | None:
+        """One batch as a pandas frame and the SHA-256 of its bytes; ``None`` as :meth:`frame`."""
         from airflow.sdk.exceptions import AirflowFailException
 
         from mlops_airflow.core.landing import DataError
@@ -219,7 +224,7 @@ class LandedBatches:
             read = self.zone.usable(batch)
         except DataError as err:
             raise AirflowFailException(str(err)) from None
-        return None if read is None else read[0].to_pandas()
+        return None if read is None else (read[0].to_pandas(), read[1])
 
     def newest(self, count: int) -> tuple[list[Any], Any]:
         """The ``count`` newest whole batches (oldest first) and their rows as one pandas frame."""

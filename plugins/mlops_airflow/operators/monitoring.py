@@ -26,12 +26,61 @@ def _batches(spec: Any, uri: str, fmt: str, what: str = "landing zone") -> Any:
     return LandedBatches(spec, uri, fmt, what)
 
 
+SOURCE_KEY = b"mlops.source"
+
+
+def _scored_source(target: Any) -> dict[str, Any] | None:
+    """The batch a prediction file records it scored (``{}`` for a file written before they recorded it), or
+    ``None`` when there is no prediction file at ``target``."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    if not target.exists():
+        return None
+    with target.open("rb") as fh:
+        meta = pq.read_schema(fh).metadata or {}
+    try:
+        found = json.loads(meta.get(SOURCE_KEY, b"{}"))
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _same_listing(recorded: dict[str, Any], batch: Any) -> bool:
+    """Whether ``batch`` is, by its listing, the file a prediction file recorded: same path, size and mtime
+    (a cheap check before reading; any difference is settled by the SHA-256 of the bytes)."""
+    if not recorded:
+        return False
+    return (recorded.get("path"), recorded.get("size"), recorded.get("mtime")) == (
+        str(batch.path),
+        batch.size,
+        batch.mtime,
+    )
+
+
+def _write_predictions(out: Any, fh: Any, batch: Any, sha: str) -> None:
+    """``out`` as Parquet, with the batch it came from in the file's metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlops_airflow.core.encoding import dumps
+
+    table = pa.Table.from_pandas(out, preserve_index=False)
+    source = {"path": str(batch.path), "size": batch.size, "mtime": batch.mtime, "sha256": sha}
+    meta = {**(table.schema.metadata or {}), SOURCE_KEY: dumps(source).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), fh)
+
+
 class PredictOperator(MlopsBaseOperator):
     """Score every not-yet-scored batch with ``models:/<model>@champion``.
 
     Each input batch gives one Parquet file of predictions (input columns, ``prediction``,
-    ``model_version``, ``predicted_at``); a batch that already has one is skipped, so reruns score nothing
-    twice. The predictions asset is emitted when anything new was written.
+    ``model_version``, ``predicted_at``), named after the batch and recording in its metadata the batch it
+    scored (path, size, mtime, SHA-256 of its bytes). A batch that already has one is skipped, so reruns score
+    nothing twice; a *different* file of the same name (from another folder passed as ``data_uri``, or a batch
+    landed again with other bytes) is scored to ``<name>.<sha256[:12]>.parquet`` beside it, never skipped.
+    The predictions asset is emitted when anything new was written.
 
     :param data_uri: a batch file or a directory of them (templated; empty = the spec's scoring zone).
     """
@@ -72,13 +121,24 @@ class PredictOperator(MlopsBaseOperator):
         if not batches:
             self.log.info("scoring zone %s holds no batch: nothing to score", uri)
         for batch in batches:
-            target = out_dir / f"{batch.name.rsplit('.', 1)[0]}.parquet"
-            if target.exists():
+            stem = batch.name.rsplit(".", 1)[0]
+            target = out_dir / f"{stem}.parquet"
+            recorded = _scored_source(target)
+            if recorded is not None and _same_listing(recorded, batch):
                 skipped.append(batch.name)
                 continue
-            frame = landed.frame(batch)
-            if frame is None:  # not whole yet (warned): a later run scores it
+            read = landed.table(batch)
+            if read is None:  # not whole yet (warned): a later run scores it
                 continue
+            frame, sha = read
+            if recorded is not None and recorded.get("sha256") in {sha, None}:  # same bytes (None: made before
+                skipped.append(batch.name)  # predictions recorded their batch)
+                continue
+            if recorded is not None:  # another file of this name was scored: both keep their predictions
+                target = out_dir / f"{stem}.{sha[:12]}.parquet"
+                if (_scored_source(target) or {}).get("sha256") == sha:
+                    skipped.append(batch.name)
+                    continue
             missing = [c for c in spec.model_features if c not in frame.columns]
             if missing:
                 raise AirflowFailException(f"{batch}: scoring batch lacks feature column(s) {missing}")
@@ -93,7 +153,7 @@ class PredictOperator(MlopsBaseOperator):
             ).assign(model_version=version, predicted_at=dt.datetime.now(dt.UTC))
             tmp = out_dir / f".{target.name}.tmp"
             with tmp.open("wb") as fh:
-                out.to_parquet(fh, index=False)
+                _write_predictions(out, fh, batch, sha)
             tmp.rename(target)  # readers never see a half-written prediction file
             written.append(str(target))
             scored.append(str(batch))
