@@ -141,3 +141,19 @@ def test_late_labels_are_declared_on_the_label(tmp_path):
     )
     assert (spec.label.delay_days, spec.label.max_unlabelled_fraction) == (3, 0.1)
     assert (load_model_spec(GOOD).label.delay_days, load_model_spec(GOOD).label.max_unlabelled_fraction) == (0, 0.0)
+
+
+def test_yes_no_on_off_in_a_spec_are_text_and_true_false_stay_booleans(tmp_path):
+    # YAML 1.1 read `values: [no, yes]` as [False, True]: landed "no"/"yes" labels matched no class
+    text = GOOD.read_text().replace("values: [0, 1]", "values: [no, yes]\n  positive: yes")
+    text = text.replace("categories: [rent, own, mortgage]", "categories: [on, off, mortgage]")
+    text = text.replace("{name: age, type: numeric, nullable: false,", "{name: age, type: numeric, nullable: off,")
+    text = text.replace("{name: income, type: numeric, nullable: true,", "{name: income, type: numeric, nullable: yes,")
+    path = tmp_path / "credit_default.yaml"
+    path.write_text(text)
+    spec = load_model_spec(path)
+    assert spec.label.values == ["no", "yes"] and spec.positive_label == "yes"
+    assert spec.feature("home_ownership").categories == ["on", "off", "mortgage"]
+    assert spec.feature("age").nullable is False and spec.feature("income").nullable is True  # options: booleans
+    path.write_text(GOOD.read_text().replace("values: [0, 1]", "values: [FALSE, True]"))
+    assert load_model_spec(path).label.values == [False, True]

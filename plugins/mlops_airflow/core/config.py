@@ -20,6 +20,29 @@ from pydantic import ValidationError
 from mlops_airflow.core.spec import ModelSpec, ModelSpecError
 
 
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only ``true``/``false`` (any case) are booleans.
+
+    YAML 1.1 (PyYAML's default) also reads ``yes``, ``no``, ``on`` and ``off`` as booleans, so label values or
+    categories written ``[no, yes]`` became ``[False, True]`` and matched no landed ``"no"``/``"yes"`` text.
+    A boolean option (``nullable: yes``) is still a boolean: the schema converts the text.
+    """
+
+
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """A model spec's YAML text as data (:class:`SpecLoader`: safe, YAML 1.2 booleans)."""
+    return yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass: no object construction
+
+
 def include_dir() -> Path:
     """``include/`` of this deployment: the folder that holds ``models/`` (``MLOPS_INCLUDE_DIR`` overrides)."""
     import os
@@ -112,7 +135,7 @@ def load_model_spec(path: Path | str) -> ModelSpec:
     """Load and validate one model YAML file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ModelSpecError(f"{path}: not valid YAML: {err}") from None
     return parse_model_spec(data, path)

@@ -37,6 +37,8 @@ from mlops_airflow.core.spec import ModelSpec
 #: Probabilities are clipped to [EPS, 1 - EPS] in the log loss, as scikit-learn does for float64.
 EPS = float(np.finfo(np.float64).eps)
 KINDS = ("binary", "multiclass", "regression")
+#: Words YAML 1.1 (PyYAML's safe_load) reads as booleans when unquoted.
+_YAML_BOOLEANS = frozenset({"yes", "no", "on", "off", "true", "false"})
 
 
 def _label_key(value: Any) -> tuple[str, Any]:
@@ -117,6 +119,26 @@ class Target:
         codes = np.array([lookup.get(_label_key(u), -1) for u in uniques.tolist()], dtype="int64")
         return codes[inverse.ravel()] if len(values) else np.empty(0, dtype="int64")
 
+    def _near_misses(self, values: list[Any]) -> str:
+        """``; ' Yes' differs from 'Yes' only in ...``: unknown labels that only differ in spaces, case or
+        type (``"1"`` for ``1``) from a class, and text labels of a spec whose values YAML read as booleans
+        (an unquoted ``yes``/``no``), for the message."""
+        near = []
+        for value in values:
+            text = str(value).strip().casefold()
+            for c in self.classes:
+                if str(c).strip().casefold() == text and _label_key(c) != _label_key(value):
+                    near.append(f"{value!r} differs from {c!r} only in spaces, case or type")
+                    break
+        hints = [f"; {', '.join(near[:3])}"] if near else []
+        texts = {str(v).strip().casefold() for v in values if isinstance(v, str | np.str_)}
+        if texts & _YAML_BOOLEANS and all(isinstance(c, bool | np.bool_) for c in self.classes):
+            hints.append(
+                "; the classes are booleans: YAML reads an unquoted yes/no/on/off as true/false, so text labels "
+                "need their values quoted in label.values (e.g. ['no', 'yes'])"
+            )
+        return "".join(hints)
+
     def encode(self, y: Any) -> np.ndarray:
         """Labels as the metrics take them: binary 1.0 (positive) / 0.0, multiclass index, regression float.
 
@@ -131,10 +153,12 @@ class Target:
         codes = self.index_of(y)
         if (codes < 0).any():
             unexpected = np.asarray(y, dtype=object).ravel()[codes < 0]
-            shown = sorted({repr(v) for v in unexpected[:10_000].tolist()})[:5]
+            distinct = list(dict.fromkeys(unexpected[:10_000].tolist()))
+            shown = sorted({repr(v) for v in distinct})[:5]
             raise ValueError(
                 f"label value(s) {', '.join(shown)} ({int((codes < 0).sum())} row(s)) are not among the "
                 f"classes {list(self.classes)} (types count: '1', 1 and True are different labels)"
+                f"{self._near_misses(distinct)}"
             )
         if self.kind == "binary":
             return (codes == self.positive_index).astype("float64")

@@ -61,16 +61,13 @@ def choose_drift_source(landing: DriftReport, serving: DriftReport | None) -> Dr
 
 def _encoded(spec: ModelSpec, labels: Any) -> np.ndarray:
     """Labels as the metrics take them; a value that is not one of the spec's classes is a :class:`MonitorError`."""
-    import numpy as np
+    from mlops_airflow.core.errors import RowsError
+    from mlops_airflow.core.scoring import encode_labels
 
-    from mlops_airflow.core.evaluation import Target
-
-    typed = getattr(getattr(labels, "dtype", None), "kind", "O") in "biuf"  # as scoring.encode_labels
-    values = np.asarray(labels) if typed or not spec.is_classifier else np.asarray(labels, dtype=object)
     try:
-        return Target.of(spec).encode(values)
-    except ValueError as err:
-        raise MonitorError(f"{spec.name}: label {spec.label.name!r}: {err}") from None
+        return encode_labels(spec, labels)  # the one encoding of training, evaluation and serving
+    except RowsError as err:
+        raise MonitorError(str(err)) from None
 
 
 @dataclass(frozen=True)

@@ -109,18 +109,71 @@ def output_scores(output: Any, spec: ModelSpec) -> np.ndarray:
     return proba
 
 
-def encode_labels(spec: ModelSpec, y: Any) -> np.ndarray:
-    """Labels as the metric functions take them (:meth:`~mlops_airflow.core.evaluation.Target.encode`)."""
+def _label_array(spec: ModelSpec, y: Any) -> np.ndarray:
+    """The label column as numpy: classes keep each value's own type (never "1" turned into 1), as objects,
+    unless numpy holds the column as one type already (int, float, bool), which is both exact and much faster
+    to look up. A pandas extension column (``Int64``, ``boolean``, ``string``, ``category``, Arrow) gives its
+    values as Python objects, missing ones as ``None``."""
+    dtype = getattr(y, "dtype", None)
+    if isinstance(y, pd.Series | pd.Index) and not isinstance(dtype, np.dtype):
+        values = y.astype(object).to_numpy()
+        if values.size:
+            values[pd.isna(values)] = None
+        return values
+    typed = getattr(dtype, "kind", "O") in "biuf"
+    return np.asarray(y) if typed or not spec.is_classifier else np.asarray(y, dtype=object)
+
+
+def _missing(values: np.ndarray) -> int:
+    """Rows without a value (None, NaN, NA) in a label array."""
+    flat = values.ravel()
+    return int(pd.isna(flat).sum()) if flat.dtype.kind in "fO" else 0
+
+
+def _label_error(spec: ModelSpec, values: np.ndarray, err: Exception) -> RowsError:
+    """The error of labels that are not the spec's; rows without a label are counted and said to be so."""
+    missing = _missing(values)
+    unlabelled = (
+        f"{missing} row(s) without a label (null/NaN): training and evaluation take labelled rows only (the "
+        "snapshot leaves rows without a label out); "
+        if missing
+        else ""
+    )
+    return RowsError(f"{spec.name}: label {spec.label.name!r}: {unlabelled}{err}")
+
+
+def label_index(spec: ModelSpec, y: Any) -> np.ndarray:
+    """Index in ``spec.classes`` of every label of a classifier (int64).
+
+    :raises RowsError: a label that is not one of ``label.values``, or a row without one, naming them.
+    """
     from mlops_airflow.core.evaluation import Target
 
-    # Classes keep each value's own type (never "1" turned into 1): as objects, unless numpy holds the column
-    # as one type already (int, float, bool), which is both exact and much faster to look up.
-    typed = getattr(getattr(y, "dtype", None), "kind", "O") in "biuf"
-    values = np.asarray(y) if typed or not spec.is_classifier else np.asarray(y, dtype=object)
+    values = _label_array(spec, y)
+    index = Target.of(spec).index_of(values)
+    if (index < 0).any():
+        encode_labels(spec, y)  # raises, naming the values
+    return index
+
+
+def encode_labels(spec: ModelSpec, y: Any) -> np.ndarray:
+    """Labels as the metric functions take them (:meth:`~mlops_airflow.core.evaluation.Target.encode`).
+
+    :raises RowsError: a label that is not one of ``label.values`` (classifier), a regression target that is
+        not a finite number, or a row without a label; the message names the label column and the values.
+    """
+    from mlops_airflow.core.evaluation import Target
+
+    values = _label_array(spec, y)
     try:
-        return Target.of(spec).encode(values)
-    except ValueError as err:
-        raise RowsError(f"{spec.name}: label {spec.label.name!r}: {err}") from None
+        encoded = Target.of(spec).encode(values)
+    except (TypeError, ValueError) as err:
+        raise _label_error(spec, values, err) from None
+    if not spec.is_classifier and not np.isfinite(encoded).all():
+        infinite = int(np.isinf(encoded).sum())
+        problem = f"{infinite} row(s) hold an infinite value; " if infinite else ""
+        raise _label_error(spec, values, ValueError(f"{problem}a regression target must be a finite number"))
+    return encoded
 
 
 def load_model(model_uri: str) -> Any:

@@ -131,9 +131,22 @@ def label_key(value: Any) -> tuple[str, Any]:
 
 
 def class_probabilities(pipeline: Any, x: pd.DataFrame, classes: list[Any]) -> np.ndarray:
-    """``predict_proba`` with one column per spec class, in spec order (0 for a class the fit never saw)."""
+    """``predict_proba`` with one column per spec class, in spec order (0 for a class the fit never saw).
+
+    A class the model was fitted on that is none of the spec's classes is refused (``ValueError``): its
+    probabilities would be dropped and the spec's classes answered with 0 (a model fitted on labels of another
+    type, e.g. ``1.0`` floats for ``true``/``false`` values, would say 0 for every class).
+    """
     proba = np.asarray(pipeline.predict_proba(x), dtype="float64")
     fitted = {label_key(seen): i for i, seen in enumerate(pipeline.classes_)}
+    named = {label_key(c) for c in classes}
+    unknown = sorted(repr(seen.item() if isinstance(seen, np.generic) else seen) for seen in pipeline.classes_
+                     if label_key(seen) not in named)  # fmt: skip
+    if unknown:
+        raise ValueError(
+            f"the model was fitted on class(es) {', '.join(unknown)} that are not among the spec's label values "
+            f"{classes!r}: it cannot answer for them"
+        )
     full = np.zeros((len(x), len(classes)), dtype="float64")
     for j, value in enumerate(classes):
         i = fitted.get(label_key(value))

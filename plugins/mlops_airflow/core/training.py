@@ -23,10 +23,11 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEnc
 
 from mlops_airflow.core.config import module_file
 from mlops_airflow.core.data import DataError, Snapshot
+from mlops_airflow.core.errors import RowsError
 from mlops_airflow.core.estimators import load_estimator_class
 from mlops_airflow.core.evaluation import Target, compute_metrics, undefined_reasons
 from mlops_airflow.core.metrics import higher_is_better
-from mlops_airflow.core.scoring import encode_labels, model_config, output_scores
+from mlops_airflow.core.scoring import encode_labels, label_index, model_config, output_scores
 from mlops_airflow.core.served_model import model_output, prepare_features
 from mlops_airflow.core.spec import FeatureSpec, ModelSpec, ModelSpecError, ThresholdOptimize
 
@@ -78,7 +79,9 @@ def _numeric_steps(feature: FeatureSpec) -> list[tuple[str, Any]]:
     impute = feature.impute or "median"
     if impute != "none":
         kwargs = {"fill_value": feature.fill_value} if impute == "constant" else {}
-        steps.append(("impute", SimpleImputer(strategy=impute, **kwargs)))
+        # A column missing in every training row is kept (as 0): later rows may hold it, and the steps after
+        # the imputer need a column.
+        steps.append(("impute", SimpleImputer(strategy=impute, keep_empty_features=True, **kwargs)))
     if feature.log:
         steps.append(("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")))
     if feature.scale is not False:
@@ -101,15 +104,34 @@ def _categorical_encoder(feature: FeatureSpec) -> Any:
     return OneHotEncoder(handle_unknown="infrequent_if_exist" if rare else "ignore", sparse_output=False, **grouping)
 
 
+def _step_name(feature: str, taken: list[str]) -> str:
+    """The feature's name as the name of its step: scikit-learn refuses ``__`` in a step name (it separates
+    parameter paths), so a feature such as ``amount__eur`` gets ``amount_eur`` (numbered if that is taken).
+    Output column names come from the columns, never from step names."""
+    name, n = feature.replace("__", "_"), 1
+    while name in taken:
+        n += 1
+        name = f"{feature.replace('__', '_')}_{n}"
+    return name
+
+
 def preprocessing(spec: ModelSpec) -> ColumnTransformer:
     """One transformer per feature, as the spec says (see :class:`~mlops_airflow.core.spec.FeatureSpec`)."""
     transformers: list[tuple[str, Any, list[str]]] = []
+    made: dict[str, str] = {}  # pipeline input column -> the feature it comes from
     for f in spec.features:
         if f.use == "drop":
             continue
         columns = [f.name]
         if f.type == "datetime":
             columns = [f"{f.name}__{p}" for p in (f.parts or ["year", "month", "day", "dayofweek"])]
+        for column in columns:
+            if column in made:  # prepare_features would give both the same column: one of them silently lost
+                raise ModelSpecError(
+                    f"{spec.name}: features: {made[column]!r} and {f.name!r} both give the model input column "
+                    f"{column!r} (a datetime feature gives <name>__<part>); rename one of them"
+                )
+            made[column] = f.name
         if f.transformer is not None:
             step: Any = load_transformer(f.transformer)
         elif f.use == "passthrough":
@@ -121,17 +143,19 @@ def preprocessing(spec: ModelSpec) -> ColumnTransformer:
             step = Pipeline(
                 [
                     # missing: most_frequent fills a gap (None) with the window's commonest category
-                    ("impute", SimpleImputer(strategy="most_frequent", missing_values=None))
+                    ("impute", SimpleImputer(strategy="most_frequent", missing_values=None, keep_empty_features=True))
                     if f.missing == "most_frequent"
                     else ("impute", SimpleImputer(strategy="constant", fill_value="__missing__")),
                     ("encode", _categorical_encoder(f)),
                 ]
             )
         elif f.type == "boolean":
-            step = SimpleImputer(strategy="most_frequent")
+            step = SimpleImputer(strategy="most_frequent", keep_empty_features=True)
         else:  # datetime parts: numbers of very different scales (a year, a weekday)
-            step = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
-        transformers.append((f.name, step, columns))
+            step = Pipeline(
+                [("impute", SimpleImputer(strategy="median", keep_empty_features=True)), ("scale", StandardScaler())]
+            )
+        transformers.append((_step_name(f.name, [t[0] for t in transformers]), step, columns))
     return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
 
 
@@ -195,10 +219,18 @@ def _day_ranks(stamps: pd.Series) -> tuple[np.ndarray, int]:
     return ranks.astype("int64", copy=False), len(uniques)
 
 
-def _class_index(spec: ModelSpec, y: pd.Series) -> np.ndarray:
-    """Index of every label in the spec's classes (-1 for one that is not among them)."""
-    typed = getattr(y.dtype, "kind", "O") in "biuf"
-    return Target.of(spec).index_of(np.asarray(y) if typed else np.asarray(y, dtype=object))
+def _class_index(spec: ModelSpec, y: pd.Series, part: str) -> np.ndarray:
+    """Index of every label in the spec's classes.
+
+    :param part: the rows, as the message names them (``the training window``, ``the evaluation set``).
+    :raises SplitError: a label outside ``label.values`` or a row without one (rule ``label_values``): the
+        rows would otherwise be left out of the class counts unsaid, and a retry reads the same rows.
+    """
+    try:
+        return label_index(spec, y)
+    except RowsError as err:
+        message = str(err).replace(f"{spec.name}: ", f"{spec.name}: {part}: ", 1)
+        raise SplitError(message, rule="label_values", column=spec.label.name) from None
 
 
 def _selection_batches(rows: np.ndarray, classes: np.ndarray | None, min_rows: int) -> int:
@@ -245,7 +277,7 @@ def selection_split(spec: ModelSpec, train: pd.DataFrame) -> SelectionSplit:
     """
     ranks, n_batches = _day_ranks(train[spec.source.timestamp_column])
     min_rows = spec.window.min_selection_rows
-    index = _class_index(spec, train[spec.label.name]) if spec.is_classifier else None
+    index = _class_index(spec, train[spec.label.name], "the training window") if spec.is_classifier else None
     k_classes = len(spec.classes)
     per_batch = None
     if index is not None:
@@ -299,6 +331,14 @@ def _check_selection(spec: ModelSpec, summary: dict[str, Any], n_batches: int) -
             missing,
             summary["rows"],
         )
+    absent = [str(c) for c in spec.classes if spec.is_classifier and str(c) not in summary["window_classes"]]
+    if absent:
+        log.warning(
+            "%s: class(es) %s of label.values have no row in the training window: the model cannot learn them and "
+            "gives them probability 0",
+            spec.name,
+            absent,
+        )
 
 
 def validation_split(spec: ModelSpec, train: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -321,7 +361,7 @@ def check_evaluation_set(spec: ModelSpec, labels: pd.Series, snapshot: Snapshot 
     if len(labels) < need:
         problems.append(f"at least {need} rows (window.min_eval_rows)")
     if spec.is_classifier:
-        index = _class_index(spec, labels)
+        index = _class_index(spec, labels, f"the evaluation set{_batch_names(snapshot)}")
         found["classes"] = _present(np.bincount(index[index >= 0], minlength=len(spec.classes)), spec.classes)
         if len(found["classes"]) < 2:
             problems.append("rows of at least 2 classes")
@@ -364,13 +404,70 @@ def _eval_hint(spec: ModelSpec, snapshot: Snapshot | None) -> str:
     return f"The newest {count} batch(es) of this snapshot hold {taken} rows: {setting}, or lower window.min_eval_rows."
 
 
+def fit_labels(spec: ModelSpec, y: pd.Series) -> np.ndarray:
+    """The label column as the estimator is fitted on it: a classifier's labels as the spec's own values
+    (``label.values``, their type), a regression target as float64.
+
+    The logged model names its probability columns by matching the fitted ``classes_`` with the spec's
+    values; fitted on the column as it was read, a ``boolean`` or Arrow column would have given classes
+    ``0.0``/``1.0`` that match no ``false``/``true`` (every probability 0, silently).
+
+    :raises RowsError: a label outside ``label.values``, a row without a label, or a regression target that
+        is not a finite number, naming the label column and the values.
+    """
+    if not spec.is_classifier:
+        return encode_labels(spec, y)
+    values = np.asarray(spec.classes)
+    if values.dtype.kind == "U":  # text as objects: one shared string per class, not a fixed-width copy per row
+        values = np.asarray(spec.classes, dtype=object)
+    return values[label_index(spec, y)]
+
+
+def _check_inputs(spec: ModelSpec, x: pd.DataFrame, estimator: Any) -> None:
+    """Refuse training rows a feature's own settings cannot take, naming the feature and the rule: a
+    ``log: true`` value at or below -1 (``log1p`` is NaN there); a gap in a numeric feature that is not imputed
+    (numeric ``impute: none``, or ``use: passthrough``) when the estimator takes no missing value, or in every
+    row."""
+    tags = getattr(estimator, "__sklearn_tags__", None)  # unknown (no tags): scikit-learn itself will say
+    allow_nan = tags is None or bool(getattr(getattr(tags(), "input_tags", None), "allow_nan", True))
+    for feature in spec.features:
+        if feature.use == "drop" or feature.type not in ("numeric", "boolean") or feature.transformer is not None:
+            continue
+        values = x[feature.name].to_numpy(dtype="float64")
+        if feature.type == "numeric" and feature.log and feature.use != "passthrough" and (values <= -1).any():
+            bad = values[values <= -1]
+            raise RowsError(
+                f"{spec.name}: feature {feature.name!r} has log: true, which needs values > -1 (log1p; values "
+                f">= 0 are meant): {len(bad)} training row(s) hold less, e.g. {float(bad.min())!r}"
+            )
+        if not (feature.impute == "none" or feature.use == "passthrough"):
+            continue
+        gaps = int(np.isnan(values).sum())
+        unimputed = "use: passthrough" if feature.use == "passthrough" else "impute: none"
+        remedy = "impute it (median, mean, constant)" if feature.type == "numeric" else "use: model fills a gap"
+        if gaps and gaps == len(values):
+            raise RowsError(
+                f"{spec.name}: feature {feature.name!r} is missing in all {len(values)} training row(s) and has "
+                f"{unimputed}: nothing to fit on; {remedy} or leave it out (use: drop)"
+            )
+        if gaps and not allow_nan:
+            raise RowsError(
+                f"{spec.name}: feature {feature.name!r} is missing in {gaps} of {len(values)} training row(s) and "
+                f"has {unimputed}, but {spec.estimator.cls} takes no missing value: {remedy} or choose an "
+                "estimator that takes gaps (e.g. HistGradientBoostingClassifier)"
+            )
+
+
 def fit(spec: ModelSpec, params: dict[str, Any], rows: pd.DataFrame) -> Pipeline:
-    """Fit a fresh pipeline on labelled raw rows (with balanced sample weights when the spec asks)."""
+    """Fit a fresh pipeline on labelled raw rows (with balanced sample weights when the spec asks).
+
+    The estimator is fitted on :func:`fit_labels` of the label column: a label outside ``label.values`` fails
+    here, naming it, not deep inside scikit-learn.
+    """
     pipeline = build_pipeline(spec, params)
     x = prepare_features(rows, model_config(spec, 0.5, []))
-    y = rows[spec.label.name]
-    if spec.is_classifier:  # a label outside label.values fails here, naming it, not deep inside scikit-learn
-        encode_labels(spec, y)
+    y = fit_labels(spec, rows[spec.label.name])
+    _check_inputs(spec, x, pipeline.named_steps["model"])
     fit_params = {}
     if spec.estimator.sample_weight == "balanced":
         from sklearn.utils.class_weight import compute_sample_weight
