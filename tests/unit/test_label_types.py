@@ -163,10 +163,18 @@ def test_a_class_without_a_row_in_the_training_window_is_warned_about(caplog):
 def test_a_feature_named_as_a_datetime_part_of_another_is_refused_not_merged():
     # Both gave the pipeline's input column `opened__year`: the datetime's year was silently replaced.
     features = [{"name": "opened", "type": "datetime"}, {"name": "opened__year", "type": "numeric"}]
-    spec = make_spec(values=[0, 1], features=features)
+    with pytest.raises(ModelSpecError, match=r"\['opened__year'\] is also the name of a part of datetime feature"):
+        make_spec(values=[0, 1], features=features)  # the spec is refused when it is read
+    spec = make_spec(values=[0, 1], features=[{"name": "opened", "type": "datetime", "parts": ["month"]}, features[1]])
     frame = rows().assign(opened=pd.Timestamp("2025-01-01"), opened__year=lambda f: f["a"])
+    output, _ = scores(spec, training.fit(spec, {}, frame), frame)  # no clash without the year part
+    assert set(output["prediction"]) <= {0, 1}
+    # a spec made before the check (or by hand) is still refused by training
+    clashing = spec.model_copy(
+        update={"features": [spec.features[0].model_copy(update={"parts": None}), spec.features[1]]}
+    )
     with pytest.raises(ModelSpecError, match=r"'opened' and 'opened__year' both give the model input column"):
-        training.fit(spec, {}, frame)
+        training.fit(clashing, {}, frame)
 
 
 def test_a_gap_in_a_feature_not_imputed_is_named_for_an_estimator_without_gaps():

@@ -771,6 +771,16 @@ class ModelSpec(_Strict):
             raise ValueError(f"features: duplicate names {dupes}")
         if self.label.name in names:
             raise ValueError(f"label: {self.label.name!r} is also listed as a feature")
+        for feature in self.features:
+            if feature.type == "datetime" and feature.use != "drop":
+                parts = feature.parts or ["year", "month", "day", "dayofweek"]
+                used = {f.name for f in self.features if f.use != "drop"}
+                clash = sorted(used & {f"{feature.name}__{part}" for part in parts})
+                if clash:
+                    raise ValueError(
+                        f"features: {clash} is also the name of a part of datetime feature {feature.name!r} "
+                        "(<name>__<part>): its values would be replaced by the date's; rename one of them"
+                    )
         if not self.model_features:
             raise ValueError("features: every feature is dropped; the model needs at least one input")
         self._check_label()
