@@ -244,3 +244,99 @@ def test_replay_reports_name_their_days_policies_winner_and_link_their_mlflow_ru
     assert f"dags/replay_{MODEL}/runs/manual__2026-02-20T10%3A00%3A00%2B00%3A00" in row
     assert f"A replay never touched the live registry: {html_text(ISOLATION)}" in page
     assert "nan" not in row.lower().replace("manual", "")
+
+
+# ---------------------------------------------------------------- what anyone who may write to MLflow can forge
+
+
+def test_the_page_shows_forged_tags_metrics_and_artifacts_as_text_and_never_fails_on_them(mlops_home) -> None:
+    """Registered-model and version tags, run start times, metrics and artifacts are writable by anyone who may
+    write to the tracking server: values no task writes (not JSON objects, unreadable times, NaN, 1e308, text
+    where a number belongs) leave the page and its JSON standing, and markup in them stays text."""
+    import json
+
+    from mlflow.entities import Metric
+
+    from mlops_airflow.core import settings, tracking
+    from mlops_airflow.core.ledger import COMPARISON, DRIFT_REPORT
+    from mlops_airflow.core.registry import CHAMPION, TAG_LEDGER
+    from mlops_airflow.core.trust import DONE_PREFIX, TAG_PIN_INFO, TAG_PINNED
+    from mlops_airflow.ui import app
+    from mlops_airflow.ui.history import ESTIMATE_BATCHES
+
+    client = tracking.client_for(settings.default_tracking_uri())
+    exp = tracking.experiment_id(client, MODEL)
+    script = "<script>alert(1)</script>"
+    far = 10**17  # ms: a start time no calendar holds
+    ct = client.create_run(exp, start_time=far, tags={tracking.TAG_KIND: "ct", tracking.TAG_DAG_ID: script}).info
+    client.log_text(ct.run_id, json.dumps({"candidate": {"roc_auc": "high"}, "bootstrap": [1]}), COMPARISON)
+    client.create_registered_model(MODEL)
+    first = client.create_model_version(MODEL, f"runs:/{ct.run_id}/model", run_id=ct.run_id).version
+    ct2 = client.create_run(exp, start_time=-far, tags={tracking.TAG_KIND: "ct"}).info
+    client.log_text(ct2.run_id, json.dumps({"candidate": {"roc_auc": 1e308}}), COMPARISON)
+    second = client.create_model_version(MODEL, f"runs:/{ct2.run_id}/model", run_id=ct2.run_id).version
+    ct3 = client.create_run(exp, tags={tracking.TAG_KIND: "ct"}).info
+    edge = {"candidate": {"roc_auc": 0.8}, "champion": {"roc_auc": -1e308}, "bootstrap": {"lower": -1e308, "upper": 1}}
+    client.log_text(ct3.run_id, json.dumps(edge), COMPARISON)
+    client.create_model_version(MODEL, f"runs:/{ct3.run_id}/model", run_id=ct3.run_id)
+    client.set_model_version_tag(MODEL, first, "mlops.promoted_at", "not a time")
+    client.set_model_version_tag(MODEL, second, "mlops.promoted_at", "0001-01-01T00:00:00+05:00")
+    client.set_model_version_tag(MODEL, second, "mlops.promotion_reason", script)
+    client.set_model_version_tag(MODEL, second, "airflow.dag_id", "..")  # quoted, ".." is still "..": no link
+    client.set_model_version_tag(MODEL, second, "airflow.run_id", "..")
+    client.set_registered_model_tag(MODEL, f"{DONE_PREFIX}x", "[1, 2]")
+    client.set_registered_model_tag(MODEL, TAG_PIN_INFO, '["not", "an", "object"]')
+    client.set_registered_model_tag(MODEL, f"{DONE_PREFIX}y", '{"to": "2", "reason": ["a list"], "user": 7}')
+    client.set_registered_model_tag(MODEL, TAG_PINNED, second)
+    client.set_registered_model_tag(MODEL, TAG_LEDGER, '{"to": 1}')
+    client.set_registered_model_alias(MODEL, CHAMPION, second)
+    monitor = client.create_run(exp, start_time=far, tags={tracking.TAG_KIND: "monitor"}).info
+    metrics = {"drift_share": float("nan"), "drifted_features": float("nan"), "estimated_roc_auc": float("inf")}
+    client.log_batch(monitor.run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
+    client.log_text(monitor.run_id, json.dumps({"drifted_features": 7}), DRIFT_REPORT)
+    batches = [{"metric": "roc_auc", "batch": f"b{i}", "value": v} for i, v in enumerate((1e308, -1e308, "x"))]
+    client.log_text(monitor.run_id, json.dumps({"batches": batches}), ESTIMATE_BATCHES)
+    client.set_terminated(monitor.run_id, "FINISHED")
+
+    page = _page()  # no exception: every section rendered
+    assert script not in page and html_text(script) in page
+    assert "dags/../runs" not in page and "dags/..'" not in page
+    st = app._status(_spec())
+    body = json.loads(app._json(st.to_dict()).body)  # strict JSON: NaN/infinity read as null
+    assert body["last_monitor"]["drift_share"] is None and body["last_monitor"]["drifted_features"] == []
+    assert body["pinned_by"] is None and sorted(e["to_version"] for e in body["ledger"]) == ["1", "2", "2"]
+    assert body["last_monitor"]["estimated_metric"] is None  # MLflow keeps a logged infinity as 1.8e308
+    at = "0001-01-01T00:00:00+05:00"  # a time with no UTC time: shown as typed
+    page = app.render_model(_spec(), st, None, at, None, None, trend=app._trend_points(_spec()))
+    assert f"At {at}: no version served yet" in page
+    trend = _svg(page, "metric-trend")
+    assert [g.get("data-version") for g in trend.findall("s:g", NS)] == ["1", "2", "3"]
+    heights = [float(c.get("cy")) for c in trend.iter(f"{{{NS['s']}}}circle")]
+    assert heights[:2] == [0.0, 0.0] and 0 < heights[2] < 240  # v2's 1e308 (and its ring) at the top edge
+    assert "nan" not in ElementTree.tostring(trend, encoding="unicode").lower()
+
+
+def _spec():
+    from mlops_airflow.core.config import get_spec
+
+    return get_spec(MODEL)
+
+
+def test_a_report_renders_without_markup_links_or_images_and_pages_carry_a_content_policy() -> None:
+    from mlops_airflow.ui import app
+
+    report = (
+        "# Gate\n\n**blessed** <img src=x onerror=alert(1)> [click](https://evil.example/login) "
+        "![beacon](https://evil.example/pixel.png) <https://evil.example> [ref]\n\n[ref]: https://evil.example\n\n"
+        "| metric | value |\n|---|---|\n| roc_auc | 0.81 |\n"
+    )
+    html = app.render_markdown(report)
+    assert "<strong>blessed</strong>" in html and "<td>roc_auc</td>" in html  # the report's own Markdown
+    assert "<img" not in html and "<a " not in html and "href" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html and "[click](https://evil.example/login)" in html
+
+    page = app._page("m", "<p>x</p>")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "unsafe" not in policy
+    assert "frame-ancestors 'self'" in policy and page.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in app.IMAGE_HEADERS["Content-Security-Policy"]

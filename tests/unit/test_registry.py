@@ -360,3 +360,18 @@ def test_another_runs_interrupted_rollback_is_finished_and_this_one_stops(
     with pytest.raises(RegistryError, match="interrupted rollback by rollback_churn run manual__rollback"):
         two_champions.rollback("v2 misprices", other)
     assert aliases(client) == {CHAMPION: "1", PREVIOUS_CHAMPION: "2"}
+
+
+def test_a_gate_decision_over_the_read_cap_is_no_blessing_and_is_not_downloaded(client: Any) -> None:
+    """Anyone who can write to the tracking server can replace gate/decision.json with a huge file: it is
+    refused by its listed size (never read into memory) and the version is not servable."""
+    from mlops_airflow.core.tracking import MAX_REPORT_BYTES
+
+    version = ct_version(client, key=None)
+    registry = ModelRegistry(client, MODEL)
+    registry.verify_blessed(version)  # blessed, as its CT run made it
+    run_id = client.get_model_version(MODEL, version).run_id
+    padded = {"blessed": True, "champion_version": None, "first_run": True, "pad": "x" * MAX_REPORT_BYTES}
+    client.log_dict(run_id, padded, DECISION_ARTIFACT)
+    with pytest.raises(UnblessedVersionError, match="has no gate/decision.json with blessed true"):
+        registry.verify_blessed(version)

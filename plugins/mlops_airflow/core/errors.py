@@ -33,3 +33,15 @@ class RowsError(MlopsError, ValueError):
 class AssessmentError(MlopsError, ValueError):
     """Candidate and champion cannot be compared on the evaluation rows (no rows, scores that do not match
     them); a retry would not change that."""
+
+
+class ArtifactError(MlopsError, ValueError):
+    """An MLflow artifact the package reads breaks a rule: larger than its cap, not UTF-8 text, not JSON, or a
+    path outside the run's artifacts. :attr:`run_id`, :attr:`path` and :attr:`rule` say which and why."""
+
+    def __init__(self, run_id: str, path: str, rule: str) -> None:
+        self.run_id, self.path, self.rule = run_id, path, rule
+        super().__init__(f"MLflow run {run_id}: artifact {path!r} {rule}")
+
+    def __reduce__(self) -> tuple[type[ArtifactError], tuple[str, str, str]]:  # picklable across processes
+        return type(self), (self.run_id, self.path, self.rule)

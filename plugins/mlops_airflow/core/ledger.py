@@ -19,14 +19,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import tempfile
+import logging
+import math
+import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+from mlops_airflow.core.errors import ArtifactError
 from mlops_airflow.core.metrics import higher_is_better
 from mlops_airflow.core.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, TAG_DAG_ID, TAG_LEDGER, TAG_RUN_ID
+from mlops_airflow.core.tracking import (
+    MAX_ARTIFACT_BYTES,
+    MAX_IMAGE_BYTES,
+    MAX_REPORT_BYTES,
+    read_artifact_bytes,
+    read_artifact_json,
+    read_artifact_text,
+)
 from mlops_airflow.core.trust import DECISION_ARTIFACT, DONE_PREFIX, TAG_PIN_INFO, TAG_PINNED
+
+log = logging.getLogger(__name__)
 
 GATE_REPORT = "gate/report.md"
 COMPARISON = "evaluation/comparison.json"
@@ -35,6 +47,10 @@ DRIFT_PLOTS = "drift/plots"
 EVALUATION_PLOTS = "evaluation"
 #: Artifact folders the model page may show as images (nothing else of a run is served).
 IMAGE_FOLDERS = (DRIFT_PLOTS, EVALUATION_PLOTS)
+#: Plots of a folder the model page shows at most (a run's folder holds whatever was logged to it).
+MAX_PLOTS = 40
+#: The first bytes of every PNG file.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -190,12 +206,40 @@ class TrendPoint:
 def _ms_to_iso(ms: int | None) -> str:
     if not ms:
         return ""
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+    try:  # a run's start time is whatever its creator sent
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return ""
+
+
+#: Where a move whose time is missing or unreadable (a tag anyone may edit) sorts: before every other.
+_NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def _parse_at(value: str) -> dt.datetime:
-    parsed = dt.datetime.fromisoformat(value)
+    """An ISO time of a tag (UTC when it names no zone); :data:`_NO_TIME` when it is not one."""
+    try:
+        parsed = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return _NO_TIME
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def finite_number(value: Any) -> float | None:
+    """A finite number of an artifact, tag or metric (anyone may write them), None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        out = float(value)
+    except (ValueError, OverflowError):
+        return None
+    # an infinity logged as a metric is kept by MLflow's SQL store as the largest float
+    return out if math.isfinite(out) and abs(out) < sys.float_info.max else None
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
 
 
 def _not_found(err: Exception) -> bool:
@@ -271,7 +315,9 @@ def ledger(
             continue
         try:
             move = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(move, dict):
             continue
         to = str(move.get("to"))
         entries.append(
@@ -309,13 +355,13 @@ def ledger(
             )
         )
     # Moves are serialised by the registry pool; equal timestamps (one second) keep promote before rollback.
-    return sorted(entries, key=lambda e: (_parse_at(e.at) if e.at else dt.datetime.min.replace(tzinfo=dt.UTC), e.op))
+    return sorted(entries, key=lambda e: (_parse_at(e.at) if e.at else _NO_TIME, e.op))
 
 
 def _tag_ledger(model_tags: dict[str, str]) -> list[dict[str, Any]]:
     try:
         moves = json.loads(model_tags.get(TAG_LEDGER) or "[]")
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     return [m for m in moves if isinstance(m, dict) and m.get("to")] if isinstance(moves, list) else []
 
@@ -326,7 +372,7 @@ def served_at(entries: list[LedgerEntry], at: dt.datetime) -> LedgerEntry | None
         at = at.replace(tzinfo=dt.UTC)
     current = None
     for entry in entries:
-        if entry.at and _parse_at(entry.at) <= at:
+        if entry.at and _NO_TIME < _parse_at(entry.at) <= at:
             current = entry
     return current
 
@@ -385,21 +431,22 @@ def last_monitor_run(client: Any, experiment_id: str, primary_metric: str) -> Mo
         return None
     tags, metrics = run.data.tags, run.data.metrics
     report = read_json_artifact(client, run.info.run_id, DRIFT_REPORT) or {}
+    drifted = report.get("drifted_features")
     return MonitorSummary(
         mlflow_run_id=run.info.run_id,
         run_id=tags.get(TAG_RUN_ID, ""),
         started_at=_ms_to_iso(run.info.start_time),
         champion_version=tags.get("mlops.champion_version"),
-        drift_share=metrics.get("drift_share"),
-        drifted_features=[str(f) for f in report.get("drifted_features", [])],
-        live_metric=metrics.get(f"live_{primary_metric}"),
+        drift_share=finite_number(metrics.get("drift_share")),
+        drifted_features=[str(f) for f in drifted] if isinstance(drifted, list) else [],
+        live_metric=finite_number(metrics.get(f"live_{primary_metric}")),
         retrain_requested=tags.get("mlops.retrain_requested") == "true",
         retrain_reason=tags.get("mlops.retrain_reason"),
         plots=image_artifacts(client, run.info.run_id, DRIFT_PLOTS),
-        estimated_metric=metrics.get(f"estimated_{primary_metric}"),
-        estimated_low=metrics.get(f"estimated_low_{primary_metric}"),
-        estimated_high=metrics.get(f"estimated_high_{primary_metric}"),
-        realised_metric=metrics.get(f"realised_{primary_metric}"),
+        estimated_metric=finite_number(metrics.get(f"estimated_{primary_metric}")),
+        estimated_low=finite_number(metrics.get(f"estimated_low_{primary_metric}")),
+        estimated_high=finite_number(metrics.get(f"estimated_high_{primary_metric}")),
+        realised_metric=finite_number(metrics.get(f"realised_{primary_metric}")),
         estimate_reason=tags.get("mlops.estimate_reason"),
     )
 
@@ -422,8 +469,9 @@ def model_status(client: Any, name: str, primary_metric: str) -> ModelStatus:
     if model_tags.get(TAG_PIN_INFO):
         try:
             pin_info = json.loads(model_tags[TAG_PIN_INFO])
-        except ValueError:
+        except (ValueError, RecursionError):
             pin_info = None
+        pin_info = pin_info if isinstance(pin_info, dict) else None
     experiment_id = _experiment_id(client, name)
     return ModelStatus(
         name=name,
@@ -445,14 +493,14 @@ def gate_interval(comparison: dict[str, Any], metric: str) -> tuple[float | None
     """The candidate's ``metric`` interval the gate saw: the champion's value plus the bootstrap interval of
     the oriented difference (candidate better = positive), on the metric's own scale; (None, None) without a
     champion."""
-    boot = comparison.get("bootstrap") or {}
-    champion = (comparison.get("champion") or {}).get(metric)
-    low, high = boot.get("lower"), boot.get("upper")
+    boot = _object(comparison.get("bootstrap"))
+    champion = finite_number(_object(comparison.get("champion")).get(metric))
+    low, high = finite_number(boot.get("lower")), finite_number(boot.get("upper"))
     if champion is None or low is None or high is None:
         return None, None
     if higher_is_better(metric):
-        return float(champion) + float(low), float(champion) + float(high)
-    return float(champion) - float(high), float(champion) - float(low)
+        return finite_number(champion + low), finite_number(champion + high)
+    return finite_number(champion - high), finite_number(champion - low)
 
 
 def metric_trend(
@@ -473,18 +521,10 @@ def metric_trend(
                 continue
             cache[run_id] = found
         comparison = cache.get(run_id, {})
-        value = (comparison.get("candidate") or {}).get(metric)
+        value = finite_number(_object(comparison.get("candidate")).get(metric))
         lower, upper = gate_interval(comparison, metric)
         judged = comparison.get("champion_version")
-        points.append(
-            TrendPoint(
-                str(mv.version),
-                None if value is None else float(value),
-                lower,
-                upper,
-                None if judged is None else str(judged),
-            )
-        )
+        points.append(TrendPoint(str(mv.version), value, lower, upper, None if judged is None else str(judged)))
     return points
 
 
@@ -502,34 +542,39 @@ def run_in_experiment(client: Any, run_id: str, experiment_id: str | None) -> bo
         raise
 
 
-def _download(client: Any, run_id: str, path: str) -> bytes | None:
-    from mlflow.exceptions import MlflowException
-
+def _download(client: Any, run_id: str, path: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes | None:
+    """The artifact's bytes through :func:`~mlops_airflow.core.tracking.read_artifact_bytes`; None when absent
+    or when it breaks a rule (over ``max_bytes``, a path outside the run), which is logged."""
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = client.download_artifacts(run_id, path, tmp)
-            return Path(local).read_bytes()
-    except (MlflowException, OSError):
+        return read_artifact_bytes(client, run_id, path, max_bytes)
+    except ArtifactError as err:
+        log.warning("%s; not shown", err)
         return None
 
 
-def read_text_artifact(client: Any, run_id: str, path: str) -> str | None:
-    data = _download(client, run_id, path)
-    return None if data is None else data.decode("utf-8", errors="replace")
+def read_text_artifact(client: Any, run_id: str, path: str, max_bytes: int = MAX_ARTIFACT_BYTES) -> str | None:
+    """A UTF-8 text artifact of the run; None when absent, over ``max_bytes`` or not UTF-8 (logged)."""
+    try:
+        return read_artifact_text(client, run_id, path, max_bytes)
+    except ArtifactError as err:
+        log.warning("%s; not shown", err)
+        return None
 
 
 def read_json_artifact(client: Any, run_id: str, path: str) -> dict[str, Any] | None:
-    text = read_text_artifact(client, run_id, path)
+    """A JSON object artifact of the run; None when absent, over :data:`MAX_ARTIFACT_BYTES`, not UTF-8, not
+    JSON (logged) or not an object."""
     try:
-        data = json.loads(text) if text else None
-    except ValueError:
+        data = read_artifact_json(client, run_id, path)
+    except ArtifactError as err:
+        log.warning("%s; not shown", err)
         return None
     return data if isinstance(data, dict) else None
 
 
 def gate_report(client: Any, run_id: str) -> str | None:
     """The gate's Markdown report of a CT run (None when the run never reached the gate)."""
-    return read_text_artifact(client, run_id, GATE_REPORT)
+    return read_text_artifact(client, run_id, GATE_REPORT, MAX_REPORT_BYTES)
 
 
 def gate_decision(client: Any, run_id: str) -> dict[str, Any] | None:
@@ -537,19 +582,22 @@ def gate_decision(client: Any, run_id: str) -> dict[str, Any] | None:
 
 
 def image_artifacts(client: Any, run_id: str, folder: str) -> list[str]:
-    """PNG artifacts directly under ``folder`` of a run."""
+    """PNG artifacts directly under ``folder`` of a run, the first :data:`MAX_PLOTS` by name."""
     from mlflow.exceptions import MlflowException
 
     try:
         found = client.list_artifacts(run_id, folder)
     except MlflowException:
         return []
-    return sorted(f.path for f in found if not f.is_dir and f.path.endswith(".png"))
+    return sorted(f.path for f in found if not f.is_dir and f.path.endswith(".png"))[:MAX_PLOTS]
 
 
 def image_artifact(client: Any, run_id: str, path: str) -> bytes | None:
-    """A PNG of the run, only from :data:`IMAGE_FOLDERS` (no other artifact, no path outside them)."""
+    """A PNG of the run, only from :data:`IMAGE_FOLDERS` (no other artifact, no path outside them), at most
+    :data:`~mlops_airflow.core.tracking.MAX_IMAGE_BYTES`, and only when it is one (its bytes start with the PNG
+    signature: a file named ``.png`` holding HTML or SVG is not served)."""
     parts = path.split("/")
     if ".." in parts or not path.endswith(".png") or "/".join(parts[:-1]) not in IMAGE_FOLDERS:
         return None
-    return _download(client, run_id, path)
+    data = _download(client, run_id, path, MAX_IMAGE_BYTES)
+    return data if data is not None and data.startswith(PNG_SIGNATURE) else None

@@ -243,18 +243,13 @@ def to_html(markdown: str, title: str) -> str:
 
 
 def _load_json(client: Any, run_id: str, path: str) -> Any | None:
-    import json
-    import tempfile
+    """A JSON artifact of the run (:func:`~mlops_airflow.core.tracking.load_json`), None when it has none.
 
-    from mlflow.exceptions import MlflowException
+    :raises ArtifactError: the file is larger than the cap, not UTF-8 or not JSON: a card is not made from it.
+    """
+    from mlops_airflow.core.tracking import load_json
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, path, tmp)
-        except (MlflowException, OSError):
-            return None
-        with open(local) as handle:
-            return json.load(handle)
+    return load_json(client, run_id, path)
 
 
 def card_uri(run_id: str, path: str = CARD_MD) -> str:

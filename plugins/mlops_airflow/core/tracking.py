@@ -10,7 +10,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from mlops_airflow.core import settings
 from mlops_airflow.core.encoding import dumps, jsonable
+from mlops_airflow.core.errors import ArtifactError
 
 TAG_DAG_ID = "airflow.dag_id"
 TAG_RUN_ID = "airflow.run_id"
@@ -146,14 +147,152 @@ def log_json(client: MlflowClient, run_id: str, data: Any, artifact_file: str) -
     client.log_text(run_id, dumps(data, indent=2), artifact_file)
 
 
-def load_json(client: MlflowClient, run_id: str, artifact_file: str) -> Any | None:
-    """A JSON artifact of the run, or ``None`` when the run has none at that path."""
-    with tempfile.TemporaryDirectory(dir=scratch_dir()) as scratch:
+#: Largest JSON or text artifact read back from a run (reports, comparisons, estimates, recorded specs):
+#: anyone who may write to the tracking server may log any file under a run's known paths.
+MAX_ARTIFACT_BYTES = 16 * 1024 * 1024
+#: Largest Markdown artifact the model page renders (the gate report).
+MAX_REPORT_BYTES = 1024 * 1024
+#: Largest plot the model page serves (a PNG of ``drift/plots`` or ``evaluation``).
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+
+
+def _checked_path(run_id: str, path: str) -> str:
+    """``path`` when it names a file inside the run's artifacts (relative, no ``..``, no empty part)."""
+    parts = path.split("/")
+    if not path or "\\" in path or "\x00" in path or any(p in ("", ".", "..") for p in parts):
+        raise ArtifactError(run_id, path, "is not a relative path inside the run's artifacts")
+    return path
+
+
+def _read_capped(
+    run_id: str,
+    path: str,
+    max_bytes: int,
+    listing: Callable[[str], Any],
+    download: Callable[[str, str], str],
+    store_errors: bool = False,
+) -> bytes | None:
+    """The artifact's bytes: listed in its folder first (absent: None; listed larger than ``max_bytes``:
+    refused before any download), then measured again on disk before it is read into memory. A store that
+    cannot be read gives None, or raises its ``MlflowException`` when ``store_errors``."""
+    from mlflow.exceptions import MlflowException
+
+    path = _checked_path(run_id, path)
+    folder = path.rpartition("/")[0]
+    try:
+        listed = {f.path.rstrip("/"): f for f in listing(folder)}
+    except (MlflowException, OSError):
+        if store_errors:
+            raise
+        return None
+    entry = listed.get(path)
+    if entry is None or entry.is_dir:
+        return None
+    too_large = f"is larger than the {max_bytes} bytes the package reads"
+    if entry.file_size is not None and int(entry.file_size) > max_bytes:
+        raise ArtifactError(run_id, path, f"{too_large} (listed at {int(entry.file_size)} bytes)")
+    with tempfile.TemporaryDirectory() as scratch:
         try:
-            path = client.download_artifacts(run_id, artifact_file, scratch)
-        except (mlflow.exceptions.MlflowException, OSError):
+            local = Path(download(path, scratch))
+            size = local.stat().st_size
+            if size > max_bytes:  # the listing gave no size, or a smaller one than what was downloaded
+                raise ArtifactError(run_id, path, f"{too_large} (downloaded {size} bytes)")
+            with local.open("rb") as handle:
+                data = handle.read(max_bytes + 1)
+        except (MlflowException, OSError):
+            if store_errors:
+                raise
             return None
-        return json.loads(Path(path).read_text())
+    if len(data) > max_bytes:  # grew while being read
+        raise ArtifactError(run_id, path, f"{too_large} (read more)")
+    return data
+
+
+def read_artifact_bytes(
+    client: MlflowClient,
+    run_id: str,
+    path: str,
+    max_bytes: int = MAX_ARTIFACT_BYTES,
+    *,
+    artifact_uri: str | None = None,
+    store_errors: bool = False,
+) -> bytes | None:
+    """The file ``path`` of run ``run_id``'s artifacts, ``None`` when the run has none there (or the store
+    cannot be read; with ``store_errors`` its ``MlflowException`` or ``OSError`` is raised instead).
+    ``artifact_uri``: the run's artifact URI when a search already answered it (the file is then listed and
+    downloaded through it: no call for the run itself).
+
+    :raises ArtifactError: the file is larger than ``max_bytes`` (by its listed size, before any download, or
+        by its downloaded size), or ``path`` is not a relative path inside the run's artifacts.
+    """
+    if artifact_uri is None:
+        return _read_capped(
+            run_id,
+            path,
+            max_bytes,
+            lambda folder: client.list_artifacts(run_id, folder or None),
+            lambda file, dst: client.download_artifacts(run_id, file, dst),
+            store_errors,
+        )
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(artifact_uri, tracking_uri=str(client.tracking_uri))
+    return _read_capped(
+        run_id,
+        path,
+        max_bytes,
+        lambda folder: repo.list_artifacts(folder or None),
+        repo.download_artifacts,
+        store_errors,
+    )
+
+
+def read_artifact_text(
+    client: MlflowClient,
+    run_id: str,
+    path: str,
+    max_bytes: int = MAX_ARTIFACT_BYTES,
+    *,
+    artifact_uri: str | None = None,
+    store_errors: bool = False,
+) -> str | None:
+    """:func:`read_artifact_bytes` as UTF-8 text. :raises ArtifactError: over the cap, or not UTF-8."""
+    data = read_artifact_bytes(client, run_id, path, max_bytes, artifact_uri=artifact_uri, store_errors=store_errors)
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ArtifactError(run_id, path, f"is not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
+def read_artifact_json(
+    client: MlflowClient,
+    run_id: str,
+    path: str,
+    max_bytes: int = MAX_ARTIFACT_BYTES,
+    *,
+    artifact_uri: str | None = None,
+    store_errors: bool = False,
+) -> Any | None:
+    """:func:`read_artifact_text` parsed as JSON. :raises ArtifactError: over the cap, not UTF-8, not JSON."""
+    text = read_artifact_text(client, run_id, path, max_bytes, artifact_uri=artifact_uri, store_errors=store_errors)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ArtifactError(run_id, path, f"is not JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise ArtifactError(run_id, path, "is not JSON the package reads (nested too deep)") from None
+
+
+def load_json(client: MlflowClient, run_id: str, artifact_file: str) -> Any | None:
+    """A JSON artifact of the run, or ``None`` when the run has none at that path.
+
+    :raises ArtifactError: the file is larger than :data:`MAX_ARTIFACT_BYTES`, not UTF-8 or not JSON.
+    """
+    return read_artifact_json(client, run_id, artifact_file)
 
 
 def log_text(client: MlflowClient, run_id: str, text: str, artifact_file: str) -> None:

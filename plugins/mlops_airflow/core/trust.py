@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -232,16 +230,14 @@ class ModelRegistry(AliasStore):
         return str(min((int(v.version) for v in found), default=int(version)))
 
     def _decision(self, run_id: str, version: str) -> dict[str, Any] | None:
-        try:
-            present = {f.path for f in self.client.list_artifacts(run_id, "gate")}
-            if DECISION_ARTIFACT not in present:
-                return None
-            with tempfile.TemporaryDirectory() as tmp:
-                path = self.client.download_artifacts(run_id, DECISION_ARTIFACT, tmp)
-                data = json.loads(Path(path).read_text())
+        from mlops_airflow.core.errors import ArtifactError
+        from mlops_airflow.core.tracking import MAX_REPORT_BYTES, read_artifact_json
+
+        try:  # the one capped reader: a forged multi-GB decision file is refused unread, not downloaded
+            data = read_artifact_json(self.client, run_id, DECISION_ARTIFACT, MAX_REPORT_BYTES, store_errors=True)
         except MlflowException as err:
             raise self._fail(f"reading {DECISION_ARTIFACT}", err, version) from err
-        except ValueError:  # not JSON: no decision
+        except ArtifactError:  # over the cap, not UTF-8 or not JSON: no decision (refused)
             return None
         return data if isinstance(data, dict) else None
 

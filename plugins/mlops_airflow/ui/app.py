@@ -18,14 +18,16 @@ MLflow is found like the tasks find it without a connection: ``MLFLOW_TRACKING_U
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
+import hashlib
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from mlops_airflow.core.encoding import html_text
+from mlops_airflow.core.encoding import html_text, jsonable
 from mlops_airflow.ui.text import figure, reason, run_label, version, when
 
 URL_PREFIX = "/mlops"
@@ -153,6 +155,28 @@ document.addEventListener('click', function (event) {
 """
 
 
+def _source_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+#: What a page may load and run: its own style and script (by hash), images of its own origin (the plots),
+#: its form sent to itself, framed only by its own origin (Airflow). Markup that ever slipped through the
+#: escaping could run no script, load nothing from elsewhere and send nothing out.
+CONTENT_POLICY = (
+    f"default-src 'none'; script-src {_source_hash(LINKS_SCRIPT)}; style-src {_source_hash(STYLE)}; "
+    "img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'"
+)
+#: Headers of every answer: the policy above, the declared type taken as is (no sniffing), no referrer sent
+#: to MLflow or elsewhere.
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+#: An image answer: nothing in it runs, whatever the bytes hold.
+IMAGE_HEADERS = PAGE_HEADERS | {"Content-Security-Policy": "default-src 'none'; sandbox"}
+
+
 def e(value: Any) -> str:
     return html_text("" if value is None else value)
 
@@ -160,8 +184,14 @@ def e(value: Any) -> str:
 def _page(title: str, body: str) -> HTMLResponse:
     return HTMLResponse(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
-        f"<style>{STYLE}</style></head><body>{body}<script>{LINKS_SCRIPT}</script></body></html>"
+        f"<style>{STYLE}</style></head><body>{body}<script>{LINKS_SCRIPT}</script></body></html>",
+        headers=PAGE_HEADERS,
     )
+
+
+def _json(data: Any) -> JSONResponse:
+    """JSON of values read from MLflow (a tag or artifact may hold NaN or infinity: ``null`` here)."""
+    return JSONResponse(jsonable(data), headers=PAGE_HEADERS)
 
 
 def stuck_notifications(model: str) -> str:
@@ -192,7 +222,7 @@ def stuck_notifications(model: str) -> str:
 def _airflow_run(dag_id: str, run_id: str, depth: int) -> str:
     """A link to the Airflow UI's page of a DAG run, labelled by trigger and time (``depth``: folders below
     the prefix; relative, so it works behind a reverse proxy)."""
-    if not dag_id or not run_id:
+    if not dag_id or not run_id or {dag_id, run_id} & {".", ".."}:  # a tag's "..": a link elsewhere in Airflow
         return ""
     href = f"{'../' * depth}dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
     return (
@@ -334,10 +364,12 @@ def render_overview(rows: list[Any], errors: dict[str, str], sort: str = "model"
 
 
 def render_markdown(text: str) -> str:
-    """Markdown to HTML with raw HTML disabled (reports carry reasons people typed)."""
+    """Markdown to HTML with raw HTML, links and images disabled: a report carries reasons people typed, and
+    anyone who may write to MLflow may replace it; its links and images stay the text they were written as
+    (no click leads out of Airflow's frame, no image is fetched from elsewhere)."""
     from markdown_it import MarkdownIt
 
-    return MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    return MarkdownIt("commonmark", {"html": False}).enable("table").disable(["link", "image", "autolink"]).render(text)
 
 
 def _warnings(st: Any, fairness_breach: str | None) -> list[str]:
@@ -670,7 +702,7 @@ async def models_json(user: UserDep) -> JSONResponse:
     their trigger, its last monitor run without the drifted features' names: the model's own JSON has them),
     its health and the number of drifted features."""
     rows, errors = await _overview(user)
-    return JSONResponse(
+    return _json(
         {
             "models": [
                 row.status.to_dict()
@@ -772,7 +804,7 @@ def _fairness_breach(st: Any) -> str | None:
 async def model_json(name: str, user: UserDep) -> JSONResponse:
     spec = await asyncio.to_thread(_spec_for, user, name)
     st = await asyncio.to_thread(_status, spec)
-    return JSONResponse(st.to_dict() | {"next_run": next_run(spec.ct_schedule)})
+    return _json(st.to_dict() | {"next_run": next_run(spec.ct_schedule)})
 
 
 @app.get("/models/{name}/image")
@@ -791,4 +823,4 @@ async def model_image(name: str, run: str, path: str, user: UserDep) -> Response
     data = await asyncio.to_thread(load)
     if data is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no plot {path!r} in a run of {name}")
-    return Response(data, media_type="image/png")
+    return Response(data, media_type="image/png", headers=IMAGE_HEADERS)

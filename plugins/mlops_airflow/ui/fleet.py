@@ -193,22 +193,22 @@ def _newest_runs(client: Any, experiment_ids: list[str], kind: str) -> dict[str,
 
 
 def _monitor_summary(run: Any, primary_metric: str) -> tuple[MonitorSummary, int | None]:
+    from mlops_airflow.core.ledger import _ms_to_iso, finite_number
     from mlops_airflow.core.tracking import TAG_RUN_ID
 
     tags, metrics = run.data.tags, run.data.metrics
-    started = dt.datetime.fromtimestamp((run.info.start_time or 0) / 1000, dt.UTC).isoformat(timespec="seconds")
     summary = MonitorSummary(
         mlflow_run_id=run.info.run_id,
         run_id=tags.get(TAG_RUN_ID, ""),
-        started_at=started if run.info.start_time else "",
+        started_at=_ms_to_iso(run.info.start_time),
         champion_version=tags.get("mlops.champion_version"),
-        drift_share=metrics.get("drift_share"),
+        drift_share=finite_number(metrics.get("drift_share")),
         drifted_features=[],
-        live_metric=metrics.get(f"live_{primary_metric}"),
+        live_metric=finite_number(metrics.get(f"live_{primary_metric}")),
         retrain_requested=tags.get("mlops.retrain_requested") == "true",
         retrain_reason=tags.get("mlops.retrain_reason"),
     )
-    count = metrics.get("drifted_features")
+    count = finite_number(metrics.get("drifted_features"))  # a metric anyone may log: NaN, 1.8e308
     return summary, None if count is None else int(count)
 
 
@@ -267,8 +267,9 @@ def read_fleet(client: Any, specs: list[Any], key: bytes | None, now: dt.datetim
         move = next((x for x in reversed(entries) if x.to_version == champion), None)
         try:
             pin_info = json.loads(tags[TAG_PIN_INFO]) if tags.get(TAG_PIN_INFO) else None
-        except ValueError:
+        except (ValueError, RecursionError):
             pin_info = None
+        pin_info = pin_info if isinstance(pin_info, dict) else None
         eid = experiments.get(spec.name)
         ct_run = ct_runs.get(eid) if eid else None
         monitor_run = monitor_runs.get(eid) if eid else None

@@ -9,6 +9,7 @@ once the run has finished, so finished runs' lists are kept in the ``cache`` the
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import re
 import statistics
@@ -24,6 +25,7 @@ CACHE_RUNS = 5_000
 #: The newest replay reports listed.
 REPLAY_RUNS = 5
 _DATE = re.compile(r"(\d{4}-\d{2}-\d{2})")
+log = logging.getLogger(__name__)
 
 
 def number(value: Any) -> float | None:
@@ -89,26 +91,35 @@ def _batch_date(name: str, fallback: dt.date) -> dt.date:
     return fallback
 
 
-def _read_json(run: Any, path: str) -> Any:
-    """An artifact of a searched run as JSON, None when it has none or it is not JSON. Read by the run's artifact
-    URI, which the search answered: no further call to the tracking server for the run."""
-    import json
-
-    from mlflow.artifacts import load_text
-    from mlflow.exceptions import MlflowException
+def _read_json(client: Any, run: Any, path: str) -> Any:
+    """An artifact of a searched run as JSON, None when it has none, it is larger than
+    :data:`~mlops_airflow.core.tracking.MAX_ARTIFACT_BYTES`, not UTF-8 or not JSON (logged). Read through the run's
+    artifact URI, which the search answered: no call for the run itself; one listing of the artifact's folder
+    (its size, checked before any download) and the download."""
+    from mlops_airflow.core.errors import ArtifactError
+    from mlops_airflow.core.tracking import read_artifact_json
 
     try:
-        return json.loads(load_text(f"{str(run.info.artifact_uri).rstrip('/')}/{path}"))
-    except (MlflowException, OSError, ValueError):
+        return read_artifact_json(client, str(run.info.run_id), path, artifact_uri=str(run.info.artifact_uri))
+    except ArtifactError as err:
+        log.warning("%s; not shown", err)
         return None
 
 
-def _batches(run: Any, cache: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def _start(run: Any) -> dt.datetime | None:
+    """The run's start time (None when it has none the calendar holds: its creator sets it)."""
+    try:
+        return dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC) if run.info.start_time else None
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _batches(client: Any, run: Any, cache: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The run's list of batch estimates (read once per finished run)."""
     run_id = str(run.info.run_id)
     if run_id in cache:
         return cache[run_id]
-    found = _read_json(run, ESTIMATE_BATCHES)
+    found = _read_json(client, run, ESTIMATE_BATCHES)
     batches = found.get("batches") if isinstance(found, dict) else None
     rows = [b for b in batches if isinstance(b, dict)] if isinstance(batches, list) else []
     if str(run.info.status) == "FINISHED":
@@ -148,8 +159,8 @@ def estimate_history(
     cache = {} if cache is None else cache
     seen: dict[tuple[str, str], tuple[EstimatePoint, tuple[dt.date, int, int]]] = {}
     for age, run in enumerate(runs):  # newest first: the first run to name a batch wins
-        day = dt.datetime.fromtimestamp((run.info.start_time or 0) / 1000, dt.UTC).date()
-        for index, row in enumerate(_batches(run, cache)):
+        day = (_start(run) or dt.datetime.fromtimestamp(0, dt.UTC)).date()
+        for index, row in enumerate(_batches(client, run, cache)):
             if row.get("metric") not in (None, metric):
                 continue
             key = (str(row.get("source") or ""), str(row.get("batch") or ""))
@@ -217,12 +228,11 @@ def replay_reports(client: Any, model: str, limit: int = REPLAY_RUNS) -> list[Re
     for run in runs:
         params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
         names = [n for n in str(params.get("policies") or "").split(",") if n]
-        start = run.info.start_time
         out.append(
             ReplayReport(
                 mlflow_run_id=str(run.info.run_id),
                 experiment_id=exp,
-                started_at=None if start is None else dt.datetime.fromtimestamp(start / 1000, dt.UTC),
+                started_at=_start(run),
                 status=str(run.info.status),
                 first_day=str(params.get("from") or ""),
                 last_day=str(params.get("to") or ""),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from typing import Any
 
 #: Run id prefixes Airflow gives DAG runs (``<type>__<logical date or run after>``), as a person says them.
 RUN_KINDS = {
@@ -28,9 +29,10 @@ def parse_time(value: str | None) -> dt.datetime | None:
         return None
     try:
         parsed = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
+        # in UTC here: a time at the edge of the calendar (year 1 at +05:00) has no UTC time and is not one
+        return parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def age(then: dt.datetime, now: dt.datetime) -> str:
@@ -52,7 +54,10 @@ def when(value: str | dt.datetime | None, now: dt.datetime | None = None) -> str
     if moment is None:
         return "" if value is None else str(value)
     now = now or dt.datetime.now(dt.UTC)
-    moment = moment.astimezone(dt.UTC)
+    try:
+        moment = moment.astimezone(dt.UTC)
+    except OverflowError:
+        return str(value)
     return f"{moment:%Y-%m-%d %H:%M} UTC ({age(moment, now)})"
 
 
@@ -74,10 +79,11 @@ def version(value: str | int | None) -> str:
     return text if text.startswith("v") else f"v{text}"
 
 
-def reason(text: str | None) -> str:
+def reason(text: Any) -> str:
     """A move's reason without what the page already shows beside it: the ``(rollback by <dag> run <id> by
-    <user>)`` a rollback appends, and a promotion's generated "blessed by the gate in <dag> run <id>"."""
-    text = (text or "").strip()
+    <user>)`` a rollback appends, and a promotion's generated "blessed by the gate in <dag> run <id>"; any other
+    value of a JSON tag (a number, a list) as its text."""
+    text = ("" if text is None else str(text)).strip()
     if _GATE_REASON.match(text):
         return "blessed by the gate"
     return _ACTOR_SUFFIX.sub("", text)
@@ -87,4 +93,4 @@ def figure(value: float | None, digits: int = 4) -> str:
     """A metric as the page prints it: ``0.8123``; ``n/a`` when it is missing, NaN or infinite."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return "n/a"
-    return f"{value:.{digits}f}"
+    return f"{value:.{digits}f}" if abs(value) < 1e15 else f"{value:.{digits}g}"  # 1e308: not 309 digits

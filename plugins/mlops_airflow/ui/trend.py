@@ -13,6 +13,14 @@ from mlops_airflow.core.encoding import html_text
 
 WIDTH, HEIGHT = 640, 240
 LEFT, RIGHT, TOP, BOTTOM = 64, 24, 28, 36
+#: Values beyond this size set no axis (an artifact anyone may write can hold 1e308); drawn at the edge.
+PLOT_LIMIT = 1e15
+#: Most grid lines an axis gets.
+MAX_TICKS = 12
+
+
+def _plottable(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and abs(value) <= PLOT_LIMIT
 
 
 def _fmt(value: float) -> str:
@@ -22,14 +30,18 @@ def _fmt(value: float) -> str:
 def _ticks(low: float, high: float, count: int = 4) -> list[float]:
     """About ``count`` round values spanning ``low``..``high``."""
     raw = (high - low) / count
+    if not math.isfinite(raw) or raw <= 0:
+        return []
     step = 10 ** math.floor(math.log10(raw))
-    step = next(m * step for m in (1, 2, 5, 10) if m * step >= raw)
+    step = next((m * step for m in (1, 2, 5, 10) if m * step >= raw), 0.0)
+    if not step > 0:  # too small a range for a float step
+        return []
     first = math.ceil(low / step) * step
-    return [first + i * step for i in range(int((high - first) / step) + 1)]
+    return [first + i * step for i in range(min(int((high - first) / step) + 1, MAX_TICKS))]
 
 
 def _bounds(points: Sequence[Any]) -> tuple[float, float] | None:
-    values = [v for p in points for v in (p.value, p.lower, p.upper) if v is not None and math.isfinite(v)]
+    values = [v for p in points for v in (p.value, p.lower, p.upper) if _plottable(v)]
     if not values:
         return None
     low, high = min(values), max(values)
@@ -58,7 +70,11 @@ class _Frame:
         return LEFT + self.step * (i + 0.5)
 
     def y(self, value: float) -> float:
-        return TOP + self.plot_h * (self.high - value) / (self.high - self.low)
+        """The value's height, held inside the drawing (a value that sets no axis is drawn at its edge)."""
+        at = TOP + self.plot_h * (self.high - value) / (self.high - self.low)
+        if not math.isfinite(at):
+            at = -math.inf if value > self.high else math.inf
+        return min(max(at, 0.0), float(HEIGHT))
 
     def open(self, svg_id: str, label: str, title: str) -> list[str]:
         """The SVG's opening, both axes, the ``title`` (escaped markup) and the grid with its tick labels."""
@@ -131,7 +147,7 @@ def _column(point: Any, cx: float, y: Any, axis: float, champion: str | None, me
 
 
 def _estimate_bounds(points: Sequence[Any]) -> tuple[float, float] | None:
-    values = [v for p in points for v in (p.value, p.low, p.high, p.realised) if v is not None and math.isfinite(v)]
+    values = [v for p in points for v in (p.value, p.low, p.high, p.realised) if _plottable(v)]
     if not values:
         return None
     low, high = min(values), max(values)
