@@ -408,8 +408,8 @@ def gc_lines(report: Any, registered: dict[str, str | None]) -> list[str]:
         f"registered versions: {len(registered)}"
         + (f" ({len(unknown)} record no snapshot: v{', v'.join(unknown)})" if unknown else ""),
         f"snapshots: kept {len(report.kept_snapshots)}, kept for registered versions "
-        f"{len(report.protected_snapshots)}, being written {len(report.in_progress)}, {verb} "
-        f"{len(report.removed_snapshots)}",
+        f"{len(report.protected_snapshots)}, being written {len(report.in_progress)}, younger than the grace "
+        f"period {len(report.young_snapshots)}, {verb} {len(report.removed_snapshots)}",
         f"batches: kept {report.kept_batches} ({_megabytes(report.kept_bytes)}), {verb} "
         f"{len(report.removed_batches)} ({_megabytes(report.removed_bytes)}), younger than the grace period "
         f"{len(report.young_batches)}; temporary files {verb} {len(report.removed_temporaries)}",

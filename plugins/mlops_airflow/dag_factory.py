@@ -48,6 +48,23 @@ def model_dag(spec: ModelSpec, dag_id: str, kind: str, **kwargs: Any) -> DAG:
     )
 
 
+def data_uri_param(description: str) -> Param:
+    """A trigger's ``data_uri``: refused by the trigger form itself when it is longer than any path or holds a
+    control character; the task then confines it to the landing roots
+    (:func:`mlops_airflow.core.settings.confine_data_uri`)."""
+    from mlops_airflow.core.settings import PATH_MAX_BYTES
+
+    # No control character (JSON Schema's ``not``, which Python cannot pass as a keyword).
+    control_free: dict[str, Any] = {"not": {"type": "string", "pattern": "[\\x00-\\x1f\\x7f-\\x9f]"}}
+    return Param(
+        None,
+        type=["null", "string"],
+        maxLength=PATH_MAX_BYTES,
+        description=description,
+        **control_free,
+    )
+
+
 def retrain_asset(spec: ModelSpec) -> Asset:
     return Asset(uri=spec.retrain_asset_uri, name=f"{spec.name}_retrain_request")
 
@@ -133,11 +150,7 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
         doc_md=ct_doc(spec),
         schedule=ct_schedule(spec),
         params={
-            "data_uri": Param(
-                None,
-                type=["null", "string"],
-                description="Landing zone (path or URI) to train on instead of the spec's source.uri",
-            ),
+            "data_uri": data_uri_param("Landing zone (path or URI) to train on instead of the spec's source.uri"),
             # null allowed: the trigger form treats a plain string param as required and keeps Trigger disabled
             "reason": Param(
                 None,
@@ -268,7 +281,7 @@ input columns and gets `prediction`, `model_version` and `predicted_at`. Runs wh
 """,
         schedule=Asset(uri=spec.scoring_asset_uri, name=f"{spec.name}_scoring_data"),
         params={
-            "data_uri": Param(None, type=["null", "string"], description="Batch file or directory to score"),
+            "data_uri": data_uri_param("Batch file or directory to score"),
         },
     ) as dag:
         PredictOperator(
@@ -299,7 +312,7 @@ report and plots go to MLflow. `request_retrain` emits `{spec.retrain_asset_uri}
 at most once per {d.cooldown_hours:g} h; otherwise it is skipped.
 """,
         schedule=cron_timetable("0 6 * * *"),
-        params={"data_uri": Param(None, type=["null", "string"], description="Landing zone to monitor")},
+        params={"data_uri": data_uri_param("Landing zone to monitor")},
     ) as dag:
         monitor = MonitorOperator(task_id="monitor", model_name=spec.name, data_uri="{{ params.data_uri or '' }}")
         RequestRetrainOperator(

@@ -99,6 +99,16 @@ def test_a_symlink_inside_the_root_to_a_folder_inside_it_is_admitted(roots):
         "{root}/credit_default\\..\\..\\..",
         "{root}/credit_default\x00/etc",
         "   ",
+        # Names that read as another name, or that no filesystem holds: refused by name, never a traceback.
+        "credit_default/\ud800",  # an unpaired surrogate (valid in a JSON param, not in a file name)
+        "credit_default/\udcff",
+        "credit_default/%C2%85",  # U+0085, which trimming would drop: "credit_default/" read instead
+        "credit_default%C2%A0",  # a trailing no-break space, the same
+        "credit_default/\u202egpj.csv",  # a right-to-left override: shows as "csv.jpg"
+        "credit_default/\u200b",  # zero-width space
+        "credit_default/\u2028x",
+        "credit_default/" + "a" * 300,  # over NAME_MAX
+        "credit_default/" + "a/" * 2100,  # over PATH_MAX
     ],
 )
 def test_anything_else_is_refused_naming_the_param_and_the_roots(roots, attack):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
+
+import pytest
 
 from mlops_airflow.operators.data import describe_trigger
 
@@ -43,3 +46,21 @@ def test_an_asset_event_without_extra_is_recorded_as_asset_triggered():
     event = SimpleNamespace(extra=None)
     tags = describe_trigger(context("asset_triggered", {"mlops://credit_default/retrain-request": [event]}))
     assert tags == {"mlops.trigger": "asset_triggered"}
+
+
+@pytest.mark.parametrize("build", ["build_ct_dag", "build_predict_dag", "build_monitor_dag"])
+@pytest.mark.parametrize("value", ["a" * 5000, "landing/x\x00/etc", "landing/x\n", "landing/\x85x"])
+def test_the_trigger_form_refuses_a_data_uri_no_path_can_be(build, value):
+    """Longer than any path, or holding a control character: refused when the run is triggered, before a task
+    starts (the task confines what passes to the landing roots)."""
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from mlops_airflow import dag_factory
+    from mlops_airflow.core.config import get_spec
+
+    params = copy.deepcopy(getattr(dag_factory, build)(get_spec("credit_default")).params)
+    with pytest.raises(ParamValidationError, match="data_uri"):
+        params.update({"data_uri": value})
+    params.update({"data_uri": "landing/credit_default"})
+    params.update({"data_uri": None})
+    params.validate()

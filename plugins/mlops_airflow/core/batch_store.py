@@ -23,8 +23,12 @@ per batch per run (what every run spent before on its full copy), and writes onl
 **Retention** (:func:`collect_garbage`, ``mlops gc``). An object is removed only when no retained snapshot
 manifest names it, no registered model version's snapshot names it, no snapshot being written lists it in
 its ``pending.json`` and it is older than the grace period. A writer records a hash in ``pending.json``
-before it looks the object up, and refreshes the object's time when it reuses it, so a collection running
-beside a snapshot never removes what that snapshot is about to reference.
+before it looks the object up, and refreshes the object's time when it reuses it; a collection renames an
+object out of the store (``tmp/<hash>.parquet.gc``) before it judges the object's time a last time and deletes
+it, so a collection running beside a snapshot never removes what that snapshot is about to reference (the
+snapshot either refreshed it before the rename, and it is put back, or finds it gone and writes it again).
+Killed at any point, a collection leaves no retained snapshot without its batches once the next reader or
+collection has put back what it had renamed. It never follows a symlink: one in the store stops it.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ STORE = "batches"
 SNAPSHOTS = "snapshots"
 #: Objects being written, below the store.
 TEMP = "tmp"
+#: An object retention has taken out of the store and is about to delete (``tmp/<hash>.parquet.gc``): put back
+#: by the next reader or collection when the deletion did not finish.
+RETIRED = ".parquet.gc"
 #: A snapshot being written: the batch hashes it has taken so far (removed once its manifest is written).
 PENDING = "pending.json"
 MANIFEST = "manifest.json"
@@ -121,10 +128,27 @@ def _info(path: Any) -> tuple[float | None, int | None]:
 
 
 def _entries(folder: Any) -> list[tuple[str, Any, bool]]:
-    """``(name, path, is_folder)`` of the entries directly in ``folder`` (none when it does not exist)."""
-    if not folder.exists():
+    """``(name, path, is_folder)`` of the entries directly in ``folder`` (none when it does not exist).
+
+    On a local disk a symlink, ``folder`` itself or an entry, raises :class:`RetentionError`: retention
+    never follows a link out of the model's storage, and never decides what a link's target is worth.
+    """
+    local = _local(folder)
+    if local is None:
+        if not folder.exists():
+            return []
+        return [(child.name, child, child.is_dir()) for child in folder.iterdir()]
+    if os.path.islink(local):
+        raise RetentionError(f"{local}: a symlink where the store keeps a folder; retention never follows one")
+    if not os.path.isdir(local):
         return []
-    return [(child.name, child, child.is_dir()) for child in folder.iterdir()]
+    found = []
+    with os.scandir(local) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                raise RetentionError(f"{entry.path}: a symlink in the store; retention never follows one")
+            found.append((entry.name, folder / entry.name, entry.is_dir(follow_symlinks=False)))
+    return found
 
 
 def _remove(path: Any) -> None:
@@ -134,6 +158,27 @@ def _remove(path: Any) -> None:
             os.remove(local)
     else:
         path.fs.rm(path.path)
+
+
+def _remove_in(folder: Any, name: str) -> None:
+    """Remove ``folder/name``; on a local disk through a descriptor of ``folder`` opened without following a
+    symlink, so a folder swapped for one after it was listed removes nothing elsewhere."""
+    local = _local(folder)
+    if local is None:
+        _remove(folder / name)
+        return
+    try:
+        fd = os.open(local, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        message = f"{local}: not a folder of the store ({err.strerror}); retention never follows a symlink"
+        raise RetentionError(message) from None
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _publish(temp: Any, final: Any) -> None:
@@ -183,10 +228,30 @@ class BatchStore:
         path = self.object(digest)
         if not path.exists():
             return False
-        if size is not None and _info(path)[1] not in (None, size):
-            log.warning("%s: %s bytes, expected %s; written again", path, _info(path)[1], size)
+        try:
+            stored = _info(path)[1]
+        except FileNotFoundError:  # taken by retention since: written again
+            return False
+        if size is not None and stored not in (None, size):
+            log.warning("%s: %s bytes, expected %s; written again", path, stored, size)
             return False
         return _refresh(path)
+
+    def retired(self, digest: str) -> Any:
+        """Where retention moves an object before deleting it (below ``tmp/``)."""
+        return self.root / TEMP / f"{check_digest(digest)}{RETIRED}"
+
+    def restore(self, digest: str) -> bool:
+        """Put back an object whose removal did not finish (a collection that died between taking it out of
+        the store and deleting it); ``True`` when one was put back."""
+        retired, final = _local(self.retired(digest)), _local(self.object(digest))
+        if retired is None or final is None or not os.path.isfile(retired) or os.path.islink(retired):
+            return False
+        try:
+            os.replace(retired, final)  # same bytes whoever wrote the final name meanwhile
+        except FileNotFoundError:
+            return False
+        return True
 
     def put(self, table: Any, digest: str | None = None, size: int | None = None) -> Stored:
         """Store an Arrow table as Parquet under the hash of its bytes; nothing is written when it is stored.
@@ -214,7 +279,7 @@ class BatchStore:
     def verify(self, digest: str) -> Any:
         """The object's path, after its bytes were checked against its name (once per process)."""
         path = self.object(digest)
-        if not path.exists():
+        if not path.exists() and not self.restore(digest):
             raise DataError(
                 f"{path}: batch {digest} is not in the batch store {self.root} (removed by retention, or the "
                 "store was moved); the snapshot cannot be read",
@@ -255,7 +320,60 @@ class BatchStore:
         return found
 
     def temporaries(self) -> list[tuple[Any, float | None]]:
-        return [(path, _info(path)[0]) for _, path, is_dir in _entries(self.root / TEMP) if not is_dir]
+        found = []
+        for name, path, is_dir in _entries(self.root / TEMP):
+            if not is_dir and not (name.endswith(RETIRED) and _DIGEST.match(name.removesuffix(RETIRED))):
+                found.append((path, _info(path)[0]))
+        return found
+
+    def restore_all(self) -> list[str]:
+        """Put back every object a collection took out of the store and did not delete (see :meth:`restore`)."""
+        restored = []
+        for name, _, is_dir in _entries(self.root / TEMP):
+            digest = name.removesuffix(RETIRED)
+            if not is_dir and name.endswith(RETIRED) and _DIGEST.match(digest) and self.restore(digest):
+                restored.append(digest)
+        return restored
+
+    def retire(self, digest: str, keep: Any) -> bool | None:
+        """Delete an object unless ``keep(mtime)`` says it is in use, deciding on the object taken out of the
+        store: ``True`` removed, ``False`` kept, ``None`` gone already.
+
+        On a local disk the object is first renamed out of the store: from then on a snapshot being written
+        cannot reuse it (it finds no object, and writes it again), and a reuse that refreshed it just before is
+        seen in the time of the moved object; killed after the rename, the next reader or collection puts it
+        back. An object store has no atomic rename: its object is checked, then deleted.
+        """
+        path = self.object(digest)
+        local, retired = _local(path), _local(self.retired(digest))
+        if local is None or retired is None:
+            try:
+                mtime, _ = _info(path)
+            except FileNotFoundError:
+                return None
+            if keep(mtime):
+                return False
+            _remove(path)
+            return True
+        os.makedirs(os.path.dirname(retired), exist_ok=True)
+        try:
+            os.replace(local, retired)
+        except FileNotFoundError:
+            return None
+        try:
+            mtime = os.stat(retired).st_mtime
+        except FileNotFoundError:  # a reader put it back meanwhile: in use
+            return False
+        try:
+            if keep(mtime):
+                self.restore(digest)
+                return False
+        except BaseException:
+            self.restore(digest)
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(retired)
+        return True
 
 
 def store_reference(dest: Any, store: Any) -> str:
@@ -290,8 +408,12 @@ def resolve_store(snapshot_path: Any, reference: str) -> BatchStore:
 
 
 def write_pending(dest: Any, digests: Iterable[str]) -> None:
-    """Record the hashes a snapshot being written has taken so far (read by :func:`collect_garbage`)."""
-    (dest / PENDING).write_text(json.dumps(sorted(set(digests))))
+    """Record the hashes a snapshot being written has taken so far (read by :func:`collect_garbage`); written
+    whole (a temporary name, then renamed), so a writer killed meanwhile never leaves a list retention cannot
+    read."""
+    from mlops_airflow.core.data import write_whole
+
+    write_whole(dest / PENDING, json.dumps(sorted(set(digests))))
 
 
 # ------------------------------------------------------------------------------------------------ retention
@@ -313,6 +435,9 @@ class GcReport:
     #: Snapshots kept because a registered model version was trained on them.
     protected_snapshots: list[str] = field(default_factory=list)
     removed_snapshots: list[str] = field(default_factory=list)
+    #: Snapshots past ``keep_runs`` kept because their manifest is younger than the grace period: the DAG run
+    #: that wrote it may still be training on it (and register a version that names it).
+    young_snapshots: list[str] = field(default_factory=list)
     #: Snapshots being written (a fresh ``pending.json``): their batches are kept.
     in_progress: list[str] = field(default_factory=list)
     kept_batches: int = 0
@@ -401,7 +526,8 @@ def collect_garbage(
         older ones; ``None`` keeps every snapshot and removes only batches none of them names.
     :param protected: snapshot URIs that are never removed (those of registered model versions, from
         :func:`registered_snapshots`); matched by their folder name (the run's snapshot key).
-    :param grace_seconds: a batch, temporary file or ``pending.json`` younger than this is left alone.
+    :param grace_seconds: a batch, temporary file, ``pending.json`` or snapshot manifest younger than this is
+        left alone (a snapshot past ``keep_runs`` too: a DAG run may still be reading it).
     :param dry_run: report, remove nothing.
     """
     if keep_runs is not None and keep_runs < 1:  # the newest may be the one a running DAG run reads
@@ -415,6 +541,9 @@ def collect_garbage(
     root = as_path(model_root)
     store = BatchStore(root / STORE)
     report = GcReport(str(root), dry_run, keep_runs, grace_seconds)
+    if not dry_run:  # a collection that died half-way through a removal: its object back first, judged again
+        for digest in store.restore_all():
+            log.warning("batch %s: put back in the store (a removal did not finish)", digest)
     # The store first: an object written after this listing is never a candidate.
     objects = store.objects()
     temporaries = store.temporaries()
@@ -433,11 +562,13 @@ def collect_garbage(
             report.in_progress.append(name)
             referenced.update(taken)
     complete.sort(key=lambda c: (c[0], c[1]), reverse=True)
-    for index, (_, name, _path, hashes) in enumerate(complete):
+    for index, (written, name, _path, hashes) in enumerate(complete):
         if keep_runs is None or index < keep_runs:
             report.kept_snapshots.append(name)
         elif name in keys:
             report.protected_snapshots.append(name)
+        elif now - written <= grace_seconds:
+            report.young_snapshots.append(name)
         else:
             report.removed_snapshots.append(name)
             continue
@@ -462,24 +593,23 @@ def collect_garbage(
     from mlops_airflow.core.data import remove_tree
 
     for name in report.removed_snapshots:  # their batches go below unless a kept snapshot names them
+        # The manifest first: killed half-way, what is left is no snapshot (never read as a whole one).
+        _remove_in(root / SNAPSHOTS / name, MANIFEST)
         remove_tree(root / SNAPSHOTS / name, within=root / SNAPSHOTS)
     # Snapshots that started meanwhile: what they took is kept.
     for _, path, is_dir in _entries(root / SNAPSHOTS):
         if is_dir and not (path / MANIFEST).exists():
             referenced.update(_pending(path, clock(), grace_seconds) or [])
-    for digest, path, size in candidates:
+    for digest, _path, size in candidates:
         if digest in referenced:
             continue
-        try:
-            mtime, _ = _info(path)  # reused since it was listed: kept
-        except FileNotFoundError:
-            continue
-        if mtime is None or clock() - mtime <= grace_seconds:
+        # Reused since it was listed (its time refreshed): kept.
+        removed = store.retire(digest, lambda mtime: mtime is None or clock() - mtime <= grace_seconds)
+        if removed is False:
             report.young_batches.append(digest)
-            continue
-        _remove(path)
-        report.removed_batches.append(digest)
-        report.removed_bytes += size
+        elif removed:
+            report.removed_batches.append(digest)
+            report.removed_bytes += size
     for path, mtime in temporaries:
         if mtime is not None and now - mtime > grace_seconds:
             _remove(path)

@@ -22,7 +22,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -31,7 +33,8 @@ import pandas as pd
 
 from mlops_airflow.core.batch_store import PENDING, STORE, BatchStore, encode, resolve_store, store_reference
 from mlops_airflow.core.batch_store import write_pending as _write_pending
-from mlops_airflow.core.landing import DataError, LandingZone, as_path
+from mlops_airflow.core.encoding import dumps
+from mlops_airflow.core.landing import DataError, LandingZone, _local, as_path
 from mlops_airflow.core.spec import ModelSpec
 
 MANIFEST = "manifest.json"
@@ -165,6 +168,7 @@ def write_snapshot(
     within: Any = None,
     run_id: str | None = None,
     store: Any = None,
+    confined: bool = False,
 ) -> Snapshot:
     """Snapshot the training window and evaluation set of ``source_uri`` at ``dest_uri``: each batch stored as
     Parquet in the batch store ``store`` (once: a batch stored by an earlier run is not written again) and a
@@ -181,6 +185,8 @@ def write_snapshot(
     :param store: the model's batch store (``<storage>/<model>/batches``; default: ``batches`` beside
         ``within`` when it is given, which is that for ``within`` = ``<storage>/<model>/snapshots``, else
         beside ``dest_uri``). It must not lie below ``dest_uri``.
+    :param confined: ``source_uri`` is a trigger's: the zone is read by the landing roots alone
+        (:class:`~mlops_airflow.core.landing.LandingZone`'s ``confined``).
     """
     dest = as_path(dest_uri)
     if store is not None:
@@ -202,7 +208,7 @@ def write_snapshot(
     if dest.exists():  # an earlier attempt died half-way: start clean
         remove_tree(dest, within=within)
 
-    zone = LandingZone.of(spec, source_uri)
+    zone = LandingZone.of(spec, source_uri, confined=confined)
     files = zone.files()
     window = spec.window
     if window.kind == "batches" and len(files) < (need := window.eval_size + 1):
@@ -219,7 +225,7 @@ def write_snapshot(
         batches = _copy_window(placer, zone, files, dest, BatchStore(store_path), reference)
         placer.check(batches, zone, source_uri)
         snapshot = replace(_manifest(spec, placer, batches, dest, dest_uri, source_uri, run_id, zone), store=reference)
-        (dest / MANIFEST).write_text(json.dumps(snapshot.to_dict(), indent=2))
+        write_whole(dest / MANIFEST, dumps(snapshot.to_dict(), indent=2))
     except BaseException:
         remove_tree(dest, within=within)  # never leave a partial snapshot behind
         raise
@@ -480,6 +486,27 @@ def _copy_window(
         del table, outcome
     log.info("batch store %s: %d batch(es) written, %d already stored", store.root, written, len(taken) - written)
     return [b for b in reversed(chosen) if b.part == "train"] + [b for b in reversed(chosen) if b.part == "eval"]
+
+
+def write_whole(path: Any, text: str) -> None:
+    """Write ``text`` to ``path`` so that no reader, and no process killed half-way, ever leaves part of it
+    under that name: a temporary name beside it, synced, then renamed (an object-store put is whole already)."""
+    local = _local(path)
+    if local is None:
+        path.write_text(text)
+        return
+    folder, name = os.path.split(local)
+    temp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, local)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+        raise
 
 
 def write_parquet(table: Any, out: Any) -> None:

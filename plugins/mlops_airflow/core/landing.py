@@ -6,7 +6,9 @@ recent batches) goes through :class:`LandingZone`, which, for each batch file:
 1. **lists** it: a visible file (no leading ``.`` or ``_``) directly in the zone, oldest first by name;
 2. **confines** it: a local path is resolved (symlinks followed) and refused unless it stays inside the zone
    or an allowed landing root (``MLOPS_DATA_ROOT``, ``MLOPS_ALLOWED_DATA_ROOTS``; never the package's own
-   storage), before a byte of it is read. Object stores have no symlinks: their keys are read as listed;
+   storage), before a byte of it is read, and checked again on the opened descriptor (the file listed, and
+   where the descriptor leads), so a folder swapped for a symlink in between reads nothing outside. A trigger's
+   zone (``confined``) is itself held to those roots. Object stores have no symlinks: keys are read as listed;
 3. **checks it is whole**, as the model's landing protocol (``source.landing``) defines it: settled for
    ``settle_seconds``, covered by a ``_SUCCESS`` marker or by ``_MANIFEST.json`` (row count and SHA-256), and
    unchanged between listing and reading;
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How a landed file is opened: never through a final symlink, and never waiting (a FIFO swapped in for a file
+#: would block an ordinary open until someone writes to it).
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 SUPPORTED_SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 SUCCESS_MARKER = "_SUCCESS"
 MANIFEST_NAME = "_MANIFEST.json"
@@ -122,6 +127,8 @@ class LandedFile:
     local: str | None = None
     #: Why the file is refused unread (it leads outside the landing roots).
     refused: str | None = None
+    #: Device and inode of the local file listing stat-ed: the file opened for reading must be this one.
+    ident: tuple[int, int] | None = None
 
     def __str__(self) -> str:
         return str(self.path)
@@ -143,12 +150,17 @@ class LandingZone:
     :param fmt: the spec's format, for files without a known suffix.
     :param rules: the model's ``source.landing`` (``None``: no protocol, no settling).
     :param cap: the size cap of one file in bytes (``None``: the deployment's).
+    :param confined: the zone itself is untrusted (a trigger's ``data_uri``): it must resolve inside an allowed
+        landing root when it is listed, and its files are admitted by those roots alone, so a zone swapped for
+        a symlink after the trigger was checked reads nothing outside them. ``False`` (a spec's reviewed
+        ``source.uri``): the zone's own folder is trusted wherever it resolves.
     """
 
     root: Any
     fmt: str = "csv"
     rules: LandingSpec | None = None
     cap: int | None = None
+    confined: bool = False
     #: Batches left out as not yet whole, ``name: reason`` (filled while reading).
     skipped: list[str] = field(default_factory=list)
     #: The size cap in force (``cap``, else the deployment's).
@@ -161,10 +173,10 @@ class LandingZone:
         self.max_bytes = self.cap if self.cap is not None else settings.max_file_bytes()
 
     @classmethod
-    def of(cls, spec: ModelSpec, root: Any, fmt: str | None = None) -> LandingZone:
-        """The zone at ``root`` read by ``spec``'s landing protocol and size cap."""
+    def of(cls, spec: ModelSpec, root: Any, fmt: str | None = None, *, confined: bool = False) -> LandingZone:
+        """The zone at ``root`` read by ``spec``'s landing protocol and size cap (``confined``: see the class)."""
         source = spec.source
-        return cls(root, fmt or source.format, source.landing, source.max_file_bytes)
+        return cls(root, fmt or source.format, source.landing, source.max_file_bytes, confined=confined)
 
     @property
     def protocol(self) -> str:
@@ -186,6 +198,12 @@ class LandingZone:
         if local is not None:
             if not os.path.exists(local):
                 raise MissingZone(f"{self.root}: landing zone does not exist")
+            if self.confined and not self._confined(os.path.realpath(local)):
+                raise RefusedFile(
+                    f"{self.root}: resolves to {os.path.realpath(local)}, outside the allowed landing roots "
+                    f"({self._roots_text()}); not listed",
+                    rule="landing_root",
+                )
             if os.path.isfile(local):
                 found = [self._landed_local(self.root, local)]
             else:
@@ -222,7 +240,7 @@ class LandingZone:
             return None
         if not stat.S_ISREG(info.st_mode):
             return None
-        return LandedFile(path, name, info.st_size, info.st_mtime, local=resolved)
+        return LandedFile(path, name, info.st_size, info.st_mtime, local=resolved, ident=(info.st_dev, info.st_ino))
 
     def _list_remote(self) -> list[LandedFile]:
         fs, base = self.root.fs, str(self.root.path).rstrip("/")
@@ -242,7 +260,7 @@ class LandingZone:
         """Inside the zone itself, or inside an allowed landing root and outside the package's storage."""
         zone, roots, storage = self._roots()
         where = settings.DataLocation("", "", resolved)
-        if where.is_within(zone):
+        if not self.confined and where.is_within(zone):
             return True
         return any(where.is_within(r) for r in roots) and not any(where.is_within(s) for s in storage)
 
@@ -263,7 +281,7 @@ class LandingZone:
 
     def _roots_text(self) -> str:
         zone, roots, _ = self._roots()
-        return ", ".join(dict.fromkeys(str(r) for r in [zone, *roots]))
+        return ", ".join(dict.fromkeys(str(r) for r in ([] if self.confined else [zone]) + roots))
 
     # -- whole or not -------------------------------------------------------------------------------------
 
@@ -301,8 +319,18 @@ class LandingZone:
             return None
         elif not self._confined(os.path.realpath(path)):
             raise RefusedFile(f"{manifest}: resolves outside the allowed landing roots; not read", rule="landing_root")
-        with manifest.open("rb") as fh:
-            raw = fh.read(self.max_bytes + 1)
+        if path is not None:  # checked again on the open descriptor: a swap after the check reads nothing outside
+            try:
+                fd = os.open(os.path.realpath(path), _READ_FLAGS)
+            except OSError as err:
+                message = f"{manifest}: cannot be opened ({err.strerror}); not read"
+                raise RefusedFile(message, rule="landing_root") from None
+            with open(fd, "rb") as fh:
+                self._check_opened(LandedFile(manifest, MANIFEST_NAME), fh.fileno())
+                raw = fh.read(self.max_bytes + 1)
+        else:
+            with manifest.open("rb") as fh:
+                raw = fh.read(self.max_bytes + 1)
         if len(raw) > self.max_bytes:
             raise RefusedFile(f"{manifest}: over the cap of {self.max_bytes} bytes; not read", rule="max_file_bytes")
         return parse_manifest(raw, str(manifest))
@@ -394,7 +422,7 @@ class LandingZone:
             size, mtime = len(raw), batch.mtime
         else:
             try:
-                fd = os.open(batch.local, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                fd = os.open(batch.local, _READ_FLAGS)
             except FileNotFoundError:
                 raise IncompleteBatch(f"{batch}: gone since it was listed", rule="whole_batch") from None
             except OSError as err:
@@ -403,6 +431,7 @@ class LandingZone:
                     raise RefusedFile(message, rule="landing_root") from None
                 raise DataError(f"{batch}: cannot be read: {err.strerror}") from None
             with os.fdopen(fd, "rb") as fh:
+                self._check_opened(batch, fh.fileno())
                 raw = fh.read(limit)
                 now = os.fstat(fh.fileno())
             size, mtime = now.st_size, now.st_mtime
@@ -416,6 +445,28 @@ class LandingZone:
         if not raw:
             raise DataError(f"{batch}: file is empty (0 bytes)")
         return raw
+
+    def _check_opened(self, batch: LandedFile, fd: int) -> None:
+        """The check made on the open descriptor, not on the name: the file opened is the one listing stat-ed,
+        and where the descriptor really leads (``/proc/self/fd``, where there is one) is inside the roots. A
+        folder on the way swapped for a symlink after listing is caught here."""
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode):
+            message = f"{batch}: no longer a regular file since it was listed; not read"
+            raise IncompleteBatch(message, rule="whole_batch")
+        if batch.ident is not None and (opened.st_dev, opened.st_ino) != batch.ident:
+            message = f"{batch}: replaced by another file since it was listed; not read"
+            raise IncompleteBatch(message, rule="whole_batch")
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # no /proc: the same file as listed is what holds
+            return
+        if real.startswith("/") and not self._confined(real):
+            raise RefusedFile(
+                f"{batch}: opened as {real}, outside the allowed landing roots ({self._roots_text()}): a folder on "
+                "its path was swapped for a symlink; not read",
+                rule="landing_root",
+            )
 
     # -- walk ---------------------------------------------------------------------------------------------
 

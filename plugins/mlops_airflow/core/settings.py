@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -93,6 +94,10 @@ ALLOWED_DATA_ROOTS_ENV = "MLOPS_ALLOWED_DATA_ROOTS"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\]")
+#: Unicode categories never allowed in a location: controls (``U+0085`` too), invisible format characters
+#: (zero-width and bidirectional marks that make a name read as another), unpaired surrogates, line and
+#: paragraph separators.
+_INVISIBLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
 class DataRootError(MlopsError, ValueError):
@@ -131,7 +136,7 @@ def parse_location(text: str, *, what: str, base: str | None = None) -> DataLoca
     still percent-encoded after one decoding, ``..`` above a bucket) raises :class:`DataRootError`
     naming ``what``.
     """
-    raw = text.strip()
+    raw = text.strip(" \t\r\n")
     if not raw:
         raise DataRootError(f"{what} is empty")
     try:
@@ -142,11 +147,18 @@ def parse_location(text: str, *, what: str, base: str | None = None) -> DataLoca
         raise DataRootError(f"{what} {text!r}: percent-encoded more than once")
     if _FORBIDDEN.search(decoded):
         raise DataRootError(f"{what} {text!r}: control characters or backslashes are not allowed")
+    if any(unicodedata.category(char) in _INVISIBLE for char in decoded):
+        raise DataRootError(
+            f"{what} {text!r}: control, invisible format (zero-width, bidirectional) or unpaired surrogate "
+            "characters are not allowed"
+        )
+    if decoded != decoded.strip():  # a name that ends in a space is read as another folder than it names
+        raise DataRootError(f"{what} {text!r}: leading or trailing white space (after percent-decoding)")
     match = _SCHEME.match(decoded)
     if match is None:  # a plain path
         if not decoded.startswith("/") and base is not None:
             return parse_location(f"{base.rstrip('/')}/{decoded}", what=what)
-        return DataLocation("", "", os.path.realpath(decoded))
+        return _local_location(decoded, what, text)
     scheme = match.group(1).lower()
     if "::" in decoded:
         raise DataRootError(f"{what} {text!r}: chained URLs ('::') are not allowed")
@@ -158,7 +170,7 @@ def parse_location(text: str, *, what: str, base: str | None = None) -> DataLoca
             raise DataRootError(f"{what} {text!r}: a file:// URI must name this machine, not {parts.netloc!r}")
         if not parts.path.startswith("/"):
             raise DataRootError(f"{what} {text!r}: a file:// URI needs an absolute path")
-        return DataLocation("", "", os.path.realpath(parts.path))
+        return _local_location(parts.path, what, text)
     if not match.group(2).startswith("//"):
         raise DataRootError(f"{what} {text!r}: expected {scheme}://<bucket or host>/<path>")
     userinfo, at, host = parts.netloc.rpartition("@")
@@ -177,6 +189,22 @@ def parse_location(text: str, *, what: str, base: str | None = None) -> DataLoca
     path = "/" + "/".join(segments) if segments else ""
     # The bucket or host is case-insensitive; a connection id (``s3://conn_id@bucket``) is not.
     return DataLocation(scheme, f"{userinfo}{at}{host.lower()}", path)
+
+
+#: Longest name of one folder or file, and longest path, of a local filesystem (Linux: NAME_MAX, PATH_MAX).
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+
+
+def _local_location(path: str, what: str, text: str) -> DataLocation:
+    """A local path with its symlinks resolved; a name no filesystem holds is refused here, by name, rather
+    than reported later as a zone that does not exist."""
+    long = [part for part in path.split("/") if len(part.encode("utf-8")) > NAME_MAX_BYTES]
+    if long or len(path.encode("utf-8")) > PATH_MAX_BYTES:
+        shown = f"{text[:60]}...({len(text)} characters)"
+        rule = f"a name over {NAME_MAX_BYTES} bytes" if long else f"a path over {PATH_MAX_BYTES} bytes"
+        raise DataRootError(f"{what} {shown!r}: {rule} is not allowed")
+    return DataLocation("", "", os.path.realpath(path))
 
 
 def allowed_data_roots() -> list[DataLocation]:

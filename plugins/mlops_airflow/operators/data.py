@@ -74,7 +74,8 @@ class SnapshotOperator(MlopsBaseOperator):
 
         spec = self.spec
         # The spec's own source.uri is reviewed like code; only a trigger's data_uri is confined.
-        source = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.source.uri)
+        trigger = trigger_data_uri(self.data_uri)
+        source = trigger or settings.resolve_source_uri(spec.source.uri)
         model_root = self.storage_root() / spec.name
         snapshots = model_root / SNAPSHOTS
         dest = snapshots / snapshot_key(context["run_id"])
@@ -87,6 +88,7 @@ class SnapshotOperator(MlopsBaseOperator):
                 within=snapshots,
                 run_id=context["run_id"],
                 store=model_root / STORE,
+                confined=trigger is not None,  # checked again as it is listed and read, not only by its name
             )
         except DataError as err:  # no data to train on is a data failure: fail closed, no retry
             raise AirflowFailException(str(err)) from None
