@@ -117,6 +117,9 @@ def test_multiclass_gate_blocks_a_worse_candidate_and_promotes_a_better_one(run_
     )
     plots = {a.path for a in mlflow_client.list_artifacts(report["mlflow_run_id"], "drift/plots")}
     assert {"drift/plots/labels_predicted.png", "drift/plots/labels_observed.png"} <= plots
+    drift = mlflow_client.download_artifacts(report["mlflow_run_id"], "drift/report.json", str(mlops_home))
+    compared = {f["name"]: f["kind"] for f in json.loads(Path(drift).read_text())["features"]}
+    assert compared.get("is_member") == "categorical", compared  # a boolean feature is compared too
 
 
 def free_port() -> int:

@@ -295,3 +295,25 @@ def test_a_snapshot_task_killed_while_writing_its_manifest_leaves_no_half_manife
     retried = snap(spec, storage, "run")
     assert read_manifest(dest) == retried
     assert load_part(retried, "train").shape[0] == retried.train_rows
+
+
+def test_predict_and_monitor_read_a_trigger_zone_swapped_after_its_check_not_at_all(spec, mlops_home, tmp_path):
+    # The zone the predict_ and monitor_ tasks read when a trigger's data_uri names it (operators/base.py)
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mlops_airflow.operators.base import LandedBatches
+
+    zone = mlops_home / "data" / "scoring" / "credit_default"
+    demo_data.write_batches(zone, range(2), n_rows=50)
+    outside = tmp_path / "other_team"
+    demo_data.write_batches(outside, range(2), n_rows=50)
+    checked = confine_data_uri("scoring/credit_default")
+    swap_for_symlink(zone, outside)
+
+    with pytest.raises(AirflowFailException, match="outside the allowed landing roots"):
+        landed = LandedBatches(spec, checked, "csv", "scoring zone", confined=True)
+        for batch in landed.files:
+            landed.frame(batch)
+    # the spec's own scoring zone is reviewed like code: trusted wherever it resolves
+    own = LandedBatches(spec, checked, "csv", "scoring zone")
+    assert all(own.frame(batch) is not None for batch in own.files)

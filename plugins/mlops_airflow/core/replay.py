@@ -482,7 +482,7 @@ class Replay:
             if key not in self.drifts:
                 started = time.perf_counter()
                 self.drifts[key] = compute_drift(
-                    champion.train, self.rows(batch), spec.numeric_features, spec.categorical_features, spec.drift
+                    champion.train, self.rows(batch), spec.numeric_features, spec.drift_categories, spec.drift
                 )
                 self.timed("monitor (drift)", started)
             report = self.drifts[key]

@@ -932,6 +932,12 @@ class ModelSpec(_Strict):
     def categorical_features(self) -> list[str]:
         return [f.name for f in self.features if f.type == "categorical" and f.use != "drop"]
 
+    @property
+    def drift_categories(self) -> list[str]:
+        """The features the drift report compares as categories: categorical and boolean (not dropped).
+        A datetime feature is not compared: its dates move forward by nature."""
+        return [f.name for f in self.features if f.type in {"categorical", "boolean"} and f.use != "drop"]
+
     def feature(self, name: str) -> FeatureSpec:
         return next(f for f in self.features if f.name == name)
 

@@ -191,14 +191,15 @@ class LandedBatches:
     :param uri: the zone (a path or URI).
     :param fmt: the format of its batch files.
     :param what: what the zone is called in messages.
+    :param confined: a trigger named the zone: it and its files must resolve inside the roots when read too.
     """
 
-    def __init__(self, spec: Any, uri: str, fmt: str, what: str = "landing zone") -> None:
+    def __init__(self, spec: Any, uri: str, fmt: str, what: str = "landing zone", *, confined: bool = False) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         from mlops_airflow.core.landing import DataError, LandingZone, MissingZone
 
-        self.zone = LandingZone.of(spec, storage_path(uri), fmt)
+        self.zone = LandingZone.of(spec, storage_path(uri), fmt, confined=confined)
         try:
             #: The zone's batch files, oldest first.
             self.files = self.zone.files()

@@ -4,6 +4,7 @@ retrain request)."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +19,13 @@ if TYPE_CHECKING:
 LAST_REQUEST_TAG = "mlops.last_retrain_request_at"
 
 
-def _batches(spec: Any, uri: str, fmt: str, what: str = "landing zone") -> Any:
+def _batches(spec: Any, uri: str, fmt: str, what: str = "landing zone", *, confined: bool = False) -> Any:
     """The batch files under ``uri``, read through the landing zone's checks; a zone that does not exist or a
-    file that cannot be used fails the task at once, without retries, naming what to fix."""
+    file that cannot be used fails the task at once, without retries, naming what to fix. ``confined``: the
+    zone came from a trigger, so it and every file must resolve inside the allowed roots when read too."""
     from mlops_airflow.operators.base import LandedBatches
 
-    return LandedBatches(spec, uri, fmt, what)
+    return LandedBatches(spec, uri, fmt, what, confined=confined)
 
 
 SOURCE_KEY = b"mlops.source"
@@ -108,7 +110,8 @@ class PredictOperator(MlopsBaseOperator):
         from mlops_airflow.core.scoring import load_model, predict_rows
 
         spec = self.spec
-        uri = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.scoring_uri)
+        trigger = trigger_data_uri(self.data_uri)
+        uri = trigger or settings.resolve_source_uri(spec.scoring_uri)
         champion = self.servable()  # proven blessed, or the task fails naming the version and the rule
         version = champion.version
         self.mlflow_url = tracking.model_url(spec.name, version)
@@ -116,7 +119,7 @@ class PredictOperator(MlopsBaseOperator):
         out_dir.mkdir(parents=True, exist_ok=True)
         model = None
         written, skipped, scored = [], [], []
-        landed = _batches(spec, uri, spec.scoring.format, "scoring zone")
+        landed = _batches(spec, uri, spec.scoring.format, "scoring zone", confined=trigger is not None)
         batches = landed.files
         if not batches:
             self.log.info("scoring zone %s holds no batch: nothing to score", uri)
@@ -151,7 +154,7 @@ class PredictOperator(MlopsBaseOperator):
             out = pd.concat(
                 [frame.drop(columns=list(answer.columns), errors="ignore"), answer.set_index(frame.index)], axis=1
             ).assign(model_version=version, predicted_at=dt.datetime.now(dt.UTC))
-            tmp = out_dir / f".{target.name}.tmp"
+            tmp = out_dir / f".{target.name}.{uuid.uuid4().hex}.tmp"  # no name planted ahead can be followed
             with tmp.open("wb") as fh:
                 _write_predictions(out, fh, batch, sha)
             tmp.rename(target)  # readers never see a half-written prediction file
@@ -212,7 +215,8 @@ class MonitorOperator(MlopsBaseOperator):
         from mlops_airflow.core.scoring import load_model, model_threshold, output_scores, predict_rows
 
         spec = self.spec
-        uri = trigger_data_uri(self.data_uri) or settings.resolve_source_uri(spec.source.uri)
+        trigger = trigger_data_uri(self.data_uri)
+        uri = trigger or settings.resolve_source_uri(spec.source.uri)
         champion = self.servable()  # proven blessed, or the task fails naming the version and the rule
         tags = champion.tags
         snapshot_uri = tags.get("mlops.snapshot_uri")
@@ -222,10 +226,10 @@ class MonitorOperator(MlopsBaseOperator):
                 f"{spec.name} v{champion.version}: its training snapshot {snapshot_uri!r} is gone; no reference"
             )
         reference = load_part(reference_snapshot, "train")
-        landed = _batches(spec, uri, spec.source.format)
+        landed = _batches(spec, uri, spec.source.format, confined=trigger is not None)
         recent, current = landed.newest(spec.drift.window_batches)
 
-        report = compute_drift(reference, current, spec.numeric_features, spec.categorical_features, spec.drift)
+        report = compute_drift(reference, current, spec.numeric_features, spec.drift_categories, spec.drift)
         # What production actually scored (the model server's request log), beside the landing zone.
         serving_report, serving_dates, served = self._serving_drift(reference)
 
@@ -392,7 +396,7 @@ class MonitorOperator(MlopsBaseOperator):
         self.out_of_domain = out_of_domain_rows(served)
         self.log.info("request log of %s: %d served rows on %s, %d of them out of domain", spec.name, len(served),
                       ", ".join(dates), self.out_of_domain)  # fmt: skip
-        report = compute_drift(reference, served, spec.numeric_features, spec.categorical_features, spec.drift)
+        report = compute_drift(reference, served, spec.numeric_features, spec.drift_categories, spec.drift)
         return report, dates, served
 
 
