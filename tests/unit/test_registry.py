@@ -373,5 +373,5 @@ def test_a_gate_decision_over_the_read_cap_is_no_blessing_and_is_not_downloaded(
     run_id = client.get_model_version(MODEL, version).run_id
     padded = {"blessed": True, "champion_version": None, "first_run": True, "pad": "x" * MAX_REPORT_BYTES}
     client.log_dict(run_id, padded, DECISION_ARTIFACT)
-    with pytest.raises(UnblessedVersionError, match="has no gate/decision.json with blessed true"):
+    with pytest.raises(UnblessedVersionError, match=r"has no gate/decision\.json with blessed true"):
         registry.verify_blessed(version)
