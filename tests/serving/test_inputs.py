@@ -46,3 +46,22 @@ def test_nulls_become_nan_or_none_where_allowed_and_are_refused_elsewhere() -> N
     refused = next(f for f in spec.features if not f.nullable and f.use != "drop")
     with pytest.raises(InputError, match=f"'{refused.name}'.*nullable: false"):
         check_rows(spec, {**columns, refused.name: [None]}, 10)
+
+
+def test_a_datetime_is_accepted_only_as_the_iso_text_the_model_then_receives() -> None:
+    """pandas reads ``Jan 5 2024``, padded text or ``now`` when parsing one value, but not as ISO-8601: the
+    check must refuse what the model's input frame would turn into a null (or into the time of the request)."""
+    spec = load_model_spec(REPO / "include" / "examples" / "product_tier.yaml")
+    row = {"monthly_spend": 10.0, "visits": 3, "region": "north", "is_member": True}
+    accepted = {"2024-01-02": "2024-01-02T00:00:00+0000", "20240102": "2024-01-02T00:00:00+0000",
+                "2024-01-02 03:04:05": "2024-01-02T03:04:05+0000",
+                "2024-01-02T03:04:05.5Z": "2024-01-02T03:04:05+0000",
+                "2024-01-02T03:04:05+05:00": "2024-01-01T22:04:05+0000",
+                "2024-01": "2024-01-01T00:00:00+0000"}  # fmt: skip
+    frame = check_rows(spec, {**{k: [v] * len(accepted) for k, v in row.items()}, "signup_date": list(accepted)}, 10)
+    assert frame.rows["signup_date"].tolist() == list(accepted.values())
+    for text in ["Jan 5 2024", "  2024-01-02  ", "2024-01-02\x00", "now", "today", "2024-02-30", "1677-01-01",
+                 "\u0662\u0660\u0662\u0664-01-02"]:  # fmt: skip
+        with pytest.raises(InputError, match=r"'signup_date', row 0.*ISO-8601") as refused:
+            check_rows(spec, {**{k: [v] for k, v in row.items()}, "signup_date": [text]}, 10)
+        assert refused.value.status == 422, text

@@ -11,7 +11,9 @@
 ``GET /ready``                      every served model has a version loaded (no token: for probes)
 ==================================  ==========================================================================
 
-Every other endpoint needs ``Authorization: Bearer $MLOPS_SERVING_TOKEN`` (compared in constant time).
+Every other endpoint needs ``Authorization: Bearer $MLOPS_SERVING_TOKEN`` (compared in constant time, its
+length included: SHA-256 digests are compared). A caller that hangs up before its body is complete gets
+``400 CLIENT_DISCONNECTED`` (nothing scored nor logged as a server error).
 Every response body, errors included, is strict JSON written by :mod:`mlops_airflow.core.encoding` (no NaN,
 valid UTF-8 whatever a request echoes). Under ``serving.out_of_domain: flag`` a prediction whose row lies
 outside the spec's domain carries ``"out_of_domain": ["<column>: <value> <rule>", ...]``; the model page
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import hmac
 import logging
 import os
@@ -44,6 +47,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from mlops_airflow.core import encoding
 from mlops_airflow.core.errors import MlopsError
@@ -57,7 +61,7 @@ from mlops_airflow.serving.request_log import Entry, RequestLog
 from mlops_airflow.serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # the whole header (fullmatch: no trailing newline)
 #: bodies up to this size are parsed and checked on the event loop (a thread hop costs more than the work)
 INLINE_BODY_BYTES = 16 * 1024
 
@@ -88,8 +92,9 @@ class Server:
         self.batchers = {name: Batcher(name, settings.max_batch_rows, wait) for name in self.slots}
         self.canaries = {spec.name: Canary(spec.name, spec.serving.canary) for spec in specs if spec.serving.canary}
         self.request_log = RequestLog(
-            storage_base, settings.log_flush_rows, settings.log_flush_seconds, settings.log_max_rows
-        )
+            storage_base, settings.log_flush_rows, settings.log_flush_seconds, settings.log_max_rows,
+            settings.log_max_bytes,
+        )  # fmt: skip
         self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._shadow_waiting = threading.BoundedSemaphore(settings.shadow_queue)
         self.shadow_skipped = 0
@@ -179,13 +184,15 @@ class Server:
             answer = await asyncio.wrap_future(batcher.submit(model, checked.rows))
         if canary is not None:
             canary.record(chosen is not model, chosen.version, True, 1000 * (time.perf_counter() - started))
-        if self.request_log.pending_rows + len(checked.rows) >= self.request_log.max_rows:
-            return chosen, await run_in_threadpool(self.finish, slot, chosen, checked, answer, request_id, served_at)
-        return chosen, self.finish(slot, chosen, checked, answer, request_id, served_at)
+        size = len(raw)
+        if self.request_log.would_fill(len(checked.rows), size):
+            return chosen, await run_in_threadpool(self.finish, slot, chosen, checked, answer, request_id, served_at,
+                                                   size)  # fmt: skip
+        return chosen, self.finish(slot, chosen, checked, answer, request_id, served_at, size)
 
     def finish(
         self, slot: ModelSlot, model: LoadedModel, checked: Checked, answer: Any, request_id: str,
-        served_at: dt.datetime,
+        served_at: dt.datetime, size: int = 0,
     ) -> Any:  # fmt: skip
         """Mark out-of-domain rows, log the request and hand it to the shadow; the answer frame."""
         spec = slot.spec
@@ -196,24 +203,22 @@ class Server:
             with self._counts:
                 self.out_of_domain_rows[spec.name] += sum(mark is not None for mark in marks)
         self.request_log.append(
-            Entry(spec.name, request_id, served_at, model.version, CHAMPION_ROLE, model.threshold, rows, answer)
+            Entry(spec.name, request_id, served_at, model.version, CHAMPION_ROLE, model.threshold, rows, answer, size)
         )
         shadow = slot.shadow
         if shadow is not None and shadow.version != model.version:
             if self._shadow_waiting.acquire(blocking=False):
-                self._shadow_pool.submit(self._shadow, shadow, rows, request_id, served_at)
+                self._shadow_pool.submit(self._shadow, shadow, rows, request_id, served_at, size)
             else:
                 self.shadow_skipped += 1
         return answer
 
-    def _shadow(self, shadow: LoadedModel, rows: Any, request_id: str, served_at: dt.datetime) -> None:
+    def _shadow(self, shadow: LoadedModel, rows: Any, request_id: str, served_at: dt.datetime, size: int) -> None:
         try:
             answer = shadow.predict(rows)
-            self.request_log.append(
-                Entry(
-                    shadow.name, request_id, served_at, shadow.version, CHALLENGER_ROLE, shadow.threshold, rows, answer
-                )
-            )
+            entry = Entry(shadow.name, request_id, served_at, shadow.version, CHALLENGER_ROLE, shadow.threshold, rows,
+                          answer, size)  # fmt: skip
+            self.request_log.append(entry)
         except Exception:
             log.exception("shadow scoring of %s v%s failed", shadow.name, shadow.version)
         finally:
@@ -236,21 +241,26 @@ def answer_records(predictions: Any) -> list[dict[str, Any]]:
 async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes ``limit`` bytes (never held whole beyond it)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"body of {declared} bytes is larger than MLOPS_SERVING_MAX_BODY_BYTES ({limit})",
                        "REQUEST_TOO_LARGE")  # fmt: skip
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body larger than MLOPS_SERVING_MAX_BODY_BYTES ({limit} bytes)", "REQUEST_TOO_LARGE")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"body larger than MLOPS_SERVING_MAX_BODY_BYTES ({limit} bytes)",
+                               "REQUEST_TOO_LARGE")  # fmt: skip
+            chunks.append(chunk)
+    except ClientDisconnect:  # the caller's doing, not the server's: no error logged, nothing scored
+        raise ApiError(400, "the client closed the connection before the whole body arrived",
+                       "CLIENT_DISCONNECTED") from None  # fmt: skip
     return b"".join(chunks)
 
 
 def request_id_of(request: Request) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    return given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
 
 
 def create_app(server: Server) -> FastAPI:
@@ -270,11 +280,13 @@ def create_app(server: Server) -> FastAPI:
 
     app = FastAPI(title="mlops-airflow model server", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, default_response_class=EncodedJSONResponse)  # fmt: skip
-    token = server.settings.token.encode()
+    # digests of equal length: the comparison takes the same time whatever the caller sends, its length too
+    token = hashlib.sha256(server.settings.token.encode()).digest()
 
-    def authenticated(request: Request) -> None:
+    async def authenticated(request: Request) -> None:  # async: no thread hop per request, token or not
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+        offered = hashlib.sha256(given.strip().encode()).digest()
+        if not hmac.compare_digest(offered, token) or scheme.lower() != "bearer":
             raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer $MLOPS_SERVING_TOKEN)",
                            "UNAUTHENTICATED")  # fmt: skip
 

@@ -11,7 +11,9 @@ split back by row offsets, so each request gets exactly its own rows' answers, i
 and the shadow keep one row per request row.
 
 A merged call that fails (or answers a wrong number of rows) is retried request by request, so the rows of
-one request the model cannot score fail that request alone.
+one request the model cannot score fail that request alone. A request whose caller goes away while it waits
+(its future cancelled) is left out of the batch it would have joined; once taken into a batch, its future
+can no longer be cancelled, so one caller leaving never fails the others' answers.
 """
 
 from __future__ import annotations
@@ -99,11 +101,14 @@ class Batcher:
     def _take(self) -> list[Job] | None:
         """The next batch (None once stopping with nothing left)."""
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            first = self._queue.popleft()
+            while True:
+                while not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                first = self._queue.popleft()
+                if first.future.set_running_or_notify_cancel():
+                    break  # a request whose caller gave up (its future cancelled) is left out
             batch, rows = [first], len(first.rows)
             deadline = time.perf_counter() + self.max_wait_s
             while rows < self.max_rows:
@@ -111,6 +116,8 @@ class Batcher:
                     if rows + len(self._queue[0].rows) > self.max_rows:
                         return batch
                     job = self._queue.popleft()
+                    if not job.future.set_running_or_notify_cancel():
+                        continue  # cancelled while waiting: it joins no batch
                     batch.append(job)
                     rows += len(job.rows)
                 if self._queue or self._stopping or (self._arriving == 0 and not self._busy):

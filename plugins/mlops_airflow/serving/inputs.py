@@ -12,11 +12,14 @@ towards the column limit). Parsing and checking cost time linear in the body.
 
 Rules per feature type of the spec:
 
-* every model feature is present (a record without the key counts as null);
+* every model feature is present (a record without the key counts as null); a key appears once per JSON
+  object (``{"age": 30, "age": 900}`` is refused: parsers disagree on which one counts);
 * ``numeric``: a finite JSON number within the range of a 64-bit float (not ``NaN``, ``Infinity`` nor a
   400-digit integer) or null; ``categorical``: a string, number or boolean (compared as text) or null;
   ``boolean``: ``true``/``false``, ``0``/``1`` or the text ``true``/``false``/``yes``/``no``/``t``/``f``/
-  ``y``/``n``, or null; ``datetime``: an ISO-8601 string, or null;
+  ``y``/``n``, or null; ``datetime``: an ISO-8601 string (``2024-01-02``, ``2024-01-02T03:04:05.5+01:00``,
+  ``20240102``; not ``now``, ``Jan 5 2024`` nor padded text) within pandas' range (years 1678 to 2261), or
+  null;
 * null only where the spec says ``nullable: true``;
 * the spec's domain: a categorical value among the feature's ``categories``, a numeric value within its
   ``min``/``max`` (inclusive). A feature that declares neither is not checked. Outside the domain, per
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -83,21 +87,42 @@ class Checked:
     out_of_domain: list[list[str]] | None = None
 
 
+class DuplicateKeyError(MlopsError, ValueError):
+    """A JSON object that names one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key met twice (``json`` would keep the last one silently, while a
+    gateway or a client-side check may have read the first)."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
+    return record
+
+
 def parse_body(raw: bytes, wanted: list[str], limits: Limits) -> dict[str, list[Any]]:
     """The body's ``wanted`` columns (name -> values, one per row) that it carries, whichever accepted format
     it came in; the other columns are counted against ``limits.max_columns`` and not read."""
     if not raw.strip():
         raise InputError(400, f"empty body: send {FORMATS}")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, object_pairs_hook=_unique_keys)
+    except DuplicateKeyError as err:
+        raise InputError(400, f"body: key {shown(err.args[0])!r} appears twice in one JSON object; send each "
+                              "column once per record") from None  # fmt: skip
     except (ValueError, RecursionError) as err:
         raise InputError(400, f"body is not valid JSON ({err}); send {FORMATS}") from None
     if not isinstance(body, dict):
         return _records(body, "body", wanted, limits)
     keys = [k for k in ("dataframe_split", "dataframe_records", "instances", "inputs") if k in body]
     if len(keys) != 1:
+        got = [shown(k) for k in list(body)[:10]]
         raise InputError(400, f"body: expected exactly one of dataframe_split, dataframe_records, instances, "
-                              f"inputs; got keys {list(body)[:10]}")  # fmt: skip
+                              f"inputs; got keys {got}")  # fmt: skip
     key = keys[0]
     payload = body[key]
     if key == "dataframe_split":
@@ -220,10 +245,25 @@ def _boolean(value: Any) -> bool | None:
     return None
 
 
+#: ISO-8601 dates and date-times (calendar dates, extended or basic), with an optional fraction and offset
+ISO_8601 = re.compile(
+    r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}([.,]\d{1,9})?)?)?(Z|[+-]\d{2}(:?\d{2})?)?)?)?)?"
+    r"|\d{8}(T\d{2}(\d{2}(\d{2}([.,]\d{1,9})?)?)?(Z|[+-]\d{2}(\d{2})?)?)?",
+    re.ASCII,
+)
+MOMENT_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
+
 def _datetime(value: Any) -> str | None:
-    if isinstance(value, str) and not pd.isna(pd.to_datetime(value, errors="coerce", utc=True)):
-        return value
-    return None
+    """An ISO-8601 string as the model's input text (UTC, :data:`MOMENT_FORMAT`); None for anything else
+    (``now``, ``Jan 5 2024``, padded text, a date pandas cannot hold): what is accepted here is exactly what
+    the model receives, never a null in its place."""
+    if not isinstance(value, str) or ISO_8601.fullmatch(value) is None:
+        return None
+    moment = pd.to_datetime(value.replace(",", "."), errors="coerce", utc=True, format="ISO8601")
+    if pd.isna(moment):
+        return None
+    return str(moment.strftime(MOMENT_FORMAT))
 
 
 RULES = {
@@ -324,8 +364,8 @@ def _check_column(
 
 def typed_frame(spec: ModelSpec, columns: dict[str, list[Any]]) -> pd.DataFrame:
     """Checked values -> the model's input frame, built once from typed arrays (numeric float64 with NaN for
-    null, datetime as ISO text, the rest object): a per-column pandas conversion after the frame exists
-    cost more than the 1-row model call itself (benchmarks/serving_profile.py)."""
+    null, datetime as the ISO text :func:`_datetime` made, the rest object): a per-column pandas conversion
+    after the frame exists cost more than the 1-row model call itself (benchmarks/serving_profile.py)."""
     arrays: dict[str, Any] = {}
     for feature in spec.features:
         if feature.use == "drop":
@@ -333,10 +373,6 @@ def typed_frame(spec: ModelSpec, columns: dict[str, list[Any]]) -> pd.DataFrame:
         values = columns[feature.name]
         if feature.type == "numeric":
             arrays[feature.name] = np.array([np.nan if v is None else v for v in values], dtype="float64")
-        elif feature.type == "datetime":
-            moments = pd.to_datetime(pd.Series(values, dtype="object"), errors="coerce", utc=True, format="ISO8601")
-            text = moments.dt.strftime("%Y-%m-%dT%H:%M:%S%z").astype("object")
-            arrays[feature.name] = text.where(moments.notna(), None).to_numpy(dtype="object")
         else:
             objects = np.empty(len(values), dtype="object")
             objects[:] = values

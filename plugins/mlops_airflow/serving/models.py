@@ -65,6 +65,16 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+_USERINFO = re.compile(r"(?<=://)[^/\s@]*@")
+
+
+def redacted(text: str) -> str:
+    """``text`` with the user and password of every URI in it masked (``http://***@host``): MLflow's errors
+    quote the URI they called (``MLFLOW_TRACKING_URI`` may carry ``user:password@``), and these messages
+    reach the model page, predict's 503 and the log."""
+    return _USERINFO.sub("***@", text)
+
+
 @dataclass
 class LoadedModel:
     """One registered version, loaded and warmed up: what a request holds while it is scored."""
@@ -405,7 +415,7 @@ class Follower:
             champion = self._alias_version(name, CHAMPION)
             challenger = self._alias_version(name, CHALLENGER)
         except Exception as err:  # registry down: keep serving what is loaded
-            slot.registry_error = f"{type(err).__name__}: {err}"[:500]
+            slot.registry_error = redacted(f"{type(err).__name__}: {err}")[:500]
             log.warning("registry unreachable for %s: %s", name, slot.registry_error)
             return
         slot.registry_error = None
@@ -458,12 +468,12 @@ class Follower:
             stage = "load"
             loaded = load_version(self.client, slot.spec, version, alias, proof)
         except (RegistryError, AliasMovedError) as err:  # nothing decided: read again at the next poll
-            slot.registry_error = f"proving {alias} v{version} blessed: {err}"[:1000]
+            slot.registry_error = redacted(f"proving {alias} v{version} blessed: {err}")[:1000]
             log.warning("%s v%s (%s): %s", name, version, alias, slot.registry_error)
             return None
         except Exception as err:
-            error = {"version": version, "alias": alias, "stage": stage, "error": f"{type(err).__name__}: {err}"[:1000],
-                     "at": _now()}  # fmt: skip
+            why = redacted(f"{type(err).__name__}: {err}")[:1000]
+            error = {"version": version, "alias": alias, "stage": stage, "error": why, "at": _now()}
             slot.failed[version] = error
             slot.last_error = error
             log.error("%s v%s (%s) not swapped in: %s", name, version, alias, error["error"])

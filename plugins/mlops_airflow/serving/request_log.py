@@ -2,9 +2,11 @@
 
 Layout and columns: :mod:`mlops_airflow.core.request_log`. A request hands its rows over (a few references,
 no copy, no I/O on the response path); a background thread writes them every ``flush_seconds`` or once
-``flush_rows`` are waiting. Memory is bounded: a request that finds ``max_rows`` waiting writes them itself
-before it answers (back-pressure: no row is dropped while storage takes writes; only if writes keep failing
-beyond twice ``max_rows`` are the oldest rows dropped, and counted in ``dropped_rows``).
+``flush_rows`` (or a quarter of ``max_bytes``) are waiting. Memory is bounded in rows and in bytes (each entry
+counts the bytes of the request body its rows came from: a few rows of megabyte-long text weigh what they
+are): a request that finds ``max_rows`` rows or ``max_bytes`` bytes waiting writes them itself before it
+answers (back-pressure: no row is dropped while storage takes writes; only if writes keep failing beyond
+twice either bound are the oldest rows dropped, and counted in ``dropped_rows``).
 :meth:`RequestLog.close` (the app's shutdown) writes whatever is left, so a clean stop loses nothing. A write
 that fails keeps its rows for the next attempt. One request whose rows Parquet cannot hold never blocks the
 others: its rows are dropped, logged and counted (``unloggable_rows``), and the rest are written (the input
@@ -23,8 +25,11 @@ from typing import Any
 import pandas as pd
 
 from mlops_airflow.core import request_log
+from mlops_airflow.serving.models import redacted
 
 log = logging.getLogger(__name__)
+#: bytes of request bodies the log holds in memory at most (``MLOPS_SERVING_LOG_MAX_BYTES``)
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -39,6 +44,8 @@ class Entry:
     threshold: float
     rows: pd.DataFrame
     answer: pd.DataFrame
+    #: bytes of the request body the rows came from (what the entry holds in memory, about)
+    size: int = 0
 
     def frame(self) -> pd.DataFrame:
         n = len(self.rows)
@@ -63,13 +70,22 @@ class Entry:
 class RequestLog:
     """Buffered, bounded, flushed-on-close writer of :mod:`mlops_airflow.core.request_log` part files."""
 
-    def __init__(self, storage_base: str, flush_rows: int, flush_seconds: float, max_rows: int) -> None:
+    def __init__(
+        self,
+        storage_base: str,
+        flush_rows: int,
+        flush_seconds: float,
+        max_rows: int,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self.storage_base = storage_base
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
         self.max_rows = max(max_rows, flush_rows)
+        self.max_bytes = max(1, max_bytes)
         self._pending: list[Entry] = []
         self._rows = 0
+        self._bytes = 0
         self._lock = threading.Lock()  # guards _pending/_rows
         self._write_lock = threading.Lock()  # one writer at a time (the thread, or a request under back-pressure)
         self._due = threading.Event()
@@ -88,21 +104,30 @@ class RequestLog:
         with self._lock:
             self._pending.append(entry)
             self._rows += len(entry.rows)
-            rows = self._rows
-        if rows >= self.max_rows:
+            self._bytes += entry.size
+            rows, size = self._rows, self._bytes
+        if rows >= self.max_rows or size >= self.max_bytes:
             self.flush()  # back-pressure: this request pays for the write instead of memory growing
-        elif rows >= self.flush_rows:
+        elif rows >= self.flush_rows or size >= self.max_bytes // 4:
             self._due.set()
 
     @property
     def pending_rows(self) -> int:
         return self._rows
 
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def would_fill(self, rows: int, size: int) -> bool:
+        """Whether an entry of ``rows`` rows and ``size`` bytes makes its request write the log (back-pressure)."""
+        return self._rows + rows >= self.max_rows or self._bytes + size >= self.max_bytes
+
     def flush(self) -> int:
         """Write every waiting row; returns how many were written."""
         with self._write_lock:
             with self._lock:
-                batch, self._pending, self._rows = self._pending, [], 0
+                batch, self._pending, self._rows, self._bytes = self._pending, [], 0, 0
             if not batch:
                 return 0
             by_model: dict[str, list[Entry]] = defaultdict(list)
@@ -157,19 +182,21 @@ class RequestLog:
         rows = sum(len(e.rows) for e in entries)
         ids = ", ".join(e.request_id for e in entries[:5])
         self.unloggable_rows += rows
-        self.last_error = f"request(s) {ids} not loggable: {err}"[:500]
+        self.last_error = redacted(f"request(s) {ids} not loggable: {err}")[:500]
         log.error("request log of %s: %d row(s) of request(s) %s dropped: %s", model, rows, ids, err)
 
     def _keep(self, model: str, entries: list[Entry], err: Exception) -> None:
-        self.last_error = f"{type(err).__name__}: {err}"[:500]
+        self.last_error = redacted(f"{type(err).__name__}: {err}")[:500]
         log.error("request log of %s not written (%s); %d entries kept", model, self.last_error, len(entries))
         with self._lock:
             self._pending[:0] = entries
             self._rows += sum(len(e.rows) for e in entries)
+            self._bytes += sum(e.size for e in entries)
             # storage down for long: memory stays bounded, the oldest rows go (and are counted)
-            while self._rows > 2 * self.max_rows and len(self._pending) > 1:
+            while (self._rows > 2 * self.max_rows or self._bytes > 2 * self.max_bytes) and len(self._pending) > 1:
                 dropped = self._pending.pop(0)
                 self._rows -= len(dropped.rows)
+                self._bytes -= dropped.size
                 self.dropped_rows += len(dropped.rows)
 
     def _run(self) -> None:
@@ -189,6 +216,6 @@ class RequestLog:
         self.flush()
 
     def describe(self) -> dict[str, Any]:
-        return {"pending_rows": self._rows, "written_rows": self.written_rows, "files": self.files,
-                "dropped_rows": self.dropped_rows, "unloggable_rows": self.unloggable_rows,
+        return {"pending_rows": self._rows, "pending_bytes": self._bytes, "written_rows": self.written_rows,
+                "files": self.files, "dropped_rows": self.dropped_rows, "unloggable_rows": self.unloggable_rows,
                 "last_error": self.last_error}  # fmt: skip

@@ -23,6 +23,9 @@
 ``MLOPS_SERVING_LOG_FLUSH_SECONDS``  longest a logged row waits before it is written (default 10)
 ``MLOPS_SERVING_LOG_MAX_ROWS``       rows the log holds in memory at most; a request that finds
                                      it full writes it out before answering (default 100000)
+``MLOPS_SERVING_LOG_MAX_BYTES``      the same bound in bytes of the request bodies the waiting
+                                     rows came from (default 256 MB: a few rows of long text
+                                     weigh what they are)
 ``MLOPS_SERVING_SHADOW_QUEUE``       shadow requests waiting for ``challenger`` at most; more are
                                      not shadow-scored, and counted (default 1000)
 ``MLOPS_SIGNING_KEY``                the gate signatures' key: a version serves only with a valid
@@ -77,6 +80,7 @@ class ServingSettings:
     log_flush_rows: int = 5000
     log_flush_seconds: float = 10.0
     log_max_rows: int = 100_000
+    log_max_bytes: int = 256 * 1024 * 1024
     shadow_queue: int = 1000
     signing_key: bytes | None = field(default=None, repr=False)
 
@@ -101,6 +105,7 @@ class ServingSettings:
             log_flush_rows=int(_number("MLOPS_SERVING_LOG_FLUSH_ROWS", 5000, 1)),
             log_flush_seconds=_number("MLOPS_SERVING_LOG_FLUSH_SECONDS", 10.0, 0.05),
             log_max_rows=int(_number("MLOPS_SERVING_LOG_MAX_ROWS", 100_000, 1)),
+            log_max_bytes=int(_number("MLOPS_SERVING_LOG_MAX_BYTES", 256 * 1024 * 1024, 1024)),
             shadow_queue=int(_number("MLOPS_SERVING_SHADOW_QUEUE", 1000, 1)),
             signing_key=_signing_key(),
         )
