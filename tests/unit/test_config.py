@@ -157,3 +157,21 @@ def test_yes_no_on_off_in_a_spec_are_text_and_true_false_stay_booleans(tmp_path)
     assert spec.feature("age").nullable is False and spec.feature("income").nullable is True  # options: booleans
     path.write_text(GOOD.read_text().replace("values: [0, 1]", "values: [FALSE, True]"))
     assert load_model_spec(path).label.values == [False, True]
+
+
+@pytest.mark.parametrize("name", ["request_id", "row", "prediction", "predicted_at", "model_version", "proba_1"])
+def test_a_feature_named_as_a_column_the_package_writes_beside_the_inputs_is_refused(tmp_path, name):
+    # a feature `row` made the model server's request log unwritable; `prediction` was overwritten in
+    # prediction files by the model's answer
+    path = write_variant(tmp_path, lambda d: d["features"].append({"name": name, "type": "numeric"}))
+    with pytest.raises(ModelSpecError, match=rf"features: \['{name}'\] is a column the package writes"):
+        load_model_spec(path)
+
+
+def test_the_reserved_columns_cover_what_the_request_log_and_the_answer_add():
+    from mlops_airflow.core.request_log import META_COLUMNS, OUT_OF_DOMAIN_COLUMN
+    from mlops_airflow.core.served_model import proba_column
+    from mlops_airflow.core.spec import PROBA_PREFIX, RESERVED_COLUMNS
+
+    assert {*META_COLUMNS, OUT_OF_DOMAIN_COLUMN, "prediction", "predicted_at"} <= set(RESERVED_COLUMNS)
+    assert proba_column("x").startswith(PROBA_PREFIX)

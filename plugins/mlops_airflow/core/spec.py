@@ -46,6 +46,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+#: Columns the package writes beside a model's inputs (the model server's request log, the model's answer, the
+#: prediction files): no feature may be called so, or its values would be overwritten or the log unwritable.
+RESERVED_COLUMNS = (
+    "request_id", "row", "served_at", "model_version", "role", "threshold", "out_of_domain", "prediction",
+    "predicted_at",
+)  # fmt: skip
+#: The model's answer names one probability column per class with this prefix.
+PROBA_PREFIX = "proba_"
+
 #: The longest label delay a spec or a replay may name, in days (ten years): dates stay computable.
 MAX_LABEL_DELAY_DAYS = 3650
 
@@ -771,6 +780,12 @@ class ModelSpec(_Strict):
             raise ValueError(f"features: duplicate names {dupes}")
         if self.label.name in names:
             raise ValueError(f"label: {self.label.name!r} is also listed as a feature")
+        reserved = sorted(n for n in names if n in RESERVED_COLUMNS or n.startswith(PROBA_PREFIX))
+        if reserved:
+            raise ValueError(
+                f"features: {reserved} is a column the package writes beside the inputs (request log, model "
+                f"answer, prediction files: {', '.join(RESERVED_COLUMNS)}, {PROBA_PREFIX}<class>); rename it"
+            )
         for feature in self.features:
             if feature.type == "datetime" and feature.use != "drop":
                 parts = feature.parts or ["year", "month", "day", "dayofweek"]
