@@ -192,6 +192,7 @@ def test_make_demo_with_make_up_running_triggers_through_airflow(tmp_path: Path)
         assert demo.returncode == 0, output[-4000:]
         assert f"Airflow is up at {url}: triggered ct_credit_default run" in output
         assert "[DAG TEST]" not in output  # the scheduler ran it, not a second executor in the demo
+        assert "MLflow store: migrated for this uv.lock already" in output  # make up migrated them: not again
         run_id = demo_run_id(output)
 
         # the task logs are served by Airflow, short, and the mapped instances carry their labels
