@@ -45,6 +45,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,7 +323,7 @@ class Follower:
         self.poll_seconds = poll_seconds
         self.signing_key = signing_key
         self.notify_dir = notify_dir
-        self._seen_marks: dict[str, int] = self._marks()
+        self._seen_marks: dict[str, str] = self._marks()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._notified: set[str] = set()
@@ -345,22 +346,25 @@ class Follower:
         if self.notify_dir is not None:
             try:
                 mark = os.path.join(self.notify_dir, model)
-                with open(mark + ".tmp", "w") as out:
-                    out.write(str(time.time_ns()))
-                os.replace(mark + ".tmp", mark)
+                tmp = f"{mark}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+                with open(tmp, "w") as out:  # a notification of its own: unique text, whatever the clock says
+                    out.write(f"{time.time_ns()} {os.getpid()} {uuid.uuid4().hex}")
+                os.replace(tmp, mark)
             except OSError as err:
                 log.warning("could not pass the notification for %s on to the other workers: %s", model, err)
         with self._lock:
             self._notified.add(model)
         self._wake.set()
 
-    def _marks(self) -> dict[str, int]:
+    def _marks(self) -> dict[str, str]:
+        """The last notification of each model as written (its text, not the file's time: two notifications
+        within one tick of the file system's clock have the same time, and the second would be missed)."""
         if self.notify_dir is None:
             return {}
         marks = {}
         for name in self.slots:
-            with contextlib.suppress(OSError):
-                marks[name] = os.stat(os.path.join(self.notify_dir, name)).st_mtime_ns
+            with contextlib.suppress(OSError), open(os.path.join(self.notify_dir, name), "rb") as mark:
+                marks[name] = mark.read(200).decode("ascii", "replace")
         return marks
 
     def _wait(self) -> None:
