@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import sys
@@ -40,10 +41,10 @@ from typing import Any, TextIO
 
 import yaml
 
-from mlops_airflow.core.config import MODELS_DIR_ENV, load_model_spec, spec_files
+from mlops_airflow.core.config import MODELS_DIR_ENV, load_model_spec, read_spec_text, spec_files, twin_specs
 from mlops_airflow.core.encoding import dumps
 from mlops_airflow.core.errors import MlopsError
-from mlops_airflow.core.spec import ModelSpec, ModelSpecError
+from mlops_airflow.core.spec import MODEL_NAME_RE, ModelSpec, ModelSpecError
 
 #: A problem line of an "invalid model spec" message: ``  <key>: <rule>``.
 _PROBLEM = re.compile(r"^  (\S+): (.*)$")
@@ -94,7 +95,7 @@ def key_line(text: str, key: str) -> int:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         return mark.line + 1 if mark else 1
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):  # nested too deep to walk: the spec error names its line
         return 1
     line = 1 if node is None else node.start_mark.line + 1
     for part in key.split(".") if key and not key.startswith("<") else []:
@@ -133,8 +134,8 @@ def models_folder(folder: Path) -> Iterator[None]:
 
 def _spec_errors(path: Path, error: ModelSpecError) -> list[LintError]:
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError):
+        text = read_spec_text(path)  # a FIFO, a device or a huge file is not read (again)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         text = ""
     return [LintError(str(path), key_line(text, key), key, rule) for key, rule in problems(path, error)]
 
@@ -191,8 +192,9 @@ def lint_targets(paths: Sequence[Path]) -> tuple[list[Path], list[LintError]]:
 def lint(paths: Sequence[Path], *, build_dags: bool = True) -> tuple[list[Path], list[LintError]]:
     """The files checked and every error found in them."""
     files, errors = lint_targets(paths)
+    twins = twin_specs(files)
     for path in files:
-        errors += lint_file(path, build_dags=build_dags)
+        errors += _spec_errors(path, twins[path]) if path in twins else lint_file(path, build_dags=build_dags)
     return files, errors
 
 
@@ -392,8 +394,6 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 # ------------------------------------------------------------------------------------------------ gc
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
 
 def _megabytes(size: int) -> str:
     return f"{size / 2**20:.1f} MB"
@@ -426,11 +426,11 @@ def _cmd_gc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from mlops_airflow.core.batch_store import RetentionError, collect_garbage, registered_snapshots
     from mlops_airflow.core.landing import as_path
 
-    if not _MODEL_NAME.match(args.model) or args.model in {".", ".."}:
-        print(f"mlops gc: {args.model!r}: not a model name (letters, digits, '_', '-', '.')", file=err)
-        return 2
     if args.keep_runs is not None and args.keep_runs < 1:  # the newest may be the one a running DAG run reads
         print(f"mlops gc: --keep-runs {args.keep_runs}: must be 1 or more", file=err)
+        return 2
+    if not (math.isfinite(args.grace_hours) and args.grace_hours >= 0):  # NaN or < 0: no grace, in-flight lost
+        print(f"mlops gc: --grace-hours {args.grace_hours}: must be a number of hours, 0 or more", file=err)
         return 2
     root = as_path(args.storage or settings.storage_base()) / args.model
     if not root.exists():
@@ -578,6 +578,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     args = build_parser().parse_args(argv)
     commands = {"lint": _cmd_lint, "status": _cmd_status, "reproduce": _cmd_reproduce, "gc": _cmd_gc}
     command = {**commands, "replay": _cmd_replay}[args.command]
+    model = getattr(args, "model", None)
+    if model is not None and not MODEL_NAME_RE.match(model):
+        # a model's name is a spec file's stem and a folder of its storage: never a path out of either
+        print(
+            f"mlops {args.command}: {model!r} is not a model name "
+            "(lower snake_case: a-z, 0-9, _, starting with a letter; at most 63 characters)",
+            file=err or sys.stderr,
+        )
+        return 2
     return command(args, out or sys.stdout, err or sys.stderr)
 
 

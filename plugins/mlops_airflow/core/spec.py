@@ -58,6 +58,19 @@ PROBA_PREFIX = "proba_"
 #: The longest label delay a spec or a replay may name, in days (ten years): dates stay computable.
 MAX_LABEL_DELAY_DAYS = 3650
 
+#: The longest training or evaluation window in days (a hundred years): dates stay computable.
+MAX_WINDOW_DAYS = 36_500
+#: The longest wait (cooldown, interval between runs) in hours (ten years): times stay computable.
+MAX_WAIT_HOURS = 87_600
+#: Most bootstrap resamples of the gate: the cost of ``evaluate_vs_champion`` grows with them.
+MAX_BOOTSTRAP = 20_000
+#: Most rows one predict request may carry: the server holds a request in memory.
+MAX_REQUEST_ROWS = 1_000_000
+#: Longest Airflow DAG tag.
+MAX_TAG_LENGTH = 100
+#: Most worker processes or threads an estimator may ask for (``n_jobs``).
+MAX_N_JOBS = 64
+
 #: The schedule presets a spec may name, and the cron expressions (UTC) they stand for.
 SCHEDULE_PRESETS = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@weekly": "0 0 * * 0"}
 
@@ -68,13 +81,17 @@ def schedule_cron(schedule: str) -> str:
 
     :raises ValueError: neither a preset nor a valid 5-field cron expression.
     """
-    from croniter import croniter
+    from croniter import CroniterBadDateError, croniter
 
     cron = SCHEDULE_PRESETS.get(schedule.strip(), schedule.strip())
     if cron.startswith("@") or len(cron.split()) != 5 or not croniter.is_valid(cron):
         raise ValueError(
             f"{schedule!r} is not a cron expression of 5 fields (UTC) or one of the presets {sorted(SCHEDULE_PRESETS)}"
         )
+    try:  # a day that never comes (30 February): the scheduler would fail on it at every turn
+        croniter(cron, 0).get_next(float)
+    except CroniterBadDateError:
+        raise ValueError(f"{schedule!r} names a date that never comes (e.g. 30 February): it would never run") from None
     return cron
 
 
@@ -336,14 +353,14 @@ class WindowSpec(_Strict):
     train_batches: int | None = Field(default=None, ge=1)
     #: The newest landed batches, held out for evaluation (default 1 when the window is measured in batches).
     eval_batches: int | None = Field(default=None, ge=1)
-    #: Days of the timestamp column in the training window, before the evaluation days.
-    train_days: int | None = Field(default=None, ge=1)
+    #: Days of the timestamp column in the training window, before the evaluation days (at most 36500).
+    train_days: int | None = Field(default=None, ge=1, le=MAX_WINDOW_DAYS)
     #: The newest days of the timestamp column (whole UTC days, up to the newest landed row), for evaluation.
-    eval_days: int | None = Field(default=None, ge=1)
+    eval_days: int | None = Field(default=None, ge=1, le=MAX_WINDOW_DAYS)
     #: ``train_days`` in weeks (7 days each); one of the two.
-    train_weeks: int | None = Field(default=None, ge=1)
+    train_weeks: int | None = Field(default=None, ge=1, le=MAX_WINDOW_DAYS // 7)
     #: ``eval_days`` in weeks (7 days each); one of the two.
-    eval_weeks: int | None = Field(default=None, ge=1)
+    eval_weeks: int | None = Field(default=None, ge=1, le=MAX_WINDOW_DAYS // 7)
     #: Labelled rows of the training window (whole batches, before the evaluation batches).
     train_rows: int | None = Field(default=None, ge=1)
     #: Labelled rows of the evaluation set: the newest whole batches holding at least this many.
@@ -436,6 +453,10 @@ class Distribution(_Strict):
             raise ValueError(f"{self.distribution} needs numbers low < high")
         if self.distribution == "loguniform" and self.low <= 0:
             raise ValueError("loguniform needs low > 0")
+        if not math.isfinite(self.high - self.low):
+            raise ValueError(f"{self.distribution} needs high - low to be a finite number")
+        if self.distribution == "randint" and math.ceil(self.low) > math.floor(self.high):
+            raise ValueError(f"randint needs an integer between low ({self.low:g}) and high ({self.high:g})")
         return self
 
     def sample(self, rng: random.Random) -> Any:
@@ -465,13 +486,37 @@ class SearchSpec(_Strict):
 ParamValue = bool | int | float | str | None | list[Any] | dict[str, Any]
 
 
+def _plain(value: Any, where: str) -> None:
+    """Refuse anything in a parameter value, however deep, that is not plain data: a value of YAML's other
+    types (a date, ``!!binary`` bytes, a ``!!set``), a mapping key that is not text, NaN or an infinity."""
+    if value is None or isinstance(value, bool | int | str):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: {value!r} is not a finite number")
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _plain(item, f"{where}.{i}")
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where}: the key {key!r} is not text")
+            _plain(item, f"{where}.{key}")
+        return
+    raise ValueError(
+        f"{where}: a {type(value).__name__} is not a plain value (text, number, boolean, null, list or mapping)"
+    )
+
+
 class EstimatorSpec(_Strict):
     """A scikit-learn estimator class, placed after the spec's preprocessing in a Pipeline."""
 
     #: Import path, e.g. ``sklearn.linear_model.LogisticRegression``: a classifier or regressor of the task.
     cls: str = Field(alias="class")
     #: Constructor parameters every candidate gets, e.g. ``{max_iter: 150, random_state: 0}``; a
-    #: ``search_space`` value for the same parameter overrides it.
+    #: ``search_space`` value for the same parameter overrides it. ``n_jobs`` is null or 1 to 64 (never -1).
     params: dict[str, ParamValue] = Field(default_factory=dict)
     #: Parameter -> list of values (grid; or ``choice`` in random search) or a distribution (random search).
     search_space: dict[str, list[ParamValue] | Distribution] = Field(default_factory=dict)
@@ -484,6 +529,14 @@ class EstimatorSpec(_Strict):
     sample_weight: Literal["balanced"] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("params", "search_space", mode="before")
+    @classmethod
+    def _plain_values(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for key, value in values.items():
+                _plain(value, str(key))
+        return values
 
     @model_validator(mode="after")
     def _search(self) -> EstimatorSpec:
@@ -511,6 +564,15 @@ class MetricBound(_Strict):
     #: The candidate's metric on the evaluation set must be at most this, e.g. ``0.2``.
     max: float | None = None
 
+    @model_validator(mode="after")
+    def _a_bound(self) -> MetricBound:
+        # a threshold without a bound checks nothing, yet counts as a threshold for the first-run policy
+        if self.min is None and self.max is None:
+            raise ValueError("a threshold needs 'min' and/or 'max'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g}): no value passes")
+        return self
+
 
 class ThresholdOptimize(_Strict):
     """Choose the binary decision threshold on the validation split."""
@@ -532,9 +594,9 @@ class GateSpec(_Strict):
     #: Two-sided coverage of the paired-bootstrap interval of (candidate - champion) whose lower bound is
     #: checked against ``max_regression``.
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
-    #: Bootstrap resamples of the evaluation set (at least 100) drawn by ``evaluate_vs_champion``; more is
+    #: Bootstrap resamples of the evaluation set (100 to 20000) drawn by ``evaluate_vs_champion``; more is
     #: steadier and slower.
-    n_bootstrap: int = Field(default=1000, ge=100)
+    n_bootstrap: int = Field(default=1000, ge=100, le=MAX_BOOTSTRAP)
     #: Per-slice non-regression margin on the primary metric (point estimate).
     slice_max_regression: float = Field(default=0.05, ge=0.0)
     #: Slices with fewer evaluation rows are reported but not gated.
@@ -559,8 +621,9 @@ class DriftSpec(_Strict):
     drift_share: float = Field(default=0.3, gt=0.0, le=1.0)
     #: Drop of the live primary metric below the champion's evaluation metric that requests a retrain.
     max_metric_drop: float = Field(default=0.05, ge=0.0)
-    #: Hours after a retrain request in which ``request_retrain`` sends no other (logged as suppressed).
-    cooldown_hours: float = Field(default=24.0, ge=0.0)
+    #: Hours after a retrain request in which ``request_retrain`` sends no other (logged as suppressed); at
+    #: most 87600 (ten years).
+    cooldown_hours: float = Field(default=24.0, ge=0.0, le=MAX_WAIT_HOURS)
 
 
 class RetrainSpec(_Strict):
@@ -582,8 +645,8 @@ class RetrainSpec(_Strict):
     #: null: ``drift.max_metric_drop``.
     max_observed_drop: float | None = Field(default=None, ge=0.0)
     #: Fewest hours since the last CT run before another one starts (scheduled runs included); null: the
-    #: schedule always runs and a triggered run waits ``drift.cooldown_hours``.
-    min_interval_hours: float | None = Field(default=None, ge=0.0)
+    #: schedule always runs and a triggered run waits ``drift.cooldown_hours``. At most 87600 (ten years).
+    min_interval_hours: float | None = Field(default=None, ge=0.0, le=MAX_WAIT_HOURS)
     #: Most CT runs (scheduled and triggered) in any 7 days; null: no cap.
     max_runs_per_week: int | None = Field(default=None, ge=1)
 
@@ -617,8 +680,8 @@ class ServingSpec(_Strict):
 
     #: Also score every request with ``challenger`` off the response path; both answers are logged.
     shadow: bool = False
-    #: Largest number of rows one predict request may carry (more is refused with 413).
-    max_rows: int = Field(default=10_000, ge=1)
+    #: Largest number of rows one predict request may carry (more is refused with 413), at most 1000000.
+    max_rows: int = Field(default=10_000, ge=1, le=MAX_REQUEST_ROWS)
     #: A served value outside the spec's domain (a categorical value not in ``categories``, a numeric one
     #: outside ``min``/``max``): ``reject`` refuses the request (422), ``flag`` answers it and marks the row
     #: (response and request log). Features that declare neither are not checked.
@@ -717,8 +780,9 @@ class ModelSpec(_Strict):
     name: str
     #: What the model predicts, in a sentence: shown in the CT DAG's docs, on the model page and the model card.
     description: str = ""
-    #: Owner of the model's Airflow tasks (shown in the DAG list) and on the model card, e.g. ``risk-ml``.
-    owner: str = "mlops"
+    #: Owner of the model's Airflow tasks (shown in the DAG list) and on the model card, e.g. ``risk-ml``; at most
+    #: 500 characters (Airflow stores no longer owner).
+    owner: str = Field(default="mlops", min_length=1, max_length=500)
     #: ``classification`` (binary or multiclass, from the number of ``label.values``), or the kind itself.
     task: Literal["classification", "binary", "multiclass", "regression"]
     #: Where the labelled training batches land and how they are read.
@@ -758,7 +822,8 @@ class ModelSpec(_Strict):
     model_card: ModelCardSpec = ModelCardSpec()
     #: E-mail and/or Slack messages on the model's events (connection ids only).
     notify: NotifySpec | None = None
-    #: Extra Airflow tags of the model's DAGs (besides ``mlops``, the DAG kind and the name), e.g. ``[credit-risk]``.
+    #: Extra Airflow tags of the model's DAGs (besides ``mlops``, the DAG kind and the name), e.g. ``[credit-risk]``;
+    #: 1 to 100 characters each (Airflow's limit).
     tags: list[str] = Field(default_factory=list)
     #: Minimum rows a snapshot's training set must hold.
     min_rows: int = Field(default=100, ge=1)
@@ -771,6 +836,15 @@ class ModelSpec(_Strict):
         if not MODEL_NAME_RE.match(value):
             raise ValueError("must be lower snake_case (a-z, 0-9, _), starting with a letter")
         return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, values: list[str]) -> list[str]:
+        # Airflow refuses a longer tag when it builds the DAG: the DAG file of every model would fail to import
+        wrong = [t for t in values if not 1 <= len(t) <= MAX_TAG_LENGTH]
+        if wrong:
+            raise ValueError(f"{[t[:40] for t in wrong]}: a tag is 1 to {MAX_TAG_LENGTH} characters")
+        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -881,6 +955,7 @@ class ModelSpec(_Strict):
                     f"estimator.{where}: {unknown} are not parameters of {est.cls} "
                     f"(it takes {check_params_allowed(est.cls)})"
                 )
+        _check_n_jobs(est)
 
     @property
     def kind(self) -> TaskKind:
@@ -976,6 +1051,25 @@ class ModelSpec(_Strict):
     @property
     def scoring_uri(self) -> str:
         return self.scoring.uri or f"scoring/{self.name}"
+
+
+def _check_n_jobs(est: EstimatorSpec) -> None:
+    """``n_jobs`` is null or 1 to :data:`MAX_N_JOBS`: ``-1`` (every core of whatever machine runs the task) would
+    take a shared worker's cores from the other candidates and tasks, which the package shares out itself."""
+    space = est.search_space.get("n_jobs")
+    values = [("params.n_jobs", est.params["n_jobs"])] if "n_jobs" in est.params else []
+    if isinstance(space, list):
+        values += [("search_space.n_jobs", v) for v in space]
+    elif isinstance(space, Distribution):
+        if space.distribution != "choice":
+            raise ValueError("estimator.search_space.n_jobs: a worker count is chosen from a list, not drawn")
+        values += [("search_space.n_jobs", v) for v in space.values or []]
+    for where, value in values:
+        if value is not None and not (type(value) is int and 1 <= value <= MAX_N_JOBS):
+            raise ValueError(
+                f"estimator.{where}: {value!r} is not null or a number of workers from 1 to {MAX_N_JOBS} "
+                "(-1, every core of the machine, would starve the other tasks of a shared worker)"
+            )
 
 
 def check_params_allowed(path: str) -> list[str]:
