@@ -220,3 +220,25 @@ def test_cooldown_accepts_naive_last_request_as_utc() -> None:
     last = (NOW - dt.timedelta(hours=2)).replace(tzinfo=None)
     decision = retrain_decision(_report([]), True, last, NOW, SPEC, perf_delta=0.1)
     assert decision.in_cooldown and not decision.request
+
+
+def test_every_feature_name_gives_a_drift_plot_mlflow_stores_under_the_plot_folder(mlops_home):
+    # A feature `../x` made the monitor's upload fail (MLflow refuses `..`), `a/b` left the folder, and
+    # `labels_predicted` overwrote the monitor's own plot.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure as Fig
+
+    from mlops_airflow.core import settings, tracking
+    from mlops_airflow.core.drift import plot_file_name
+
+    names = ["age", "income.usd", "../x", "a/b", "labels_predicted", "ünï cödé", "", "x" * 300]
+    files = [plot_file_name(n) for n in names]
+    assert files[:2] == ["age.png", "income.usd.png"]  # plain names stay readable
+    assert len(set(files)) == len(files)
+    client = tracking.client_for(settings.default_tracking_uri())
+    run_id = client.create_run(tracking.experiment_id(client, "drift_names")).info.run_id
+    tracking.log_figures(client, run_id, {f: Fig() for f in files}, prefix="drift/plots")
+    stored = {a.path for a in client.list_artifacts(run_id, "drift/plots")}
+    assert stored == {f"drift/plots/{f}" for f in files}

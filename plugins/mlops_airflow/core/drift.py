@@ -314,6 +314,23 @@ def retrain_decision(
     return RetrainDecision(True, f"retrain requested: {why}", False)
 
 
+#: Plot names the monitor uses for its own figures: a feature of that name gets another file name.
+OWN_PLOTS = ("labels_predicted", "labels_observed")
+
+
+def plot_file_name(feature: str) -> str:
+    """The file name of ``feature``'s drift plot: ``<feature>.png`` when the name is a plain file name, else a
+    cleaned name with a hash of the exact name (``../x`` or ``a/b`` would leave the plot folder, and MLflow
+    refuses such a path: the whole monitor run's upload would fail)."""
+    import hashlib
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", feature) and ".." not in feature and feature not in OWN_PLOTS:
+        return f"{feature}.png"
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", feature).strip("_")[:60] or "feature"
+    return f"feature-{cleaned}-{hashlib.sha256(feature.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}.png"
+
+
 def plot_feature_drift(reference: pd.DataFrame, current: pd.DataFrame, feature: str, kind: str) -> Figure:
     """Reference vs current distribution of one feature, for the monitor's MLflow run.
 

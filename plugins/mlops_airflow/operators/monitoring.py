@@ -209,7 +209,7 @@ class MonitorOperator(MlopsBaseOperator):
 
         from mlops_airflow.core import monitoring, settings, tracking
         from mlops_airflow.core.data import DataError, load_part, read_manifest
-        from mlops_airflow.core.drift import compute_drift, plot_feature_drift
+        from mlops_airflow.core.drift import compute_drift, plot_feature_drift, plot_file_name
         from mlops_airflow.core.evaluation import Target
         from mlops_airflow.core.reports import label_distribution_figure
         from mlops_airflow.core.scoring import load_model, model_threshold, output_scores, predict_rows
@@ -285,7 +285,8 @@ class MonitorOperator(MlopsBaseOperator):
             tracking.log_text(self.client, run_id, serving_report.to_markdown(), "drift/serving_report.md")
         kinds = {f.name: f.kind for f in report.features}
         figures = {
-            f"{name}.png": plot_feature_drift(reference, current, name, kinds[name]) for name in report.drifted_features
+            plot_file_name(name): plot_feature_drift(reference, current, name, kinds[name])
+            for name in report.drifted_features
         }
         if spec.is_classifier and isinstance(answer, pd.DataFrame):
             # What the champion predicts now, and the labels that arrived, against the training labels.
