@@ -266,8 +266,18 @@ def demo_log_path() -> Path:
 def run_in_process() -> tuple[str, str]:
     """``dag.test()`` here: one line per task on the terminal, the full output in a log file, each task's part
     also where the Airflow UI reads task logs: (run id, final state)."""
+    from mlops_airflow.core.config import models_dir
     from mlops_airflow.dag_factory import build_dags
 
+    dags = build_dags()
+    if DAG_ID not in dags:
+        others = sorted(d for d in dags if d.startswith("ct_"))
+        raise SystemExit(
+            f"make demo runs the demo model's {DAG_ID}, and the models folder {models_dir()} holds no "
+            f"credit_default.yaml (CT DAGs there: {', '.join(others) or 'none'}). Put "
+            "include/models/credit_default.yaml back to run the demo; run your own model with "
+            "`airflow dags test ct_<model>` as docs/models.md shows (Add your model, step by step, step 4)"
+        )
     path = demo_log_path()
     print(f"{DAG_ID}: running in this process (Airflow is not up at {airflow_url()})", flush=True)
     print(f"full log: {path}", flush=True)
@@ -280,7 +290,7 @@ def run_in_process() -> tuple[str, str]:
             lines.append(line)
             progress.feed(line)
 
-        dag = build_dags()[DAG_ID]
+        dag = dags[DAG_ID]
         with path.open("w") as log, captured_output(log, on_line):
             dag_run = dag.test(run_conf={"reason": "make demo"})
         for key, state in never_ran(dag, dag_run.run_id, set(progress.started)):
