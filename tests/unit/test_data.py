@@ -380,3 +380,17 @@ def test_labels_landed_later_are_used_by_the_next_run_and_a_cleared_run_keeps_th
     second = write_snapshot(spec, str(landing), str(snapshots / "run-2"), run_id="run-2")
     assert second.content_hash != first.content_hash
     assert (second.eval_rows, second.unlabelled_rows) == (20, 0) and len(load_part(second, "eval")) == 20
+
+
+def test_a_window_in_days_over_batches_without_the_timestamp_column_names_the_column(tmp_path):
+    # A spec that left source.timestamp_column out (default event_date) over files holding `opened_on`: the
+    # snapshot said "21 batch(es) for evaluation and 0 for training", which sent the user looking elsewhere.
+    spec = ticket_spec(window={"train_days": 20, "eval_days": 10})
+    spec = spec.model_copy(update={"source": spec.source.model_copy(update={"timestamp_column": "event_date"})})
+    land_tickets(tmp_path / "landing", 0, 20)
+    with pytest.raises(
+        DataError, match=r"no batch holds a time in column 'event_date' \(source\.timestamp_column"
+    ) as err:
+        write_snapshot(spec, str(tmp_path / "landing"), str(tmp_path / "snap"))
+    assert "21 lack the column" in str(err.value) and err.value.rule == "timestamp_column"
+    assert not (tmp_path / "snap").exists()

@@ -327,6 +327,8 @@ class Placer:
         self.end: pd.Timestamp | None = None
         self.done = False
         self.needs_times = self.window.kind == "time" or spec.label.delay_days > 0
+        #: Batches read without the timestamp column, and with it but no time in it (a window by time says so).
+        self.timeless = {"no column": 0, "no time": 0}
 
     def full(self) -> bool:
         """Whether the window holds all it needs before the next batch is read."""
@@ -374,9 +376,14 @@ class Placer:
 
     def _times(self, table: Any) -> pd.Series | None:
         column = self.spec.source.timestamp_column
-        if not self.needs_times or column not in table.column_names:
+        if not self.needs_times:
+            return None
+        if column not in table.column_names:
+            self.timeless["no column"] += 1
             return None
         times = row_times(table.column(column))
+        if not times.notna().any():
+            self.timeless["no time"] += 1
         if self.end is None and times.notna().any():
             self.end = times.max().floor("D") + DAY
         return times
@@ -411,6 +418,22 @@ class Placer:
                 f"{source_uri}: {len(evaluation)} whole batch(es) landed, holding {self.taken['eval']} labelled "
                 f"row(s); window.eval_rows needs {self.window.eval_size} for evaluation and 1 or more batch(es) "
                 "before them for training"
+            )
+        if kind == "time" and self.end is None and any(self.timeless.values()):
+            column = self.spec.source.timestamp_column
+            lacking, empty = self.timeless["no column"], self.timeless["no time"]
+            found = ", ".join(
+                text
+                for n, text in ((lacking, f"{lacking} lack the column"), (empty, f"{empty} hold no time in it"))
+                if n
+            )
+            raise DataError(
+                f"{source_uri}: no batch holds a time in column {column!r} (source.timestamp_column"
+                f"{', the default' if 'timestamp_column' not in self.spec.source.model_fields_set else ''}), which a "
+                f"window in days needs ({self.window.describe()}): of the batches read, {found}; name the column "
+                "that holds each row's time in source.timestamp_column, or use a window by batches or rows",
+                rule="timestamp_column",
+                column=column,
             )
         if not train or not evaluation:
             bounds = self.bounds()
