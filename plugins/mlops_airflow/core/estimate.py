@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from mlops_airflow.core.encoding import clean_text
 from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.evaluation import Target, as_encoded, as_scores, weighted_metric
 from mlops_airflow.core.metrics import finite_or_none
@@ -347,11 +348,16 @@ def calibrate(target: Target, y: Any, score: Any, *, seed: int = 0) -> Calibrati
     index = y_enc if target.kind == "multiclass" else y_enc.astype("int64")
     counts = np.bincount(np.asarray(index, dtype="int64"), minlength=len(target.classes))
     if n < MIN_CALIBRATION_ROWS or counts.min() < MIN_CLASS_ROWS:
+        if target.kind == "binary":  # index 1 is the positive class
+            names = [target.classes[1 - target.positive_index], target.positive]
+        else:
+            names = list(target.classes)
+        per_class = ", ".join(f"{clean_text(repr(c))[:40]}: {int(k)}" for c, k in zip(names, counts, strict=True))
         return Calibration(
             target.kind,
             False,
             f"no estimate: calibration needs at least {MIN_CALIBRATION_ROWS} evaluation rows with at least "
-            f"{MIN_CLASS_ROWS} of each class; there are {n} row(s), {counts.tolist()} per class",
+            f"{MIN_CLASS_ROWS} of each class; there are {n} row(s): {per_class}",
             rows=n,
         )
     rng = np.random.default_rng(seed)
