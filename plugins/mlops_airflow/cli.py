@@ -576,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Entry point of the ``mlops`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in a command's output
     commands = {"lint": _cmd_lint, "status": _cmd_status, "reproduce": _cmd_reproduce, "gc": _cmd_gc}
     command = {**commands, "replay": _cmd_replay}[args.command]
     model = getattr(args, "model", None)
