@@ -78,11 +78,19 @@ class PredictOperator(MlopsBaseOperator):
     """Score every not-yet-scored batch with ``models:/<model>@champion``.
 
     Each input batch gives one Parquet file of predictions (input columns, ``prediction``,
-    ``model_version``, ``predicted_at``), named after the batch and recording in its metadata the batch it
-    scored (path, size, mtime, SHA-256 of its bytes). A batch that already has one is skipped, so reruns score
-    nothing twice; a *different* file of the same name (from another folder passed as ``data_uri``, or a batch
-    landed again with other bytes) is scored to ``<name>.<sha256[:12]>.parquet`` beside it, never skipped.
-    The predictions asset is emitted when anything new was written.
+    ``out_of_domain``, ``model_version``, ``predicted_at``), named after the batch and recording in its
+    metadata the batch it scored (path, size, mtime, SHA-256 of its bytes). Every row is scored, none is
+    dropped or refused, whatever ``serving.out_of_domain`` says: a row outside the spec's domain (a category
+    not in ``categories``, a number outside ``min``/``max``; :mod:`mlops_airflow.core.domain`, the rule the
+    model server applies) carries in ``out_of_domain`` what the server's flag says of it
+    (``region: 'atlantis' not in categories [north, south, east, west]``, several joined by ``"; "``), null
+    for a row inside it; a missing value is not outside (nullability is validation's rule). The count of such
+    rows is logged per batch and returned as ``out_of_domain_rows`` (all batches written by the run).
+
+    A batch that already has a prediction file is skipped, so reruns score nothing twice; a *different* file
+    of the same name (from another folder passed as ``data_uri``, or a batch landed again with other bytes) is
+    scored to ``<name>.<sha256[:12]>.parquet`` beside it, never skipped. The predictions asset is emitted when
+    anything new was written.
 
     :param data_uri: a batch file or a directory of them (templated; empty = the spec's scoring zone).
     """
@@ -107,6 +115,7 @@ class PredictOperator(MlopsBaseOperator):
         import pandas as pd
 
         from mlops_airflow.core import settings, tracking
+        from mlops_airflow.core.domain import frame_marks
         from mlops_airflow.core.scoring import load_model, predict_rows
 
         spec = self.spec
@@ -119,6 +128,7 @@ class PredictOperator(MlopsBaseOperator):
         out_dir.mkdir(parents=True, exist_ok=True)
         model = None
         written, skipped, scored = [], [], []
+        out_of_domain = 0
         landed = _batches(spec, uri, spec.scoring.format, "scoring zone", confined=trigger is not None)
         batches = landed.files
         if not batches:
@@ -150,10 +160,15 @@ class PredictOperator(MlopsBaseOperator):
             answer, _ = predict_rows(spec, model, frame)
             if not isinstance(answer, pd.DataFrame):  # a model logged before answers were frames
                 answer = pd.DataFrame({"prediction": list(answer)}, index=frame.index)
+            marks = pd.Series(frame_marks(spec, frame), index=frame.index, dtype="object")
             # The answer a client of the served model gets: the label and one probability per class.
             out = pd.concat(
                 [frame.drop(columns=list(answer.columns), errors="ignore"), answer.set_index(frame.index)], axis=1
-            ).assign(model_version=version, predicted_at=dt.datetime.now(dt.UTC))
+            ).assign(out_of_domain=marks, model_version=version, predicted_at=dt.datetime.now(dt.UTC))
+            outside = int(marks.notna().sum())
+            out_of_domain += outside
+            self.log.info("%s: %d of %d row(s) outside the spec's domain (scored, marked in out_of_domain)",
+                          batch.name, outside, len(out))  # fmt: skip
             tmp = out_dir / f".{target.name}.{uuid.uuid4().hex}.tmp"  # no name planted ahead can be followed
             with tmp.open("wb") as fh:
                 _write_predictions(out, fh, batch, sha)
@@ -167,7 +182,8 @@ class PredictOperator(MlopsBaseOperator):
             events = context["outlet_events"]
             for outlet in self.outlets:
                 events[outlet].extra = {"model_version": version, "files": [w.rsplit("/", 1)[-1] for w in written]}
-        return {"model_version": version, "written": len(written), "skipped": len(skipped), "files": written[:20]}
+        return {"model_version": version, "written": len(written), "skipped": len(skipped), "files": written[:20],
+                "out_of_domain_rows": out_of_domain}  # fmt: skip
 
 
 class MonitorOperator(MlopsBaseOperator):

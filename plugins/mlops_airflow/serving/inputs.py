@@ -21,8 +21,9 @@ Rules per feature type of the spec:
   ``20240102``; not ``now``, ``Jan 5 2024`` nor padded text) within pandas' range (years 1678 to 2261), or
   null;
 * null only where the spec says ``nullable: true``;
-* the spec's domain: a categorical value among the feature's ``categories``, a numeric value within its
-  ``min``/``max`` (inclusive). A feature that declares neither is not checked. Outside the domain, per
+* the spec's domain (:mod:`mlops_airflow.core.domain`, the rule batch scoring marks its rows by): a categorical
+  value among the feature's ``categories``, a numeric value within its ``min``/``max`` (inclusive). A feature
+  that declares neither is not checked. Outside the domain, per
   ``serving.out_of_domain``: ``reject`` (the default) refuses the request, ``flag`` answers it and returns,
   per row, what is outside (:attr:`Checked.out_of_domain`).
 
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlops_airflow.core.domain import Domain, mark, shown
 from mlops_airflow.core.encoding import clean_text
 from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.spec import FeatureSpec, ModelSpec
@@ -52,9 +54,6 @@ TRUE_TEXT = {"true", "t", "yes", "y", "1"}
 FALSE_TEXT = {"false", "f", "no", "n", "0"}
 FORMATS = "a JSON list of records, or an object with dataframe_split, dataframe_records, instances or inputs"
 MAX_PROBLEMS = 20
-SHOWN_CHARS = 40
-SHOWN_CATEGORIES = 10
-LONG_NUMBER = 10**SHOWN_CHARS
 
 
 class InputError(MlopsError, ValueError):
@@ -190,22 +189,6 @@ def _column_lists(payload: dict[str, Any], wanted: list[str], limits: Limits) ->
     return {name: payload[name] for name in wanted if name in payload}
 
 
-def shown(value: Any) -> Any:
-    """``value`` as an error message may echo it: JSON-safe, short (NaN and infinities as their JSON-ish
-    text, a long number or text cut, a list or object by its type)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= LONG_NUMBER:
-        text = str(value)
-        return f"{text[:SHOWN_CHARS]}... ({len(text.lstrip('-'))} digits)"
-    if isinstance(value, str):
-        text = clean_text(value)
-        return text[:SHOWN_CHARS] + "..." if len(text) > SHOWN_CHARS else text
-    if isinstance(value, int | float | bool) or value is None:
-        return value
-    return type(value).__name__
-
-
 def _problem(column: str, row: int | None, rule: str, value: Any) -> dict[str, Any]:
     return {"column": column, "row": row, "rule": rule, "value": shown(value)}
 
@@ -280,31 +263,6 @@ CONVERTERS = {
 }
 
 
-class Domain:
-    """The values a feature's spec declares (``categories``, or ``min``/``max``); ``outside`` says why a
-    typed value is not among them, or None."""
-
-    def __init__(self, feature: FeatureSpec) -> None:
-        self.categories = set(feature.categories) if feature.categories is not None else None
-        self.listed = ", ".join(feature.categories[:SHOWN_CATEGORIES]) if feature.categories else ""
-        if feature.categories and len(feature.categories) > SHOWN_CATEGORIES:
-            self.listed += f", ... ({len(feature.categories)} in all)"
-        self.min, self.max = feature.min, feature.max
-
-    @property
-    def declared(self) -> bool:
-        return self.categories is not None or self.min is not None or self.max is not None
-
-    def outside(self, value: Any) -> str | None:
-        if self.categories is not None:
-            return None if value in self.categories else f"not in categories [{self.listed}]"
-        if self.min is not None and value < self.min:
-            return f"below min {self.min:g}"
-        if self.max is not None and value > self.max:
-            return f"above max {self.max:g}"
-        return None
-
-
 def check_rows(spec: ModelSpec, columns: dict[str, list[Any]], max_rows: int) -> Checked:
     """The model's input rows (typed as :func:`mlops_airflow.core.scoring.model_input` types them), or
     :class:`InputError` listing every broken rule (up to :data:`MAX_PROBLEMS`)."""
@@ -353,7 +311,7 @@ def _check_column(
             typed.append(converted)
             why = domain.outside(converted) if domain.declared else None
             if why is not None and flags is not None:
-                flags[row].append(f"{name}: {shown(converted)!r} {why}")
+                flags[row].append(mark(name, converted, why))
             elif why is not None:
                 problems.append(_problem(name, row, f"{why} (outside the spec's domain; serving.out_of_domain: "
                                                     "reject)", converted))  # fmt: skip
