@@ -111,3 +111,31 @@ def test_the_delivery_dag_runs_every_15_minutes_one_run_at_a_time() -> None:
     assert dag.timetable.expression == "*/15 * * * *"
     assert dag.catchup is False and dag.max_active_runs == 1
     assert [t.task_id for t in dag.tasks] == ["deliver"] and dag.params["force"] is False
+
+
+def test_offending_values_reach_the_message_escaped_with_the_bad_files_counted_out_of_all() -> None:
+    """The values a file broke a rule with are data: shown with their counts, never a ping, a link or markup."""
+    from mlops_airflow.core.validation import FailedExpectation, ValidationSummary, shown_value
+
+    broken = FailedExpectation(
+        "batch_2026-01-17.csv",
+        "expect_column_values_to_be_in_set",
+        "plan_code",
+        "expect_column_values_to_be_in_set(value_set=['3', '4'])",
+        5,
+        390,
+        words="not in the declared categories ['3', '4']",
+        values=((shown_value(FORGED + " *now*"), 3), (shown_value(7), 2)),
+    )
+    summary = ValidationSummary(success=False, files=17, rows=6630, expectations=23, failed=[broken])
+    note = notify.validation_failed("ticket_outcome", summary.to_dict(), "", **WHERE)
+    slack, mail = note.text(), note.html()
+
+    assert note.subject.endswith(
+        "1 expectation(s) broken in 1 of 17 file(s): batch_2026-01-17.csv; nothing was trained"
+    )
+    line = "5 of 390 rows not in the declared categories [{q}3{q}, {q}4{q}]: {q}{v}{q} (3), 7 (2)"
+    escaped = "&lt;!channel&gt; &lt;https://evil.example|click&gt; {}now{}"
+    assert line.format(q="'", v=escaped.format("\u2217", "\u2217")) in slack, slack
+    assert line.format(q="&#x27;", v=escaped.format("*", "*")) in mail, mail
+    assert "<!channel>" not in slack + mail and "<https://evil" not in slack + mail

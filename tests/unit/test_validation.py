@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 from test_data import day_file, land_tickets, ticket_spec
 
-from mlops_airflow.core import demo_data
+from mlops_airflow.core import demo_data, encoding, notify
 from mlops_airflow.core.config import get_spec
 from mlops_airflow.core.data import write_snapshot
-from mlops_airflow.core.validation import validate_snapshot
+from mlops_airflow.core.validation import DataValidationError, validate_snapshot
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +170,7 @@ def test_integer_category_codes_match_by_value_as_landed_or_served(tmp_path):
         (day_file(7), "plan_code", "expect_column_values_to_be_in_set", 1),
         (day_file(7), "plan_code", "expect_column_values_to_be_in_type_list", 1),
     }
-    assert "value_set=['3', '4', '5', '6', '8']" in summary.message()
+    assert "not in the declared categories ['3', '4', '5', '6', '8']: '7' (1)" in summary.message()
     rows = {"wait_minutes": [1.0] * 4, "first_contact": [True, False, True, False], "channel": ["email"] * 4}
     checked = check_rows(spec, {**rows, "plan_code": [3, "3", 3.0, 8]}, 10)
     assert list(checked.rows["plan_code"]) == ["3", "3", "3", "8"]
@@ -207,4 +210,93 @@ def test_a_time_that_is_not_iso_8601_fails_where_the_window_is_in_days(tmp_path)
     summary = validate_snapshot(spec, write_snapshot(spec, str(landing), str(tmp_path / "snap")))
     assert [(f.file, f.column, f.expectation, f.unexpected_count) for f in summary.failed] == [
         (day_file(4), "opened_on", "expect_column_values_to_be_iso8601", 10)
+    ]
+
+
+def test_one_bad_file_among_clean_ones_is_named_with_its_rules_and_offending_values(spec, tmp_path):
+    """Out-of-set codes, a value over its max and a null where the spec says ``nullable: false``, in one file of
+    fifteen: the headline counts bad files out of files checked, each line names file, column, the rule in words
+    and the offending values with their counts in the file; the task's error, the summary (XCom and MLflow) and
+    the notification carry the same text."""
+    landing = tmp_path / "landing"
+    demo_data.write_batches(landing, range(16), n_rows=200)
+    bad = demo_data.generate_batch(16, n_rows=200)
+    bad.loc[bad.index[[0, 1, 2]], "region"] = "Urgent"
+    bad.loc[bad.index[[3, 4]], "region"] = 4
+    bad.loc[bad.index[5], "age"] = 250
+    bad.loc[bad.index[6], "utilization"] = None
+    bad.to_csv(landing / "batch_2026-01-17.csv", index=False)
+
+    summary = validate_snapshot(spec, write_snapshot(spec_for_window(), str(landing), str(tmp_path / "snap")))
+
+    assert summary.files == 15 and not summary.success
+    message = summary.message()
+    lines = message.splitlines()
+    assert lines[0] == "data validation failed: 3 expectation(s) broken in 1 of 15 file(s): batch_2026-01-17.csv"
+    file = "  batch_2026-01-17.csv: column"
+    assert set(lines[1:4]) == {
+        f"{file} 'region': expect_column_values_to_be_in_set: 5 of 200 rows not in the declared categories "
+        "['north', 'south', 'east', 'west']: 'Urgent' (3), '4' (2)",
+        f"{file} 'age': expect_column_values_to_be_between: 1 of 200 rows above max 100: 250 (1)",
+        f"{file} 'utilization': expect_column_values_to_not_be_null: 1 of 200 rows null where nullable: false",
+    }, message
+
+    error = DataValidationError(summary)
+    assert str(error) == message  # the task fails with it (AirflowFailException)
+    stored = summary.to_dict()  # XCom and validation/summary.json
+    assert stored["message"] == message
+    assert (stored["failed_files"], stored["failed_file_count"], stored["files"]) == (["batch_2026-01-17.csv"], 1, 15)
+    region = next(f for f in stored["failed"] if f["column"] == "region")
+    assert region["values"] == [{"value": "'Urgent'", "count": 3}, {"value": "'4'", "count": 2}]
+
+    where = {"base_url": "http://airflow.example.test", "dag_id": "ct_credit_default", "run_id": "manual__1"}
+    note = notify.validation_failed("credit_default", stored, str(error), **where)
+    mail = note.html()
+    assert "3 expectation(s) broken in 1 of 15 file(s): batch_2026-01-17.csv; nothing was trained" in note.subject
+    assert "rows not in the declared categories [&#x27;north&#x27;, " in mail, mail
+    assert "&#x27;Urgent&#x27; (3), &#x27;4&#x27; (2)" in mail and "above max 100: 250 (1)" in mail
+
+
+def test_offending_values_are_bounded_and_always_writable(spec, tmp_path):
+    """Whatever a file holds (long text, a line break, markup, huge numbers, inf, many distinct values), the
+    message shows at most five values, each cut short, one line per broken rule, and every write of it is valid
+    UTF-8 JSON; a file name with a lone surrogate (undecodable bytes) is shown, not a write error."""
+    from mlops_airflow.core.validation import VALUE_CHARS, FailedExpectation, ValidationSummary, shown_value
+
+    landing = tmp_path / "landing"
+    demo_data.write_batches(landing, range(3), n_rows=300, fmt="parquet")
+    bad = demo_data.generate_batch(3, n_rows=300)
+    long_text = "x" * 5000
+    bad.loc[bad.index[:4], "region"] = long_text
+    bad.loc[bad.index[4:6], "region"] = "a\nb <!channel>"
+    bad.loc[bad.index[6:14], "region"] = [f"r{i}" for i in range(8)]
+    bad.loc[bad.index[14], "income"] = float("inf")
+    bad.loc[bad.index[15], "debt_ratio"] = 1e308
+    bad.to_parquet(landing / "batch_2026-01-04.parquet")
+
+    summary = validate_snapshot(spec, write_snapshot(spec_for_window(), str(landing), str(tmp_path / "snap")))
+
+    lines = summary.message().splitlines()
+    assert lines[0] == "data validation failed: 3 expectation(s) broken in 1 of 4 file(s): batch_2026-01-04.parquet"
+    [region] = [line for line in lines if "'region'" in line]
+    shown = region.split("'west']: ", 1)[1]
+    assert shown.startswith(f"'{'x' * (VALUE_CHARS - 1)}\u2026' (4), 'a\\nb <!channel>' (2), 'r0' (1), ")
+    assert shown.count(" (1)") == 3 and shown.endswith(", ...") and len(region) < 400
+    assert any(line.endswith("expect_column_values_to_be_finite: 1 of 300 rows inf or -inf: inf (1)") for line in lines)
+    assert any(line.endswith("1 of 300 rows above max 5: 1e+308 (1)") for line in lines), lines
+    assert len(lines) == 4 + len(summary.notes())
+    text = encoding.dumps(summary.to_dict())
+    assert json.loads(text)["failed_count"] == 3 and long_text not in text
+
+    odd = FailedExpectation("batch_\udcff.csv", "expect_column_values_to_be_in_set", "region", "rule", 1, 9)
+    odd = dataclasses.replace(odd, words="not in the declared categories", values=((shown_value("\ud800"), 1),))
+    message = ValidationSummary(success=False, files=2, rows=9, expectations=1, failed=[odd]).message()
+    message.encode("utf-8")
+    assert "in 1 of 2 file(s): batch_\ufffd.csv" in message and "categories: '\ufffd' (1)" in message
+    assert [shown_value(v) for v in (float("nan"), None, -float("inf"), 10**5000, True)] == [
+        "null",
+        "null",
+        "-inf",
+        "<an integer of 16610 bits>",
+        "True",
     ]

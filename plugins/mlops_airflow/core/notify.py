@@ -166,27 +166,33 @@ def gate_rejected(model: str, decision: dict[str, Any], *, base_url: str, dag_id
 
 
 def _broken_expectation(failure: dict[str, Any]) -> Text:
-    counts = ""
-    if failure.get("unexpected_count") is not None:
-        counts = f" ({failure['unexpected_count']} of {failure.get('element_count')} rows)"
-    if failure.get("column"):
-        return say("{}: column '{}': {}{}", failure.get("file"), failure.get("column"), failure.get("rule"), counts)
-    return say("{}: table: {}{}", failure.get("file"), failure.get("rule"), counts)
+    """One line of the validation message (file, column, rule, counts, offending values), its slots escaped."""
+    from mlops_airflow.core.validation import failure_text
+
+    template, slots = failure_text(failure)
+    return say(template, *slots)
+
+
+def _headline(summary: dict[str, Any], broken: Any) -> Text:
+    """How many expectations broke, in how many of the files checked, and which files."""
+    bad, files = summary.get("failed_files"), summary.get("files")
+    if not bad or files is None:
+        return say("{} expectation(s) broken; nothing was trained", broken)
+    count = summary.get("failed_file_count", len(bad))
+    names = ", ".join(str(name) for name in bad[:5]) + (", ..." if count > 5 else "")
+    return say("{} expectation(s) broken in {} of {} file(s): {}; nothing was trained", broken, count, files, names)
 
 
 def validation_failed(
     model: str, summary: dict[str, Any] | None, error: str, *, base_url: str, dag_id: str, run_id: str
 ) -> Notification:
-    lines = [_broken_expectation(f) for f in (summary or {}).get("failed", [])[:20]]
+    failed = [f for f in (summary or {}).get("failed", [])[:20] if isinstance(f, dict)]
+    lines = [_broken_expectation(f) for f in failed]
     if not lines and error:
         lines = [say("{}", line) for line in error.splitlines()[:20]]
     broken = (summary or {}).get("failed_count", len(lines))
     return Notification(
-        "validation_failed",
-        model,
-        say("{} expectation(s) broken; nothing was trained", broken),
-        lines,
-        _links(base_url, model, dag_id, run_id),
+        "validation_failed", model, _headline(summary or {}, broken), lines, _links(base_url, model, dag_id, run_id)
     )
 
 

@@ -16,8 +16,11 @@ time fails where the window is measured in time (:func:`other_checks`), and a la
 refused (outside the landing roots, over the size cap, a column named twice, not a table) fails with the rule
 it broke.
 
-The result is a small summary (counts and failed expectations, never the unexpected rows), fit for XCom and
-MLflow; :class:`DataValidationError` carries it and fails the task closed.
+The result is a small summary, fit for XCom and MLflow: counts and, per broken expectation, the file, the
+column, the rule in words and the most common offending values with their counts in the file (at most
+:data:`SHOWN_VALUES`, each cut to :data:`VALUE_CHARS` characters), never the unexpected rows;
+:class:`DataValidationError` carries it and fails the task closed. Its headline counts the files that broke a
+rule out of the files checked.
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import numbers
 import os
-from dataclasses import asdict, dataclass, field
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from mlops_airflow.core.data import BatchFile, Snapshot, read_snapshot_file, row_times
+from mlops_airflow.core.encoding import clean_text, jsonable
 from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.landing import READER_VERSION
 from mlops_airflow.core.spec import ModelSpec
@@ -65,6 +73,21 @@ class DataValidationError(MlopsError, ValueError):
 
 #: The expectation a column the spec names and a batch lacks breaks first.
 COLUMN_EXISTS = "expect_column_to_exist"
+#: The "file" of a failure of the whole window (too few labelled rows) rather than of one landed file.
+TRAINING_WINDOW = "<training window>"
+#: Offending values a broken expectation shows: the most common few, each cut to ``VALUE_CHARS`` characters.
+SHOWN_VALUES = 5
+VALUE_CHARS = 60
+#: Unexpected values GX returns per broken expectation (its own cap, ``MAX_RESULT_RECORDS``); the values shown
+#: are the most common among them, each counted over the whole file.
+UNEXPECTED_SAMPLE = 200
+#: Declared categories (or label values) a rule in words lists before ``...``.
+SHOWN_CATEGORIES = 10
+
+#: What GX is asked for a file that fails: counts and the first offending values of each broken rule.
+FAILURE_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": UNEXPECTED_SAMPLE}
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
 
 @dataclass(frozen=True)
@@ -72,14 +95,123 @@ class FailedExpectation:
     file: str
     expectation: str
     column: str | None
+    #: The rule as configured (``expect_column_values_to_be_in_set(value_set=[...])``) or as the check words it.
     rule: str
     unexpected_count: int | None = None
     element_count: int | None = None
     observed: str | None = None
+    #: The rule in words, after the count of rows breaking it: ``not in the declared categories ['a', 'b']``.
+    words: str | None = None
+    #: The most common offending values as shown (:func:`shown_value`) with their counts in the file.
+    values: tuple[tuple[str, int], ...] = ()
+    #: Other offending values exist beyond those shown.
+    more_values: bool = False
+    #: The counts are over the first this many offending rows only (values the file could not be searched for).
+    values_sampled: int | None = None
 
     @property
     def missing_column(self) -> bool:
         return self.expectation == COLUMN_EXISTS
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (valid UTF-8, no NaN): the offending values as ``{"value", "count"}`` pairs."""
+        data = asdict(self)
+        data["values"] = [{"value": text, "count": count} for text, count in self.values]
+        return jsonable(data)
+
+    def text(self) -> str:
+        """The failure as one line of the validation message (:func:`failure_text`, rendered as plain text)."""
+        template, slots = failure_text(self.to_dict())
+        return template.format(*(one_line(v) for v in slots))
+
+
+def one_line(text: Any) -> str:
+    """Text from the data as one line of valid UTF-8 (a line break in a file name cannot start a line of its own)."""
+    return _CONTROL.sub(" ", clean_text(str(text)))
+
+
+def shown_value(value: Any) -> str:
+    """An offending value as a message shows it: text quoted (``'4'`` is not ``4``, a stray space shows, a line
+    break is ``\\n``), a whole number without ``.0``, ``null`` for a missing value, ``inf``/``-inf``, at most
+    about :data:`VALUE_CHARS` characters, valid UTF-8 (a lone surrogate shows as U+FFFD)."""
+    if type(value).__module__.split(".", 1)[0] == "numpy" and hasattr(value, "item"):
+        value = value.item()  # NumPy scalar -> Python
+    if value is None or type(value).__name__ in {"NAType", "NaTType"}:
+        return "null"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "null"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else _cut(repr(value))
+    if isinstance(value, numbers.Integral):
+        try:
+            return _cut(str(int(value)))
+        except ValueError:  # more digits than Python converts to text
+            return f"<an integer of {int(value).bit_length()} bits>"
+    if isinstance(value, str):
+        text = clean_text(value)
+        text = text if len(text) <= VALUE_CHARS else text[: VALUE_CHARS - 1] + "\u2026"
+        return _cut(repr(text), VALUE_CHARS + 2)
+    return _cut(one_line(jsonable(value)))
+
+
+def _cut(text: str, chars: int = VALUE_CHARS) -> str:
+    return text if len(text) <= chars else text[: chars - 1] + "\u2026"
+
+
+def _number(value: Any) -> str:
+    """A bound or a fraction from the spec: ``100``, ``1.5``."""
+    return shown_value(value)
+
+
+def _listed(values: Any) -> str:
+    """Declared values as a bounded list: ``['north', 'south', ...] (12 in all)``."""
+    values = list(values)
+    shown = ", ".join(shown_value(v) for v in values[:SHOWN_CATEGORIES])
+    more = f", ...] ({len(values)} in all)" if len(values) > SHOWN_CATEGORIES else "]"
+    return f"[{shown}{more}"
+
+
+def failure_text(failure: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """One broken expectation (:meth:`FailedExpectation.to_dict`, e.g. from the summary's XCom) as fixed wording
+    with ``{}`` slots and the text for them: file, column, rule, counts and offending values. Every slot may
+    hold text from the data; whoever renders it escapes the slots for the medium (the task log: one line)."""
+    file, column, rule = failure.get("file"), failure.get("column"), failure.get("rule")
+    if failure.get("expectation") == COLUMN_EXISTS:
+        return "{}: {}", (file, rule)
+    template, slots = ("{}: column '{}': ", [file, column]) if column else ("{}: table: ", [file])
+    count, rows = failure.get("unexpected_count"), failure.get("element_count")
+    words = failure.get("words")
+    if not words:  # a rule that words itself (a refused file, a check with its reason in brackets)
+        template += "{}"
+        slots.append(rule)
+        if count is not None:
+            template += " ({} of {} rows)"
+            slots += [count, rows]
+        elif failure.get("observed") is not None:
+            template += " (observed {})"
+            slots.append(failure.get("observed"))
+        return template, tuple(slots)
+    template += "{}: "
+    slots.append(failure.get("expectation"))
+    if count is not None:
+        template += "{} of {} rows "
+        slots += [count, rows]
+    template += "{}"
+    slots.append(words)
+    values = [v for v in failure.get("values") or [] if isinstance(v, Mapping)]
+    if values:
+        shown = ", ".join(f"{v.get('value')} ({v.get('count')})" for v in values)
+        if failure.get("more_values"):
+            shown += ", ..."
+        if failure.get("values_sampled"):
+            shown += f" (counted in the first {failure.get('values_sampled')} offending rows)"
+        template += ": {}"
+        slots.append(shown)
+    return template, tuple(slots)
 
 
 @dataclass
@@ -100,36 +232,44 @@ class ValidationSummary:
     #: Files of the newest ``label.delay_days`` days: their labels may still be missing.
     awaiting_labels: list[str] = field(default_factory=list)
 
+    def failed_files(self) -> list[str]:
+        """The files that broke a rule, in the order of :attr:`failed` (not the window as a whole)."""
+        return list(dict.fromkeys(f.file for f in self.failed if f.file != TRAINING_WINDOW))
+
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (valid UTF-8, no NaN) for XCom and the MLflow artifact, with the message itself."""
         data = asdict(self)
-        data["failed"] = data["failed"][:25]  # keep XCom small; MLflow gets the full artifact
+        data["failed"] = [f.to_dict() for f in self.failed[:25]]  # keep XCom small
         data["failed_count"] = len(self.failed)
-        return data
+        bad = self.failed_files()
+        data["failed_files"] = bad[:25]
+        data["failed_file_count"] = len(bad)
+        data["message"] = self.message()
+        return jsonable(data)
+
+    def headline(self) -> str:
+        """How many expectations broke, in how many of the files checked, and which files."""
+        bad = self.failed_files()
+        broken = f"{len(self.failed)} expectation(s) broken"
+        if not bad:
+            return broken
+        names = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
+        return f"{broken} in {len(bad)} of {self.files} file(s): {names}"
 
     def message(self) -> str:
         if self.success:
             head = f"data valid: {self.files} file(s), {self.rows} rows, {self.expectations} expectations"
-            return "\n".join([head, *self.notes()])
+            return "\n".join(one_line(line) for line in [head, *self.notes()])
         missing = [f for f in self.failed if f.missing_column]
         first = ""
         if missing:
             names = ", ".join(dict.fromkeys(f"`{f.column}`" for f in missing))
             first = f"column {names} is missing ({missing[0].file}{', ...' if len(missing) > 1 else ''}); "
-        lines = [f"data validation failed: {first}{len(self.failed)} expectation(s) broken in {self.files} file(s)"]
-        for f in self.failed[:20]:
-            if f.missing_column:
-                lines.append(f"  {f.file}: {f.rule}")
-                continue
-            where = f"column {f.column!r}" if f.column else "table"
-            counts = ""
-            if f.unexpected_count is not None:
-                counts = f" ({f.unexpected_count} of {f.element_count} rows)"
-            elif f.observed is not None:
-                counts = f" (observed {f.observed})"
-            lines.append(f"  {f.file}: {where}: {f.rule}{counts}")
+        lines = [f"data validation failed: {first}{self.headline()}"]
+        lines += [f"  {f.text()}" for f in self.failed[:20]]
         if len(self.failed) > 20:
             lines.append(f"  ... and {len(self.failed) - 20} more")
-        return "\n".join([*lines, *self.notes()])
+        return "\n".join(one_line(line) for line in [*lines, *self.notes()])
 
     def notes(self) -> list[str]:
         """One line each for what the data holds that is not used: columns, and rows without a label."""
@@ -278,8 +418,110 @@ def _rule(config: Any) -> str:
     return f"{config.type}({args})" if args else config.type
 
 
-def _failed_from(file: str, result: Any, absent: list[str]) -> list[FailedExpectation]:
-    """The broken expectations of one file's result; those on a column it lacks (``absent``) say so."""
+#: What a column holds where its type is wrong, by feature type (the label: by :func:`label_types`).
+_TYPE_WORDS = {"numeric": "numbers", "categorical": "category codes", "boolean": "booleans", "datetime": "times"}
+
+
+def _type_word(spec: ModelSpec, column: str | None) -> str:
+    feature = next((f for f in spec.features if f.name == column), None)
+    if feature is not None:
+        return _TYPE_WORDS.get(feature.type, feature.type)
+    kinds = label_types(spec.label.values)
+    if kinds is NUMERIC_TYPES:
+        return "numbers"
+    return "booleans" if kinds is BOOLEAN_TYPES else "text" if kinds is TEXT_TYPES else "integers"
+
+
+def _words(spec: ModelSpec, config: Any, res: Mapping[str, Any]) -> str | None:
+    """A broken GX expectation's rule in words, as the spec declares it (``None``: the configured rule says it)."""
+    kind, kwargs = config.type, config.kwargs
+    column = kwargs.get("column")
+    feature = next((f for f in spec.features if f.name == column), None)
+    per_row = {"expect_column_values_to_be_in_set", "expect_column_values_to_be_between"}
+    if res.get("unexpected_count") is None and kind in {*per_row, "expect_column_values_to_not_be_null"}:
+        return None  # no count to put the words to: the configured rule says it
+    if kind == "expect_column_values_to_be_in_set":
+        declared = "categories" if feature is not None else "label values"
+        return f"not in the declared {declared} {_listed(kwargs.get('value_set') or [])}"
+    if kind == "expect_column_values_to_be_between":
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        seen = [v for v in res.get("partial_unexpected_list") or [] if isinstance(v, numbers.Real)]
+        if low is None or (high is not None and seen and all(v > high for v in seen)):
+            return f"above max {_number(high)}"
+        if high is None or (seen and all(v < low for v in seen)):
+            return f"below min {_number(low)}"
+        return f"below min {_number(low)} or above max {_number(high)}"
+    if kind == "expect_column_values_to_not_be_null":
+        mostly = kwargs.get("mostly")
+        if column == spec.label.name and feature is None:
+            if mostly is None:
+                return "without a label (label.max_unlabelled_fraction: 0)"
+            fraction = _number(spec.label.max_unlabelled_fraction)
+            return f"without a label, more than label.max_unlabelled_fraction {fraction} allows"
+        if column == spec.source.timestamp_column and mostly is None:
+            return "without a time (every row needs one)"
+        if feature is not None and mostly is not None:
+            return f"null, more than max_null_fraction {_number(feature.max_null_fraction)} allows"
+        return "null where nullable: false"
+    if kind == "expect_column_values_to_be_in_type_list":
+        read_as = res.get("observed_value")  # the column's type; none where GX judged value by value
+        if read_as is None:
+            read_as = ", ".join(dict.fromkeys(type(v).__name__ for v in res.get("partial_unexpected_list") or []))
+        return f"not {_type_word(spec, column)} (read as {one_line(read_as or 'another type')})"
+    if kind == "expect_table_row_count_to_be_between" and res.get("observed_value") == 0:
+        return "no rows"
+    return None
+
+
+def _ranked(counts: Any, offending: int | None) -> tuple[tuple[tuple[str, int], ...], bool]:
+    """``(value, count)`` pairs as the :data:`SHOWN_VALUES` most common shown values, and whether there are
+    others (more distinct values, or fewer rows counted than ``offending``)."""
+    merged: dict[str, int] = {}
+    for value, count in counts:
+        text = shown_value(value)
+        merged[text] = merged.get(text, 0) + int(count)
+    ranked = sorted(merged.items(), key=lambda item: -item[1])  # stable: ties in the order first seen
+    more = len(ranked) > SHOWN_VALUES or (offending is not None and sum(merged.values()) < offending)
+    return tuple(ranked[:SHOWN_VALUES]), more
+
+
+def _offending(values: Any, sample: list[Any], offending: int | None) -> dict[str, Any]:
+    """The most common offending values of a per-value rule (a set, a range) with their counts in the file.
+
+    :param values: the column as GX judged it.
+    :param sample: the first offending values GX returned (:data:`UNEXPECTED_SAMPLE`); as the rule breaks on
+        every row holding one of them, each is counted over the whole column. Values that cannot be looked up
+        (not hashable) are counted in the sample alone, and the summary says so.
+    """
+    present = [v for v in sample if shown_value(v) != "null"]
+    if not present:
+        return {}
+    try:
+        found = values[values.isin(list(dict.fromkeys(present)))]
+        shown, more = _ranked(found.value_counts(sort=False).items(), offending)
+        return {"values": shown, "more_values": more}
+    except (TypeError, ValueError):
+        shown, more = _ranked(((v, 1) for v in present), None)
+        sampled = len(sample) < (offending or 0)
+        return {"values": shown, "more_values": more or sampled, "values_sampled": len(sample) if sampled else None}
+
+
+def _non_numbers(sample: list[Any]) -> list[Any]:
+    """The values of ``sample`` that are no number at all (not even a number written as text)."""
+    import pandas as pd
+
+    values = pd.Series(sample, dtype=object)
+    return list(values[values.notna() & pd.to_numeric(values, errors="coerce").isna()])
+
+
+def _failed_from(
+    spec: ModelSpec, file: str, result: Any, absent: list[str], frame: Any = None
+) -> list[FailedExpectation]:
+    """The broken expectations of one file's result; those on a column it lacks (``absent``) say so.
+
+    :param frame: the values GX judged (:func:`judged_frame`): where a rule breaks on single values, the most
+        common offending ones are counted there.
+    """
     failed = [
         FailedExpectation(file, COLUMN_EXISTS, column, f"column `{column}` is missing ({COLUMN_EXISTS})")
         for column in absent
@@ -288,26 +530,75 @@ def _failed_from(file: str, result: Any, absent: list[str]) -> list[FailedExpect
         if r.success:
             continue
         config = r.expectation_config
-        if config.type == COLUMN_EXISTS and config.kwargs.get("column") in absent:
+        column = config.kwargs.get("column")
+        if config.type == COLUMN_EXISTS and column in absent:
             continue  # reported first, above
         res = r.result or {}
         observed = res.get("observed_value")
-        if config.kwargs.get("column") in absent:
+        detail: dict[str, Any] = {}
+        if column in absent:
             observed = "column is missing"
-        elif r.exception_info and r.exception_info.get("raised_exception"):
-            observed = str(r.exception_info.get("exception_message", "error"))[:200]
+        elif (error := _raised(r.exception_info)) is not None:
+            observed = error[:200]
+        else:
+            detail["words"] = _words(spec, config, res)
+            values = frame[column] if frame is not None and column in frame.columns else None
+            sample = res.get("partial_unexpected_list")
+            if values is None:
+                pass
+            elif config.type in {"expect_column_values_to_be_in_set", "expect_column_values_to_be_between"} and sample:
+                detail.update(_offending(values, sample, res.get("unexpected_count")))
+            elif config.type == "expect_column_values_to_be_in_type_list" and sample:
+                odd = _non_numbers(sample) if _type_word(spec, column) == "numbers" else []
+                if odd:  # text where numbers belong: show what is no number at all
+                    detail["words"] = f"{detail['words']}; the values that are no number"
+                detail.update(_offending(values, odd or sample, res.get("unexpected_count")))
         failed.append(
             FailedExpectation(
                 file=file,
                 expectation=config.type,
-                column=config.kwargs.get("column"),
+                column=column,
                 rule=_rule(config),
                 unexpected_count=res.get("unexpected_count"),
                 element_count=res.get("element_count"),
-                observed=None if observed is None else str(observed)[:200],
+                observed=None if observed is None else one_line(observed)[:200],
+                **detail,
             )
         )
     return failed
+
+
+def _raised(info: Any) -> str | None:
+    """The message of the error GX met evaluating an expectation (``None``: none), as GX reports it for the
+    expectation or, for a metric it could not compute, under that metric's id."""
+    if not isinstance(info, Mapping):
+        return None
+    found = [info, *(v for v in info.values() if isinstance(v, Mapping))]
+    raised = [f for f in found if f.get("raised_exception")]
+    return str(raised[0].get("exception_message") or "error") if raised else None
+
+
+def _explained(failure: FailedExpectation, frame: Any) -> FailedExpectation:
+    """A failure of :func:`other_checks` with its rule in words and its most common offending values."""
+    import numpy as np
+
+    values = frame[failure.column] if failure.column in frame.columns else None
+    if values is None:
+        return failure
+    if failure.expectation == "expect_column_values_to_be_finite":
+        found = values[np.isinf(values.to_numpy(dtype="float64", na_value=np.nan))]
+        words = "inf or -inf"
+    elif failure.expectation == "expect_column_values_to_be_in_type_list":
+        present = values.dropna()
+        found = present[(present % 1) != 0]
+        words = "hold fractions: category codes are text, integers or booleans"
+    elif failure.expectation == "expect_column_values_to_be_iso8601":
+        found = values[row_times(values).isna() & values.notna()]
+        words = "not an ISO-8601 time (the window and the label delay are measured in its days)"
+    else:
+        return failure
+    shown, more = _ranked(found.value_counts(sort=False).items(), failure.unexpected_count)
+    return replace(failure, words=words, values=shown, more_values=more)
 
 
 def suite_hash(spec: ModelSpec, awaiting: bool = False) -> str:
@@ -419,7 +710,7 @@ def validate_snapshot(spec: ModelSpec, snapshot: Snapshot, *, cache: Any = None)
     if snapshot.train_rows < spec.min_rows and not summary.failed:
         summary.failed.append(
             FailedExpectation(
-                "<training window>",
+                TRAINING_WINDOW,
                 "min_training_rows",
                 None,
                 f"training window must hold at least {spec.min_rows} labelled rows",
@@ -455,8 +746,8 @@ def _run_suite(
     """Validate the ``todo`` batches with GX (not imported when every verdict was reused).
 
     Only the columns the suite names are read (Parquet reads no other). GX is asked whether each file passes
-    (``BOOLEAN_ONLY``); only for a file that fails, for counts and a few values (``BASIC``), never for the index
-    of every unexpected row: the summary never carries rows.
+    (``BOOLEAN_ONLY``); only for a file that fails, for counts and its first offending values
+    (:data:`FAILURE_FORMAT`), never for the index of every unexpected row: the summary never carries rows.
     """
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     # GX logs ~200 INFO lines about its own API docs registry on import; the task log is for the data.
@@ -479,14 +770,16 @@ def _run_suite(
         frame = read_snapshot_file(snapshot, batch, columns).to_pandas()
         summary.rows += len(frame)
         suite = suites[batch.awaiting_labels]
-        gx_batch = batch_definition.get_batch(batch_parameters={"dataframe": judged_frame(spec, frame)})
+        judged = judged_frame(spec, frame)
+        gx_batch = batch_definition.get_batch(batch_parameters={"dataframe": judged})
         # Pass or fail first (about a third cheaper: no unexpected values are gathered); a file that fails is
         # validated again for the counts and values its error names.
         result = gx_batch.validate(suite, result_format="BOOLEAN_ONLY")
         if not result.success:
-            result = gx_batch.validate(suite, result_format="BASIC")
-        failed = _failed_from(batch.name, result, absent) + other_checks(spec, batch.name, frame)
-        del frame, gx_batch
+            result = gx_batch.validate(suite, result_format=FAILURE_FORMAT)
+        failed = _failed_from(spec, batch.name, result, absent, judged)
+        failed += [_explained(f, frame) for f in other_checks(spec, batch.name, frame)]
+        del frame, judged, gx_batch
         summary.evaluated += len(result.results) + len(finite_columns(spec))
         summary.failed.extend(failed)
         if verdicts is not None and not failed:

@@ -126,7 +126,10 @@ class SnapshotOperator(MlopsBaseOperator):
 
 
 class ValidateDataOperator(MlopsBaseOperator):
-    """Validate the snapshot with Great Expectations; fail closed with file, column, rule and counts.
+    """Validate the snapshot with Great Expectations; fail closed naming how many of the files checked broke a
+    rule and, for each broken rule, the file, the column, the rule in words, the count and the most common
+    offending values (the same text in the task log, the failure, ``validation/summary.json`` and the
+    ``validation_failed`` notification).
 
     :param snapshot: the ``snapshot`` task's XCom (templated, usually ``snapshot.output``).
     """
