@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from mlops_airflow.core.errors import MlopsError
 from mlops_airflow.core.spec import MODEL_NAME_RE, ModelSpec, ModelSpecError
 
 
@@ -78,7 +79,7 @@ MAX_SPEC_DEPTH = 32
 MAX_SPEC_NODES = 50_000
 
 
-class SpecTooLarge(yaml.YAMLError):
+class SpecTooLarge(MlopsError, yaml.YAMLError):
     """A spec whose YAML is larger, deeper or expands to more values than a spec may (limits above)."""
 
 
