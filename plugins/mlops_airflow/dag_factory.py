@@ -168,11 +168,20 @@ def build_ct_dag(spec: ModelSpec) -> DAG:
             **common,
         )
         grid = [{"index": i, "params": p} for i, p in enumerate(candidate_grid(spec))]
+        fit_timeout = dt.timedelta(minutes=spec.estimator.fit_timeout_minutes)  # no fit holds a slot for ever
         train = TrainCandidateOperator.partial(
-            task_id="train", snapshot=snapshot.output, map_index_template=CANDIDATE_MAP_INDEX_TEMPLATE, **common
+            task_id="train",
+            snapshot=snapshot.output,
+            map_index_template=CANDIDATE_MAP_INDEX_TEMPLATE,
+            execution_timeout=fit_timeout,
+            **common,
         ).expand(candidate=grid)
         select = SelectCandidateOperator(
-            task_id="select_candidate", snapshot=snapshot.output, candidates=train.output, **common
+            task_id="select_candidate",
+            snapshot=snapshot.output,
+            candidates=train.output,
+            execution_timeout=fit_timeout,
+            **common,
         )
         evaluate = EvaluateVsChampionOperator(
             task_id="evaluate_vs_champion", snapshot=snapshot.output, candidate=select.output, **common

@@ -111,3 +111,23 @@ def test_ct_runs_on_its_cron_or_on_a_retrain_request(dagbag):
     assert type(timetable).__name__ == "AssetOrTimeSchedule"
     assert timetable.asset_condition.uri == "mlops://credit_default/retrain-request"
     assert timetable.timetable.expression == "0 2 * * *"  # the YAML's cron
+
+
+def test_a_fit_without_end_is_stopped_by_the_specs_fit_timeout(tmp_path):
+    # n_estimators: 1e9 is a valid value: the train and refit tasks end at the spec's fit timeout, not never
+    import datetime as dt
+
+    import yaml
+
+    from mlops_airflow.core.config import load_model_spec
+    from mlops_airflow.dag_factory import build_ct_dag
+
+    default = build_ct_dag(load_model_spec(models_dir() / "credit_default.yaml"))
+    for task_id in ("train", "select_candidate"):
+        assert default.get_task(task_id).execution_timeout == dt.timedelta(hours=6), task_id
+    data = yaml.safe_load((models_dir() / "credit_default.yaml").read_text())
+    data["estimator"]["fit_timeout_minutes"] = 45
+    path = tmp_path / "credit_default.yaml"
+    path.write_text(yaml.safe_dump(data))
+    dag = build_ct_dag(load_model_spec(path))
+    assert {dag.get_task(t).execution_timeout for t in ("train", "select_candidate")} == {dt.timedelta(minutes=45)}

@@ -527,6 +527,10 @@ class EstimatorSpec(_Strict):
     max_candidates: int = Field(default=8, ge=1, le=MAX_CANDIDATES)
     #: ``balanced``: each training row weighted inversely to its class frequency (classification).
     sample_weight: Literal["balanced"] | None = None
+    #: Longest one candidate's fit (a ``train`` task) or the final refit (``select_candidate``) may run, in
+    #: minutes (at most a week): past it the task fails as Airflow's ``execution_timeout`` says (and is retried
+    #: as any task), nothing is registered, and a worker slot is never held by a fit without end.
+    fit_timeout_minutes: int = Field(default=360, ge=1, le=10_080)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
