@@ -256,6 +256,13 @@ def test_one_bad_file_among_clean_ones_is_named_with_its_rules_and_offending_val
     assert "rows not in the declared categories [&#x27;north&#x27;, " in mail, mail
     assert "&#x27;Urgent&#x27; (3), &#x27;4&#x27; (2)" in mail and "above max 100: 250 (1)" in mail
 
+    # XCom keeps 25 failures; the MLflow artifact (limit None) keeps every one
+    from dataclasses import replace
+
+    many = replace(summary, failed=summary.failed * 12)
+    assert (len(many.to_dict()["failed"]), len(many.to_dict(limit=None)["failed"])) == (25, 36)
+    assert many.to_dict(limit=None)["failed_count"] == 36
+
 
 def test_offending_values_are_bounded_and_always_writable(spec, tmp_path):
     """Whatever a file holds (long text, a line break, markup, huge numbers, inf, many distinct values), the

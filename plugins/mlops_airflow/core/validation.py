@@ -236,13 +236,14 @@ class ValidationSummary:
         """The files that broke a rule, in the order of :attr:`failed` (not the window as a whole)."""
         return list(dict.fromkeys(f.file for f in self.failed if f.file != TRAINING_WINDOW))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data (valid UTF-8, no NaN) for XCom and the MLflow artifact, with the message itself."""
+    def to_dict(self, limit: int | None = 25) -> dict[str, Any]:
+        """Plain JSON data (valid UTF-8, no NaN) with the message itself; ``limit`` failures and files at most
+        (25 for XCom, which stays small; ``None``, every one, for the MLflow artifact)."""
         data = asdict(self)
-        data["failed"] = [f.to_dict() for f in self.failed[:25]]  # keep XCom small
+        data["failed"] = [f.to_dict() for f in self.failed[:limit]]
         data["failed_count"] = len(self.failed)
         bad = self.failed_files()
-        data["failed_files"] = bad[:25]
+        data["failed_files"] = bad[:limit]
         data["failed_file_count"] = len(bad)
         data["message"] = self.message()
         return jsonable(data)

@@ -152,7 +152,7 @@ class ValidateDataOperator(MlopsBaseOperator):
         # Landed files are immutable: a file's passing verdict is reused by its hash (and the suite's).
         summary = validate_snapshot(self.spec, snapshot, cache=self.storage_root() / self.spec.name / "validation")
         run_id = self.parent_run_id(context)
-        tracking.log_json(self.client, run_id, summary.to_dict(), "validation/summary.json")
+        tracking.log_json(self.client, run_id, summary.to_dict(limit=None), "validation/summary.json")  # every one
         self.client.set_tag(run_id, "mlops.validation", "passed" if summary.success else "failed")
         self.client.log_metric(run_id, "validation_failed_expectations", len(summary.failed))
         self.client.log_metric(run_id, "unlabelled_rows", summary.unlabelled_rows)  # not trained or evaluated on
