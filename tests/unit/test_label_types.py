@@ -145,10 +145,13 @@ def test_a_feature_never_present_with_impute_none_is_named():
         training.fit(spec, {}, rows().assign(n=np.nan))
 
 
-def test_text_labels_of_a_spec_whose_values_yaml_read_as_booleans_say_so():
-    # `values: [no, yes]` unquoted is [false, true] to YAML; the landed labels are the text "no"/"yes".
+def test_text_labels_of_a_spec_whose_values_are_booleans_say_so():
+    # `values: [true, false]` while the landed labels are the text "no"/"yes".
     spec = make_spec(values=[False, True])
-    with pytest.raises(training.SplitError, match=r"YAML reads an unquoted yes/no/on/off as true/false"):
+    with pytest.raises(
+        training.SplitError,
+        match=r"the classes are booleans \(label.values true/false\) but the labels are yes/no/on/off text",
+    ):
         training.check_evaluation_set(spec, pd.Series(["no"] * 30 + ["yes"] * 20))
 
 

@@ -37,7 +37,7 @@ from mlops_airflow.core.spec import ModelSpec
 #: Probabilities are clipped to [EPS, 1 - EPS] in the log loss, as scikit-learn does for float64.
 EPS = float(np.finfo(np.float64).eps)
 KINDS = ("binary", "multiclass", "regression")
-#: Words YAML 1.1 (PyYAML's safe_load) reads as booleans when unquoted.
+#: Texts people write for booleans (a label column of them against boolean classes gets a hint).
 _YAML_BOOLEANS = frozenset({"yes", "no", "on", "off", "true", "false"})
 
 
@@ -121,8 +121,8 @@ class Target:
 
     def _near_misses(self, values: list[Any]) -> str:
         """``; ' Yes' differs from 'Yes' only in ...``: unknown labels that only differ in spaces, case or
-        type (``"1"`` for ``1``) from a class, and text labels of a spec whose values YAML read as booleans
-        (an unquoted ``yes``/``no``), for the message."""
+        type (``"1"`` for ``1``) from a class, and yes/no text labels of a spec whose values are booleans,
+        for the message."""
         near = []
         for value in values:
             text = str(value).strip().casefold()
@@ -134,8 +134,8 @@ class Target:
         texts = {str(v).strip().casefold() for v in values if isinstance(v, str | np.str_)}
         if texts & _YAML_BOOLEANS and all(isinstance(c, bool | np.bool_) for c in self.classes):
             hints.append(
-                "; the classes are booleans: YAML reads an unquoted yes/no/on/off as true/false, so text labels "
-                "need their values quoted in label.values (e.g. ['no', 'yes'])"
+                "; the classes are booleans (label.values true/false) but the labels are yes/no/on/off text: "
+                "write the texts as label.values (e.g. [no, yes], read as text)"
             )
         return "".join(hints)
 
