@@ -5,11 +5,13 @@ The Airflow settings are set before anything imports Airflow, because Airflow re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,41 @@ def mlops_home(empty_mlops_home: Path, mlflow_store_template: Path) -> Path:
     store.parent.mkdir(parents=True)
     shutil.copyfile(mlflow_store_template, store)
     return empty_mlops_home
+
+
+def _metadata_db_faults() -> list[str]:
+    """What ``PRAGMA quick_check`` finds wrong in the session's Airflow metadata DB, read through a new
+    connection (the file on disk) and through this process's own pooled one (what its next query reads)."""
+    import sqlite3
+
+    path = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
+    if not path.exists():
+        return []
+    faults = []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as fresh:
+            rows = [str(row[0]) for row in fresh.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as err:
+        rows = [f"{type(err).__name__}: {err}"]
+    if rows != ["ok"]:
+        faults.append(f"the file: {rows[:5]}")
+    settings = sys.modules.get("airflow.settings")
+    engine = getattr(settings, "engine", None)
+    if engine is not None and str(engine.url).startswith("sqlite"):
+        try:
+            with engine.connect() as conn:
+                rows = [str(row[0]) for row in conn.exec_driver_sql("PRAGMA quick_check")]
+        except Exception as err:  # whatever the pooled connection raises is the finding
+            rows = [f"{type(err).__name__}: {err}"]
+        if rows != ["ok"]:
+            faults.append(f"this process's connection: {rows[:5]}")
+    return faults
+
+
+@pytest.fixture(scope="module", autouse=True)
+def metadata_db_intact(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test module leaves the session's Airflow metadata DB whole. One module's DB shared by every test
+    of a worker: a module that corrupted it fails here, by name, instead of the modules that run after it."""
+    yield
+    faults = _metadata_db_faults()
+    assert not faults, f"{request.module.__name__} left the Airflow metadata DB corrupt: {'; '.join(faults)}"

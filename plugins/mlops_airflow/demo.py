@@ -269,6 +269,10 @@ def run_in_process() -> tuple[str, str]:
     from mlops_airflow.core.config import models_dir
     from mlops_airflow.dag_factory import build_dags
 
+    # OpenLineage (when a user configured it) emits from a thread here, not from a forked copy of this process:
+    # dag.test() runs every task in this process, beside open connections to the SQLite metadata DB, which a
+    # forked child must never use
+    os.environ.setdefault("AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD", "True")
     dags = build_dags()
     if DAG_ID not in dags:
         others = sorted(d for d in dags if d.startswith("ct_"))

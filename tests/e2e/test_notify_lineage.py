@@ -108,6 +108,21 @@ def _enable_openlineage(path: Path) -> None:
         manager.add_listener(listener)
 
 
+def _disable_openlineage() -> None:
+    """The provider off again for the modules that run after this one in the same process."""
+    from airflow.providers.openlineage import conf as ol_conf
+    from airflow.providers.openlineage.plugins.listener import get_openlineage_listener
+    from airflow.sdk.listener import get_listener_manager
+
+    manager = get_listener_manager()
+    listener = get_openlineage_listener()
+    if listener in manager.pm.get_plugins():
+        manager.pm.unregister(listener)
+    for value in vars(ol_conf).values():
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
+
+
 def _run(dag_id: str, conf: dict[str, Any] | None = None) -> Any:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -168,6 +183,9 @@ def channels(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "mlops-test",
         # the listener gives emission 10 s by default; a busy shared 2-core machine can take longer
         "AIRFLOW__OPENLINEAGE__EXECUTION_TIMEOUT": "120",
+        # emitted from a thread, not a forked copy of this process: dag.test() runs the tasks here, beside
+        # open connections to the SQLite metadata DB, which a forked child must never use
+        "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "true",
     }
     try:
         with pytest.MonkeyPatch.context() as mp:
@@ -178,6 +196,7 @@ def channels(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             _enable_openlineage(lineage_file)
             yield _make_runs(Channels(inbox, slack_received, lineage_file), home / "mlops" / "data")
     finally:
+        _disable_openlineage()
         smtp.stop()
         slack.shutdown()
 
