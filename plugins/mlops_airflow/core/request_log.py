@@ -19,7 +19,8 @@ written.
 
 Labels that arrive later are joined by ``request_id`` (and ``row`` when a request held several rows):
 :func:`live_metrics` turns them into the metrics of each served version, and the agreement of the shadow
-challenger with the champion.
+challenger with the champion. A request id a client sent with several requests matches one label to several
+answers: those rows are left out and counted as ambiguous, never scored against the wrong answer.
 """
 
 from __future__ import annotations
@@ -151,8 +152,11 @@ def live_metrics(spec: ModelSpec, log: pd.DataFrame, labels: pd.DataFrame) -> di
     :param log: :func:`read_log` rows.
     :param labels: ``request_id``, the spec's label column, and ``row`` when requests held several rows
         (without it a label applies to row 0 of its request).
-    :return: ``{"labelled": n, "by_version": [{"role", "model_version", "rows", "metrics"}, ...],
-        "agreement": share of labelled requests where challenger and champion predicted the same}``.
+    :return: ``{"labelled": n, "ambiguous": m, "by_version": [{"role", "model_version", "rows", "metrics"},
+        ...], "agreement": share of labelled requests where challenger and champion predicted the same}``.
+        A request row answered more than once in one role (a client that sent one ``X-Request-Id`` with
+        several requests) is ambiguous: a label for it cannot tell which answer it belongs to, so none of its
+        answers is scored; ``ambiguous`` counts those labelled rows.
     """
     from mlops_airflow.core.evaluation import Target, compute_metrics
     from mlops_airflow.core.scoring import encode_labels
@@ -165,8 +169,17 @@ def live_metrics(spec: ModelSpec, log: pd.DataFrame, labels: pd.DataFrame) -> di
     keyed = keyed.drop_duplicates(["request_id", "row"], keep="last")
     joined = log.drop(columns=[label], errors="ignore").merge(keyed, on=["request_id", "row"], how="inner")
     joined = joined[joined[label].notna()]
+    twice = joined.duplicated(["request_id", "row", "role"], keep=False)
+    ambiguous = joined.loc[twice, ["request_id", "row"]].drop_duplicates()
+    if len(ambiguous):
+        keys = pd.MultiIndex.from_frame(joined[["request_id", "row"]])
+        joined = joined[~keys.isin(pd.MultiIndex.from_frame(ambiguous))]
     target = Target.of(spec)
-    out: dict[str, Any] = {"labelled": int((joined["role"] == CHAMPION_ROLE).sum()), "by_version": []}
+    out: dict[str, Any] = {
+        "labelled": int((joined["role"] == CHAMPION_ROLE).sum()),
+        "ambiguous": len(ambiguous),
+        "by_version": [],
+    }
     for (role, version), rows in joined.groupby(["role", "model_version"], sort=True):
         y = encode_labels(spec, rows[label])
         metrics = compute_metrics(target, y, _scores(spec, rows), threshold=float(rows["threshold"].iloc[0]))
