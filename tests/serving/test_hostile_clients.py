@@ -233,6 +233,27 @@ def test_duplicate_keys_are_refused_whichever_format_and_depth() -> None:
     assert parse_body(b'[{"age": 30, "Age": 900, " age": 1}]', ["age"], limits) == {"age": [30]}
 
 
+def test_a_flood_of_empty_objects_is_refused_before_it_is_parsed() -> None:
+    """``[{},{},...]``: 5 MB are 1.7 million objects, some 100 MB once parsed, for a body the row limit refuses
+    anyway. The server counts the objects and arrays outside strings first; braces inside text count for nothing."""
+    from mlops_airflow.serving.inputs import InputError
+
+    limits = Limits(10_000, 1000)
+    objects = 5 * 1024 * 1024 // 3
+    flood = b"[" + b"{}," * (objects - 1) + b"{}]"
+    with pytest.raises(InputError, match=rf"{objects + 1} JSON objects or arrays;.* at most 11004; refused before"):
+        parse_body(flood, ["age"], limits)
+    nested = json.dumps([{"age": 1, "region": [[{}]] * 3}] * 4000).encode()  # 4,000 rows, 1 + 4,000 x 8 containers
+    with pytest.raises(InputError, match=r"32001 JSON objects or arrays") as refused:
+        parse_body(nested, ["age", "region"], limits)
+    assert refused.value.status == 413
+    braces = "{[" * 200_000  # text, not structure
+    body = json.dumps([{"age": 41, "region": braces}, {"age": 42, "region": "north"}]).encode()
+    assert parse_body(body, ["age", "region"], limits) == {"age": [41, 42], "region": [braces, "north"]}
+    columns = json.dumps({"inputs": {"age": [41, 42], "region": ["{", "]"]}}).encode()
+    assert parse_body(columns, ["age", "region"], limits) == {"age": [41, 42], "region": ["{", "]"]}
+
+
 def test_a_caller_that_goes_away_never_fails_the_other_requests_of_its_batch(trained) -> None:
     """A request's future is cancelled when its caller goes away (the request task is cancelled, e.g. when the
     ASGI server drops the connection): the requests merged with it must still get their own answers."""

@@ -6,7 +6,8 @@ Accepted bodies (a superset of ``mlflow models serve``): a JSON list of records;
 
 Limits, the same for every format: the body's bytes (``MLOPS_SERVING_MAX_BODY_BYTES``, checked while it is
 read), its rows (``serving.max_rows`` of the spec) and its distinct column names
-(``MLOPS_SERVING_MAX_COLUMNS``, model features included), each refused with 413 before any row is checked.
+(``MLOPS_SERVING_MAX_COLUMNS``, model features included), each refused with 413 before any row is checked;
+a body with more JSON objects and arrays than rows, column lists and wrappers is refused before it is parsed.
 Only the model's features are read: features the spec drops and other extra columns are ignored (but count
 towards the column limit). Parsing and checking cost time linear in the body.
 
@@ -103,11 +104,31 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return record
 
 
+#: A JSON string, escapes included (the unrolled form: linear time, no backtracking).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def _too_many_containers(raw: bytes, wanted: list[str], limits: Limits) -> None:
+    """Refuse, before parsing, a body holding more JSON objects and arrays than any acceptable request: one per
+    row, one per column list, a few wrappers (a cell is never one). Parsed, each costs some 60 bytes of memory
+    per 3 bytes of body (``[{},{},...]``)."""
+    bound = limits.max_rows + max(limits.max_columns, len(wanted)) + 4
+    if raw.count(b"{") + raw.count(b"[") <= bound:  # the common case: no need to look closer
+        return
+    structure = _JSON_STRING.sub(b'""', raw)  # braces inside text are not structure
+    count = structure.count(b"{") + structure.count(b"[")
+    if count > bound:
+        raise InputError(413, f"body holds {count} JSON objects or arrays; a request within serving.max_rows "
+                              f"({limits.max_rows}) and MLOPS_SERVING_MAX_COLUMNS ({limits.max_columns}) holds at "
+                              f"most {bound}; refused before parsing")  # fmt: skip
+
+
 def parse_body(raw: bytes, wanted: list[str], limits: Limits) -> dict[str, list[Any]]:
     """The body's ``wanted`` columns (name -> values, one per row) that it carries, whichever accepted format
     it came in; the other columns are counted against ``limits.max_columns`` and not read."""
     if not raw.strip():
         raise InputError(400, f"empty body: send {FORMATS}")
+    _too_many_containers(raw, wanted, limits)
     try:
         body = json.loads(raw, object_pairs_hook=_unique_keys)
     except DuplicateKeyError as err:
