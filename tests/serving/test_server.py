@@ -153,7 +153,9 @@ def test_champion_moved_to_a_version_no_gate_blessed_is_refused(registrar, model
         "not proven blessed" in refusal["error"]
         and f"version {forged} may not serve: its gate signature" in (refusal["error"])
     )
-    ready = requests.get(f"{server.url}/ready", timeout=30)
+    ready = requests.get(f"{server.url}/ready", timeout=30)  # a probe: no token, no model names
+    assert ready.status_code == 503 and ready.json() == {"ready": False, "waiting": 1}
+    ready = requests.get(f"{server.url}/ready", headers=server.headers, timeout=30)
     assert ready.status_code == 503 and ready.json()["waiting_for"] == [MODEL]
     refused = server.predict(rows(1))
     assert refused.status_code == 503 and refused.json()["error_code"] == "NOT_READY"

@@ -8,7 +8,8 @@
                                     batching counts, the canary's counts and why it stopped
 ``POST /v1/models/<model>/reload``  re-read the registry now (sent by ``promote`` and ``rollback``)
 ``GET /health``, ``/ping``          the process is up (no token: for probes)
-``GET /ready``                      every served model has a version loaded (no token: for probes)
+``GET /ready``                      every served model has a version loaded (no token: for probes; the names of
+                                    the models still waiting only with the token)
 ==================================  ==========================================================================
 
 Every other endpoint needs ``Authorization: Bearer $MLOPS_SERVING_TOKEN`` (compared in constant time, its
@@ -283,10 +284,13 @@ def create_app(server: Server) -> FastAPI:
     # digests of equal length: the comparison takes the same time whatever the caller sends, its length too
     token = hashlib.sha256(server.settings.token.encode()).digest()
 
-    async def authenticated(request: Request) -> None:  # async: no thread hop per request, token or not
+    def holds_token(request: Request) -> bool:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         offered = hashlib.sha256(given.strip().encode()).digest()
-        if not hmac.compare_digest(offered, token) or scheme.lower() != "bearer":
+        return hmac.compare_digest(offered, token) and scheme.lower() == "bearer"
+
+    async def authenticated(request: Request) -> None:  # async: no thread hop per request, token or not
+        if not holds_token(request):
             raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer $MLOPS_SERVING_TOKEN)",
                            "UNAUTHENTICATED")  # fmt: skip
 
@@ -349,9 +353,11 @@ def create_app(server: Server) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/ready")
-    async def ready() -> JSONResponse:
+    async def ready(request: Request) -> JSONResponse:
         waiting = sorted(name for name, slot in server.slots.items() if slot.current is None)
-        body = {"ready": not waiting and bool(server.slots), "waiting_for": waiting}
+        body: dict[str, Any] = {"ready": not waiting and bool(server.slots), "waiting": len(waiting)}
+        if holds_token(request):  # which models this server holds is for the token's holders only
+            body["waiting_for"] = waiting
         return EncodedJSONResponse(body, 200 if body["ready"] else 503)
 
     return app
