@@ -198,3 +198,21 @@ def test_a_model_fitted_on_classes_the_spec_does_not_name_refuses_to_answer():
     pipeline = make_pipeline(LogisticRegression()).fit(frame[["a"]], frame["y"].astype(float))
     with pytest.raises(ValueError, match=r"fitted on class\(es\) 0\.0, 1\.0 that are not among the spec's label"):
         model_output(pipeline, model_input(spec, frame), model_config(spec, 0.5, []))
+
+
+def test_whole_decimal_label_values_are_the_integer_classes_never_booleans():
+    # `values: [0.0, 1.0]` (labels written as the data holds them) read as [False, True]: proba_False, proba_True.
+    spec = make_spec(values=[0.0, 1.0], positive=1.0)
+    assert spec.classes == [0, 1] and all(type(c) is int for c in spec.classes) and spec.positive_label == 1
+    frame = rows().assign(y=lambda f: f["y"].astype("float64"))  # a label column read as 0.0/1.0
+    output, positive = scores(spec, training.fit(spec, {}, frame), frame)
+    assert list(output.columns) == ["prediction", "proba_0", "proba_1"] and set(output["prediction"]) == {0, 1}
+    assert compute_metrics(Target.of(spec), encode_labels(spec, frame["y"]), positive)["roc_auc"] > 0.8
+    for values, named in (([0.5, 1.5], r"label value 0\.5 is not a whole number"),
+                          ([1.0, 1], "label values are not unique"),
+                          ([0, 2**63], r"label value 9223372036854775808 is outside the 64-bit integer range"),
+                          ([float("nan"), 1.0], r"label value nan is not a whole number"),
+                          ([None, 1], r"label value None is no class"),
+                          (["", "x"], r"label value '' is no class: a reader takes an empty")):  # fmt: skip
+        with pytest.raises(ModelSpecError, match=named):
+            make_spec(values=values)

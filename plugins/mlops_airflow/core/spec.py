@@ -304,6 +304,30 @@ class LabelSpec(_Strict):
             )
         return data
 
+    @field_validator("values", "positive", mode="before")
+    @classmethod
+    def _whole_numbers(cls, value: Any) -> Any:
+        """A label value written as a decimal (``0.0``, as a label column read as floats shows it) is the
+        integer class, never a boolean (``0.0`` would validate as ``false``); a fraction is no class."""
+        if isinstance(value, list):
+            for v in value:
+                if v is None or (isinstance(v, str) and not v.strip()):
+                    raise ValueError(
+                        f"label value {v!r} is no class: a reader takes an empty or missing label for a row "
+                        "without one (counted, see max_unlabelled_fraction)"
+                    )
+            return [cls._whole_numbers(v) for v in value]
+        if isinstance(value, float):
+            if not value.is_integer():  # nan and inf too
+                raise ValueError(
+                    f"label value {value!r} is not a whole number: classes are ints, strings or booleans "
+                    f"(quote it, '{value!r}', for a text class)"
+                )
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise ValueError(f"label value {value} is outside the 64-bit integer range a label column can hold")
+        return value
+
     @field_validator("values")
     @classmethod
     def _one_type(cls, values: list[Any] | None) -> list[Any] | None:
