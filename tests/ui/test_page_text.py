@@ -130,6 +130,7 @@ def _page(name: str = MODEL, models_dir: Path | None = None) -> str:
         None,
         estimates=app._estimate_history_of(spec, st),
         replays=app._replay_reports_of(spec),
+        validation=app._validation_of(st),
     )
 
 
@@ -244,6 +245,43 @@ def test_replay_reports_name_their_days_policies_winner_and_link_their_mlflow_ru
     assert f"dags/replay_{MODEL}/runs/manual__2026-02-20T10%3A00%3A00%2B00%3A00" in row
     assert f"A replay never touched the live registry: {html_text(ISOLATION)}" in page
     assert "nan" not in row.lower().replace("manual", "")
+
+
+def test_a_ct_run_whose_data_failed_validation_shows_file_column_rule_and_values(mlops_home, tmp_path) -> None:
+    """The page of a model whose last CT run stopped at validate_data says what broke, as the task log does:
+    file, column, rule and the offending values (text from the data shown as text), the first ten of them."""
+    from mlops_airflow.core import demo_data, settings, tracking
+    from mlops_airflow.core.config import get_spec
+    from mlops_airflow.core.data import write_snapshot
+    from mlops_airflow.core.validation import validate_snapshot
+
+    spec = get_spec(MODEL).model_copy(update={"min_rows": 100})
+    landing = tmp_path / "landing"
+    demo_data.write_batches(landing, range(4), n_rows=200)
+    for path in sorted(landing.glob("batch_*.csv")):  # three broken rules in each of four files: twelve
+        frame = pd.read_csv(path)
+        frame.loc[frame.index[:3], "region"] = "<b>Urgent</b>"
+        frame.loc[frame.index[3], "age"] = 250
+        frame.loc[frame.index[4], "utilization"] = None
+        frame.to_csv(path, index=False)
+    summary = validate_snapshot(spec, write_snapshot(spec, str(landing), str(tmp_path / "snap")))
+    assert not summary.success and len(summary.failed) == 12
+    client = tracking.client_for(settings.default_tracking_uri())
+    tags = {tracking.TAG_KIND: "ct", tracking.TAG_DAG_ID: f"ct_{MODEL}", tracking.TAG_RUN_ID: "manual__x",
+            "mlops.validation": "failed"}  # fmt: skip
+    run = client.create_run(tracking.experiment_id(client, MODEL), tags=tags).info
+    tracking.log_json(client, run.run_id, summary.to_dict(limit=None), "validation/summary.json")  # as validate_data
+    client.set_terminated(run.run_id, "FAILED")
+
+    page = _page()
+    section = page[page.index("<div id='validation-failures'>") :]
+    section = section[: section.index("</div>")]
+    assert "data validation failed: 12 expectation(s) broken in 4 of 4 file(s)" in section
+    assert section.count("<li>") == 10 and "2 more in the MLflow run's validation/summary.json" in section
+    first = summary.failed[0].text()
+    assert f"<li>{html_text(first)}</li>" in section and "batch_2026-01-0" in first
+    assert html_text("'<b>Urgent</b>' (3)") in section and "<b>Urgent" not in section
+    assert "task log of validate_data" not in page  # the page itself says what broke
 
 
 # ---------------------------------------------------------------- what anyone who may write to MLflow can forge

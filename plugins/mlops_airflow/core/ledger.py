@@ -41,6 +41,10 @@ from mlops_airflow.core.trust import DECISION_ARTIFACT, DONE_PREFIX, TAG_PIN_INF
 log = logging.getLogger(__name__)
 
 GATE_REPORT = "gate/report.md"
+#: The validation summary a CT run logs (every broken expectation, with file, column, rule and values).
+VALIDATION_SUMMARY = "validation/summary.json"
+#: Broken expectations the model page lists at most (the artifact keeps every one).
+MAX_VALIDATION_LINES = 10
 COMPARISON = "evaluation/comparison.json"
 DRIFT_REPORT = "drift/report.json"
 DRIFT_PLOTS = "drift/plots"
@@ -575,6 +579,35 @@ def read_json_artifact(client: Any, run_id: str, path: str) -> dict[str, Any] | 
 def gate_report(client: Any, run_id: str) -> str | None:
     """The gate's Markdown report of a CT run (None when the run never reached the gate)."""
     return read_text_artifact(client, run_id, GATE_REPORT, MAX_REPORT_BYTES)
+
+
+@dataclass(frozen=True)
+class ValidationFailures:
+    """Why a CT run's data failed validation: the headline and one line per broken expectation (file, column,
+    rule, counts, offending values), the first :data:`MAX_VALIDATION_LINES`; plain text, for the page to escape."""
+
+    headline: str
+    lines: list[str]
+    total: int
+
+
+def validation_failures(client: Any, run_id: str) -> ValidationFailures | None:
+    """The broken expectations of a CT run, from its ``validation/summary.json`` (None when it has none)."""
+    from mlops_airflow.core.validation import failure_text, one_line
+
+    summary = read_json_artifact(client, run_id, VALIDATION_SUMMARY)
+    if summary is None:
+        return None
+    failed = [f for f in summary.get("failed") or [] if isinstance(f, dict)]
+    lines = []
+    for failure in failed[:MAX_VALIDATION_LINES]:
+        template, slots = failure_text(failure)
+        lines.append(one_line(template.format(*(one_line(v) for v in slots))))
+    total = summary.get("failed_count")
+    total = total if isinstance(total, int) and not isinstance(total, bool) and total >= len(failed) else len(failed)
+    message = summary.get("message")
+    headline = one_line(message.splitlines()[0]) if isinstance(message, str) and message.strip() else ""
+    return ValidationFailures(headline or f"data validation failed: {total} expectation(s) broken", lines, total)
 
 
 def gate_decision(client: Any, run_id: str) -> dict[str, Any] | None:

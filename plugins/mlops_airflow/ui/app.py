@@ -487,7 +487,18 @@ def _trend(spec: Any, st: Any, points: list[Any] | None) -> str:
     return f"<h2>Metric trend</h2>{svg}{legend}"
 
 
-def _last_ct(st: Any, report: str | None) -> str:
+def _validation_failures(failures: Any) -> str:
+    """What broke in the data of a CT run whose validation failed: file, column, rule, offending values."""
+    if failures is None:
+        return "<p>The data failed validation; the task log of validate_data lists file, column, rule.</p>"
+    items = "".join(f"<li>{e(line)}</li>" for line in failures.lines)
+    more = len(failures.lines) < failures.total
+    rest = f"<p class='muted'>{failures.total - len(failures.lines)} more in the MLflow run's validation/summary.json" \
+        "</p>" if more else ""  # fmt: skip
+    return f"<div id='validation-failures'><p>{e(failures.headline)}</p><ul>{items}</ul>{rest}</div>"
+
+
+def _last_ct(st: Any, report: str | None, failures: Any = None) -> str:
     ct, exp = st.last_ct, st.experiment_id
     if ct is None:
         return "<h2>Last CT run</h2><p class='muted'>none yet</p>"
@@ -511,7 +522,7 @@ def _last_ct(st: Any, report: str | None) -> str:
             f"{render_markdown(report)}</div></details>"
         )
     elif ct.validation == "failed":
-        parts.append("<p>The data failed validation; the task log of validate_data lists file, column, rule.</p>")
+        parts.append(_validation_failures(failures))
     parts.append("</div>")
     return "".join(parts)
 
@@ -631,6 +642,7 @@ def render_model(
     trend: list[Any] | None = None,
     estimates: Any = None,
     replays: list[Any] | None = None,
+    validation: Any = None,
 ) -> str:
     """The model's page: the champion, the promotion ledger, what served when, the metric trend, the last CT
     run (its gate report folded), drift, the estimate against the realised metric, the replay reports.
@@ -646,7 +658,7 @@ def render_model(
     parts.append(_ledger(st))
     parts.append(_served_at(at, served, error))
     parts.append(_trend(spec, st, trend))
-    parts.append(_last_ct(st, report))
+    parts.append(_last_ct(st, report, validation))
     parts.append(_drift_section(spec, st))
     if estimates is not None:
         parts.append(_estimate_history(spec, estimates))
@@ -728,6 +740,15 @@ def _parse_at(at: str | None) -> tuple[dt.datetime | None, str | None]:
     return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)), None
 
 
+def _validation_of(st: Any) -> Any:
+    """The broken expectations of the last CT run, when its data failed validation."""
+    from mlops_airflow.core.ledger import validation_failures
+
+    if st.last_ct is None or st.last_ct.validation != "failed":
+        return None
+    return validation_failures(_client(), st.last_ct.mlflow_run_id)
+
+
 @app.get("/models/{name}", response_class=HTMLResponse)
 async def model_page(name: str, user: UserDep, at: str | None = None) -> HTMLResponse:
     from mlops_airflow.core.ledger import gate_report, served_at
@@ -737,6 +758,7 @@ async def model_page(name: str, user: UserDep, at: str | None = None) -> HTMLRes
     report = None
     if st.last_ct is not None:
         report = await asyncio.to_thread(gate_report, _client(), st.last_ct.mlflow_run_id)
+    validation = await asyncio.to_thread(_validation_of, st)
     moment, error = _parse_at(at)
     served = served_at(st.ledger, moment) if moment else None
     breach = await asyncio.to_thread(_fairness_breach, st)
@@ -755,6 +777,7 @@ async def model_page(name: str, user: UserDep, at: str | None = None) -> HTMLRes
         trend=trend,
         estimates=estimates,
         replays=replays,
+        validation=validation,
     )
     return _page(f"{name}: model", stuck + page)
 
