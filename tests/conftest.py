@@ -36,6 +36,22 @@ os.environ.update(
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("MLOPS_MODELS_DIR", None)
 
+_METADATA_DB = str(_SESSION_HOME / "airflow" / "airflow.db")
+
+
+def _metadata_db_opened_as_a_file(event: str, args: tuple[object, ...]) -> None:
+    """No Python code of a test process opens the metadata DB (or its -wal, -shm) as a plain file. The DB is in
+    WAL mode and open in this process: closing any other descriptor of it drops the locks this process holds on
+    it (POSIX), and the next process to close the DB then deletes the WAL under this one's feet ("disk I/O
+    error", "database disk image is malformed"). SQLite's own opens are not Python's and pass; copy the DB with
+    ``sqlite3``'s backup API."""
+    opened = args[0] if event == "open" and args else None
+    if isinstance(opened, str | os.PathLike) and os.fspath(opened).startswith(_METADATA_DB):
+        raise PermissionError(f"{args[0]}: the session's live metadata DB; copy it with sqlite3's backup API")
+
+
+sys.addaudithook(_metadata_db_opened_as_a_file)
+
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:

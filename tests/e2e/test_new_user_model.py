@@ -95,6 +95,17 @@ def land(folder: Path, day: int, rng: np.random.Generator) -> pd.DataFrame:
     return frame
 
 
+def copy_sqlite(source: Path, target: Path) -> None:
+    """A copy of a live SQLite DB through SQLite's backup API. Never by reading the file: the session's metadata
+    DB is in WAL mode and open in this process, and closing any other descriptor of the file drops the locks
+    this process holds on it (POSIX), so the next process to close it deletes the WAL from under this one."""
+    import contextlib
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
 def test_the_documented_commands_train_score_and_watch_a_new_users_model(
     tmp_path: Path, airflow_db: Path, mlflow_store_template: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -112,7 +123,7 @@ def test_the_documented_commands_train_score_and_watch_a_new_users_model(
     (checkout / "include" / "models" / f"{model}.yaml").write_text(spec_text)
     local = checkout / ".local"
     (local / "airflow").mkdir(parents=True)
-    shutil.copy(airflow_db / "airflow.db", local / "airflow" / "airflow.db")
+    copy_sqlite(airflow_db / "airflow.db", local / "airflow" / "airflow.db")
     (local / "mlflow").mkdir()
     shutil.copy(mlflow_store_template, local / "mlflow" / "mlflow.db")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLOPS", "MLFLOW_TRACKING"))}
