@@ -93,6 +93,20 @@ def test_transformer_symlinked_out_of_include_is_refused(tmp_path, monkeypatch):
         load_model_spec(path)
 
 
+def test_a_transformer_module_in_the_models_folder_is_refused(tmp_path, monkeypatch):
+    """The models folder holds specs, which may be written by whoever may add a model: a Python file beside them
+    is not code reviewed with the DAGs, so a spec may not name it (config never becomes code)."""
+    include = tmp_path / "include"
+    models = include / "models"
+    models.mkdir(parents=True)
+    (models / "helpers.py").write_text("def make():\n    raise SystemExit('code from the models folder ran')\n")
+    monkeypatch.setenv("MLOPS_INCLUDE_DIR", str(include))
+    monkeypatch.setenv("MLOPS_MODELS_DIR", str(models))
+    path = spec_from(tmp_path, "tumour_diagnosis", lambda d: d["features"][5].update(transformer="models.helpers:make"))
+    with pytest.raises(ModelSpecError, match=r"'models\.helpers' lies in the models folder .* where specs live"):
+        load_model_spec(path)
+
+
 def test_transformer_factory_is_imported_at_task_time_from_include(monkeypatch):
     import sys
 

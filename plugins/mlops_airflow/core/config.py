@@ -172,7 +172,8 @@ def module_file(factory: str) -> Path:
     """The file under ``include/`` that holds a ``module:function`` transformer factory.
 
     The dotted module is a path relative to ``include/``; the resolved file (symlinks followed) must lie
-    inside ``include/``, so a spec can only name code that is reviewed with the DAGs.
+    inside ``include/`` and outside the models folder, so a spec can only name code that is reviewed with
+    the DAGs, never a file dropped beside the specs by whoever may add a model.
     """
     module, _, _ = factory.partition(":")
     root = include_dir().resolve()
@@ -180,6 +181,12 @@ def module_file(factory: str) -> Path:
     resolved = path.resolve()
     if not resolved.is_relative_to(root) or not resolved.is_file():
         raise ModelSpecError(f"transformer: {factory!r}: no module {module!r} under {root} (expected {path})")
+    specs = models_dir().resolve()
+    if resolved.is_relative_to(specs):
+        raise ModelSpecError(
+            f"transformer: {factory!r}: module {module!r} lies in the models folder {specs}, where specs live; "
+            "a transformer is code: keep it under include/ outside the models folder (e.g. include/transforms/)"
+        )
     return resolved
 
 
