@@ -75,6 +75,15 @@ def set_estimator(**fields):
             "estimator.class",
             "has no predict_proba",
         ),
+        # A meta-estimator whose estimator defaults to None: no YAML value makes it fit (it passed the parse and
+        # failed at task time with "'NoneType' object has no attribute '__sklearn_tags__'").
+        (
+            set_estimator(
+                **{"class": "sklearn.semi_supervised.SelfTrainingClassifier", "params": {}, "search_space": {}}
+            ),
+            "estimator.class",
+            "is not a scikit-learn classifier that can be built from YAML values",
+        ),
         (set_estimator(params={"max_iter": 10, "evil": 1}), "estimator.params", "['evil'] are not parameters"),
         (set_estimator(search_space={"learning_rat": [0.1]}), "estimator.search_space", "['learning_rat']"),
         (set_estimator(search_space={"learning_rate": []}), "estimator.search_space.learning_rate", "empty list"),

@@ -1045,12 +1045,6 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "predict_proba": True,
         "sample_weight": False,
     },
-    "sklearn.semi_supervised.SelfTrainingClassifier": {
-        "kind": "classifier",
-        "params": ["criterion", "estimator", "k_best", "max_iter", "threshold", "verbose"],
-        "predict_proba": False,
-        "sample_weight": False,
-    },
     "sklearn.svm.LinearSVC": {
         "kind": "classifier",
         "params": [

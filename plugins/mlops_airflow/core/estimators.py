@@ -70,6 +70,17 @@ def load_estimator_class(path: str, task: str) -> type:
     return cls
 
 
+def _knows_its_kind(instance: Any) -> bool:
+    """Whether scikit-learn can tell what the estimator built with its defaults is (a classifier or a
+    regressor); a meta-estimator whose estimator defaults to None cannot, and cannot fit either."""
+    from sklearn.base import is_classifier, is_regressor
+
+    try:
+        return bool(is_classifier(instance) or is_regressor(instance))
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def build_catalogue() -> dict[str, dict[str, Any]]:
     """Every public classifier and regressor of the installed scikit-learn with no required constructor argument."""
     import warnings
@@ -98,6 +109,8 @@ def build_catalogue() -> dict[str, dict[str, Any]]:
                 if required:  # meta-estimators need an estimator object: not expressible as data
                     continue
                 instance = estimator_cls()
+                if not _knows_its_kind(instance):  # a meta-estimator whose default (None) estimator cannot fit
+                    continue
                 catalogue[f"{public}.{name}"] = {
                     "kind": kind,
                     "params": sorted(p for p in params if p != "self" and params[p].kind is not params[p].VAR_KEYWORD),
