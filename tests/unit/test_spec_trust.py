@@ -84,6 +84,12 @@ def set_estimator(**fields):
             "estimator.class",
             "is not a scikit-learn classifier that can be built from YAML values",
         ),
+        # A multi-task regressor never fits one label column ("For mono-task outputs, use ElasticNet").
+        (
+            set_estimator(**{"class": "sklearn.linear_model.MultiTaskLasso", "params": {}, "search_space": {}}),
+            "estimator.class",
+            "is not a scikit-learn classifier that can be built from YAML values",
+        ),
         (set_estimator(params={"max_iter": 10, "evil": 1}), "estimator.params", "['evil'] are not parameters"),
         (set_estimator(search_space={"learning_rat": [0.1]}), "estimator.search_space", "['learning_rat']"),
         (set_estimator(search_space={"learning_rate": []}), "estimator.search_space.learning_rate", "empty list"),

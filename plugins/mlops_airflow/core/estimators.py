@@ -70,13 +70,16 @@ def load_estimator_class(path: str, task: str) -> type:
     return cls
 
 
-def _knows_its_kind(instance: Any) -> bool:
-    """Whether scikit-learn can tell what the estimator built with its defaults is (a classifier or a
-    regressor); a meta-estimator whose estimator defaults to None cannot, and cannot fit either."""
+def _fits_one_label(instance: Any) -> bool:
+    """Whether the estimator built with its defaults can fit a model's one label column: scikit-learn can tell
+    what it is (a meta-estimator whose estimator defaults to None cannot, and cannot fit either) and it takes a
+    single target (``MultiTaskLasso`` and its kin refuse one: "For mono-task outputs, use ElasticNet")."""
     from sklearn.base import is_classifier, is_regressor
 
     try:
-        return bool(is_classifier(instance) or is_regressor(instance))
+        if not (is_classifier(instance) or is_regressor(instance)):
+            return False
+        return bool(instance.__sklearn_tags__().target_tags.single_output)
     except (AttributeError, TypeError, ValueError):
         return False
 
@@ -109,7 +112,7 @@ def build_catalogue() -> dict[str, dict[str, Any]]:
                 if required:  # meta-estimators need an estimator object: not expressible as data
                     continue
                 instance = estimator_cls()
-                if not _knows_its_kind(instance):  # a meta-estimator whose default (None) estimator cannot fit
+                if not _fits_one_label(instance):
                     continue
                 catalogue[f"{public}.{name}"] = {
                     "kind": kind,
