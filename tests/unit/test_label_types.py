@@ -216,3 +216,14 @@ def test_whole_decimal_label_values_are_the_integer_classes_never_booleans():
                           (["", "x"], r"label value '' is no class: a reader takes an empty")):  # fmt: skip
         with pytest.raises(ModelSpecError, match=named):
             make_spec(values=values)
+
+
+def test_an_estimator_that_cannot_take_the_rows_is_named_with_the_label_and_its_rule():
+    # A Poisson regressor on labels below zero: scikit-learn's "Some value(s) of y are out of the valid range of the
+    # loss 'HalfPoissonLoss'" named neither the model, the estimator nor the label column.
+    spec = make_spec(task="regression", estimator={"class": "sklearn.linear_model.PoissonRegressor"})
+    frame = rows().assign(y=lambda f: f["a"])  # about half of them negative
+    with pytest.raises(RowsError, match=r"probe: sklearn\.linear_model\.PoissonRegressor cannot fit the 240 "
+                                        r"training row\(s\) \(label 'y'\): .*valid range of the loss"):  # fmt: skip
+        training.fit(spec, {}, frame)
+    assert set(training.fit(spec, {}, frame.assign(y=lambda f: f["y"].abs())).predict(frame) >= 0) == {True}

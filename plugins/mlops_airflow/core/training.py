@@ -473,7 +473,13 @@ def fit(spec: ModelSpec, params: dict[str, Any], rows: pd.DataFrame) -> Pipeline
         from sklearn.utils.class_weight import compute_sample_weight
 
         fit_params["model__sample_weight"] = compute_sample_weight("balanced", y.astype(str))
-    pipeline.fit(x, y, **fit_params)
+    try:
+        pipeline.fit(x, y, **fit_params)
+    except ValueError as err:  # the estimator's own rule about its inputs, e.g. Poisson labels >= 0
+        raise RowsError(
+            f"{spec.name}: {spec.estimator.cls} cannot fit the {len(x)} training row(s) (label "
+            f"{spec.label.name!r}): {err}"
+        ) from err
     return pipeline
 
 

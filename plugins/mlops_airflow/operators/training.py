@@ -225,14 +225,16 @@ SELECTION_ARTIFACT = "selection/candidate.json"
 
 @contextlib.contextmanager
 def refused_split() -> Iterator[None]:
-    """A window too small to select or gate on fails the task without retries (the data will not change)."""
+    """A window too small to select or gate on, or rows the spec or the estimator cannot take (a ``log: true``
+    value below -1, a Poisson label below 0), fail the task without retries: the data will not change."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from mlops_airflow.core.errors import RowsError
     from mlops_airflow.core.training import SplitError
 
     try:
         yield
-    except SplitError as err:
+    except (SplitError, RowsError) as err:
         raise AirflowFailException(str(err)) from None
 
 
