@@ -165,10 +165,18 @@ class TaskProgress:
         self.terminal.flush()
 
 
+#: The last line the capture writes into its own pipe: the reader stops there, whoever else still holds the pipe.
+_CAPTURE_END = "\x00mlops-demo: end of the captured output"
+
+
 @contextlib.contextmanager
 def captured_output(log: TextIO, on_line: Callable[[str], None] | None = None) -> Iterator[None]:
     """Send everything written to this process's stdout and stderr (file descriptors 1 and 2, where Airflow's
-    task logging writes) to ``log`` instead of the terminal, each line also to ``on_line``."""
+    task logging writes) to ``log`` instead of the terminal, each line also to ``on_line``.
+
+    The capture ends when this process's own output does: processes started inside the block (the smoke test's
+    forkserver lives as long as this process) inherit the pipe, so its end is marked by a last line written
+    after descriptors 1 and 2 are given back, not awaited as the pipe's end of file."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -176,7 +184,6 @@ def captured_output(log: TextIO, on_line: Callable[[str], None] | None = None) -
     read_end, write_end = os.pipe()
     os.dup2(write_end, 1)
     os.dup2(write_end, 2)
-    os.close(write_end)
     # Python's own streams too, in case they were replaced by objects not writing to the descriptors
     sys.stdout = sys.stderr = os.fdopen(os.dup(1), "w", buffering=1, errors="replace")
 
@@ -184,20 +191,24 @@ def captured_output(log: TextIO, on_line: Callable[[str], None] | None = None) -
         with os.fdopen(read_end, "rb") as source:
             for raw in source:
                 line = raw.decode(errors="replace").rstrip("\n")
+                if line == _CAPTURE_END:
+                    break
                 log.write(line + "\n")
                 if on_line is not None:
                     on_line(line)
         log.flush()
 
-    reader = threading.Thread(target=pump, daemon=True)
+    reader = threading.Thread(target=pump, name="demo-output", daemon=True)
     reader.start()
     try:
         yield
     finally:
         sys.stdout.close()
         sys.stdout, sys.stderr = streams
-        os.dup2(saved[0], 1)  # closes the pipe's last write end: the reader sees its end
+        os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
+        os.write(write_end, (_CAPTURE_END + "\n").encode())  # after everything this process wrote there
+        os.close(write_end)
         reader.join(timeout=30)
         for fd in saved:
             os.close(fd)
@@ -267,6 +278,7 @@ def run_in_process() -> tuple[str, str]:
     """``dag.test()`` here: one line per task on the terminal, the full output in a log file, each task's part
     also where the Airflow UI reads task logs: (run id, final state)."""
     from mlops_airflow.core.config import models_dir
+    from mlops_airflow.core.fresh_process import start_server
     from mlops_airflow.dag_factory import build_dags
 
     # OpenLineage (when a user configured it) emits from a thread here, not from a forked copy of this process:
@@ -296,6 +308,9 @@ def run_in_process() -> tuple[str, str]:
 
         dag = dags[DAG_ID]
         with path.open("w") as log, captured_output(log, on_line):
+            # the smoke test's pre-warmed interpreter imports the training stack while the first tasks run
+            # (its output, if any, goes to the log)
+            start_server()
             dag_run = dag.test(run_conf={"reason": "make demo"})
         for key, state in never_ran(dag, dag_run.run_id, set(progress.started)):
             progress.show(key, state, None)
