@@ -362,6 +362,43 @@ def test_another_runs_interrupted_rollback_is_finished_and_this_one_stops(
     assert aliases(client) == {CHAMPION: "1", PREVIOUS_CHAMPION: "2"}
 
 
+def test_a_long_reason_never_breaks_the_records_a_later_move_reads(client: Any, two_champions: ModelRegistry) -> None:
+    """A rollback reason of 6,000 characters (any text a trigger form takes, emoji and quotes included): the move's
+    records (intent, pin, done marker, each a JSON registered-model tag of at most 5,000 characters) were cut at
+    5,000 characters into invalid JSON, and the next promotion or rollback failed on "is not JSON" for good. The
+    reason is shortened to fit, marked as shortened; a move interrupted after its intent is finished by the next."""
+    reason = 'v2 "misprices" \U0001f4a5\n' * 300 + "the end"
+    with pytest.raises(Crash):  # dies after its intent and the previous_champion write
+        ModelRegistry(CrashingClient(client, 2), MODEL, signing_key=KEY).rollback(reason, PERSON)
+    assert aliases(client)[CHAMPION] == "2"
+    move = two_champions.rollback(reason, PERSON)  # the same run, retried: it finishes its own move
+    assert move.to_version == "1" and aliases(client)[CHAMPION] == "1"
+    tags = model_tags(client)
+    records = {k: json.loads(v) for k, v in tags.items() if v.startswith("{")}  # every JSON record parses
+    pin = records[TAG_PIN_INFO]
+    assert len(tags[TAG_PIN_INFO]) <= 5000 and pin["reason"].startswith('v2 "misprices" \U0001f4a5')
+    assert pin["reason"].endswith("[shortened]") and "the end" not in pin["reason"]
+    assert two_champions.unpin(reason, Actor("rollback_churn", "manual__unpin", "bob")) == "1"
+    v3 = ct_version(client, judged_against="1")
+    assert two_champions.promote(v3, reason, ct(v3)).outcome == "promoted"
+
+
+def test_the_champion_ledger_keeps_fewer_moves_rather_than_being_cut_into_invalid_json(
+    client: Any, two_champions: ModelRegistry
+) -> None:
+    """DAG run ids may take 250 characters: forty such moves do not fit the ledger's 5,000-character tag. The
+    oldest moves give way; the ledger was cut into invalid JSON and every later move failed on reading it."""
+    for n in range(40):
+        run_id = f"manual__{n:03d}" + "x" * 240
+        at = f"2026-01-01T00:{n:02d}:00+00:00"
+        two_champions._record_move(
+            {"op": "promote", "from": "1", "to": "2", "at": at, "dag_id": "ct_churn", "run_id": run_id}
+        )
+    ledger = two_champions.ledger()  # it parses
+    assert 10 <= len(ledger) < 40 and ledger[-1]["run_id"].startswith("manual__039")
+    assert len(model_tags(client)["mlops.champion.ledger"]) <= 5000
+
+
 def test_a_gate_decision_over_the_read_cap_is_no_blessing_and_is_not_downloaded(client: Any) -> None:
     """Anyone who can write to the tracking server can replace gate/decision.json with a huge file: it is
     refused by its listed size (never read into memory) and the version is not servable."""

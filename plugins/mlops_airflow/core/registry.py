@@ -38,6 +38,8 @@ TAG_RUN_ID = "airflow.run_id"
 # registered-model tags
 TAG_INTENT = "mlops.champion.intent"  # JSON: the alias move in progress
 TAG_LEDGER = "mlops.champion.ledger"  # JSON list: the last LEDGER_SIZE champion moves, oldest first
+#: Characters a registered-model tag holds (MLflow's column).
+MAX_MODEL_TAG_CHARS = 5000
 LEDGER_SIZE = 40  # a registered-model tag holds 5,000 characters; one entry takes about 110
 
 
@@ -207,8 +209,13 @@ class AliasStore:
             raise self._fail("reading tags", err) from err
 
     def _set_model_tag(self, key: str, value: str) -> None:
+        if len(value) > MAX_MODEL_TAG_CHARS:  # cut, a JSON record would no longer parse: refused whole instead
+            raise RegistryError(
+                f"model registry: tag {key!r} of {self.name!r} would hold {len(value)} characters; a registered "
+                f"model's tag holds {MAX_MODEL_TAG_CHARS}"
+            )
         try:
-            self.client.set_registered_model_tag(self.name, key, value[:5000])
+            self.client.set_registered_model_tag(self.name, key, value)
         except MlflowException as err:
             raise self._fail(f"setting tag {key!r}", err) from err
 
@@ -243,7 +250,12 @@ class AliasStore:
         entries = self.ledger()
         if entry in entries:
             return
-        self._set_model_tag(TAG_LEDGER, json.dumps([*entries, entry][-LEDGER_SIZE:], separators=(",", ":")))
+        kept = [*entries, entry][-LEDGER_SIZE:]
+        text = json.dumps(kept, separators=(",", ":"))
+        while len(text) > MAX_MODEL_TAG_CHARS and len(kept) > 1:  # long run ids: fewer of the oldest moves
+            kept = kept[1:]
+            text = json.dumps(kept, separators=(",", ":"))
+        self._set_model_tag(TAG_LEDGER, text)
 
     def rollback_target(self) -> str | None:
         """The default version a rollback serves: the last good champion before the current one.

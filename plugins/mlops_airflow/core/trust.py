@@ -25,6 +25,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mlops_airflow.core.encoding import clean_text
 from mlops_airflow.core.registry import (
     CHALLENGER,
     CHAMPION,
@@ -50,6 +51,27 @@ TAG_PIN_INFO = "mlops.champion.pinned_by"  # JSON: who, why, when, which DAG run
 TAG_UNPINNED = "mlops.champion.unpinned"  # JSON: the last unpin
 DONE_PREFIX = "mlops.rollback.done."  # + digest of the rollback's DAG run: JSON of the finished move
 DECISION_ARTIFACT = "gate/decision.json"
+#: Characters a reason may take in a move's JSON records (intent, pin, done marker, unpin), escapes included:
+#: each record is a registered-model tag of at most 5,000 characters, and every other field is short.
+REASON_JSON_CHARS = 2000
+SHORTENED = " [shortened]"
+
+
+def fitted_reason(reason: str) -> str:
+    """``reason`` as a move records it: valid text, shortened (and marked so) until its JSON form fits
+    :data:`REASON_JSON_CHARS`. A record cut at the tag's limit instead was invalid JSON, and every later move
+    failed on reading it."""
+    text = clean_text(str(reason)).strip()
+    if len(json.dumps(text)) <= REASON_JSON_CHARS:
+        return text
+    low, high = 0, len(text)  # the longest prefix that fits with the mark
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(json.dumps(text[:middle].rstrip() + SHORTENED)) <= REASON_JSON_CHARS:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low].rstrip() + SHORTENED
 
 
 class UnblessedVersionError(RegistryError):
@@ -302,7 +324,13 @@ class ModelRegistry(AliasStore):
                 f"{expected or '(none)'}",
                 at,
             )
-        intent = {"op": "promote", "from": current, "to": version, "unpin": pinned is not None, "reason": reason}
+        intent = {
+            "op": "promote",
+            "from": current,
+            "to": version,
+            "unpin": pinned is not None,
+            "reason": fitted_reason(reason),
+        }
         return self._apply({**intent, **asdict(actor), "at": at})
 
     def rollback(self, reason: str, actor: Actor, version: str | None = None) -> AliasMove:
@@ -344,7 +372,12 @@ class ModelRegistry(AliasStore):
             self.verify_blessed(target_version)
         except UnblessedVersionError as err:
             raise UnblessedVersionError(f"{err}; blessed versions are {self._blessed_list()}") from None
-        intent = {"op": "rollback", "from": self._champion_version(), "to": target_version, "reason": reason}
+        intent = {
+            "op": "rollback",
+            "from": self._champion_version(),
+            "to": target_version,
+            "reason": fitted_reason(reason),
+        }
         return self._apply({**intent, **asdict(actor), "at": utc_now()})
 
     def _blessed_list(self) -> str:
@@ -357,7 +390,7 @@ class ModelRegistry(AliasStore):
         self._finish_pending()
         pinned = self.pinned()
         if pinned is not None:
-            self._release_pin({"version": pinned, "reason": reason, **asdict(actor), "at": utc_now()})
+            self._release_pin({"version": pinned, "reason": fitted_reason(reason), **asdict(actor), "at": utc_now()})
         return pinned
 
     def _release_pin(self, record: dict[str, Any]) -> None:
@@ -382,7 +415,9 @@ class ModelRegistry(AliasStore):
         try:
             intent = json.loads(raw)
         except ValueError as err:
-            raise RegistryError(f"model registry: tag {TAG_INTENT} of {self.name!r} is not JSON: {raw!r}") from err
+            raise RegistryError(
+                f"model registry: tag {TAG_INTENT} of {self.name!r} is not JSON: {raw[:200]!r}"
+            ) from err
         if self._champion_version() not in (intent.get("from"), intent.get("to")):
             self._delete_model_tag(TAG_INTENT)
             return None
