@@ -383,6 +383,24 @@ def test_a_long_reason_never_breaks_the_records_a_later_move_reads(client: Any, 
     assert two_champions.promote(v3, reason, ct(v3)).outcome == "promoted"
 
 
+@pytest.mark.parametrize("raw", ['{"op": "rollback", "reason": "cut sh', "[1, 2]", '{"op": "promote"}'])
+def test_a_record_cut_short_or_written_by_hand_says_how_to_go_on(
+    client: Any, two_champions: ModelRegistry, raw: str
+) -> None:
+    """A registry left with a cut intent (by a release that cut long records) or a hand-written one: every move
+    refuses, naming the tag and how to go on, instead of a JSON traceback or a KeyError."""
+    client.set_registered_model_tag(MODEL, TAG_INTENT, raw)
+    v3 = ct_version(client, judged_against="2")
+    way_out = rf"delete_registered_model_tag\('{MODEL}', '{TAG_INTENT}'\)"
+    with pytest.raises(RegistryError, match=rf"tag '{TAG_INTENT}' of '{MODEL}' is not a JSON record.*{way_out}"):
+        two_champions.promote(v3, "gate", ct(v3))
+    with pytest.raises(RegistryError, match=way_out):
+        two_champions.rollback("v2 misprices", PERSON)
+    assert aliases(client) == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}  # nothing moved
+    client.delete_registered_model_tag(MODEL, TAG_INTENT)  # the way out, as the message gives it
+    assert two_champions.promote(v3, "gate", ct(v3)).outcome == "promoted"
+
+
 def test_the_champion_ledger_keeps_fewer_moves_rather_than_being_cut_into_invalid_json(
     client: Any, two_champions: ModelRegistry
 ) -> None:

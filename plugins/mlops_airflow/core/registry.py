@@ -89,6 +89,16 @@ def version_or_none(value: Any) -> str | None:
     return None if value in (None, "", "None") else str(value)
 
 
+def unreadable_record(model: str, key: str, raw: str) -> RegistryError:
+    """The error for a registered-model tag that should hold a JSON record and does not, with the way out."""
+    return RegistryError(
+        f"model registry: tag {key!r} of {model!r} is not a JSON record ({raw[:200]!r}): cut short (a release "
+        "before reasons were shortened cut records at 5,000 characters) or written by hand. Check the aliases of "
+        f"{model!r} in MLflow, then delete the tag to go on: "
+        f"MlflowClient().delete_registered_model_tag({model!r}, {key!r})"
+    )
+
+
 class AliasStore:
     """Registered model ``name`` in the registry behind ``client``: its versions, aliases and tags.
 
@@ -237,9 +247,7 @@ class AliasStore:
         try:
             entries = json.loads(raw)
         except ValueError as err:
-            raise RegistryError(
-                f"model registry: tag {TAG_LEDGER} of {self.name!r} is not JSON: {raw[:200]!r}"
-            ) from err
+            raise unreadable_record(self.name, TAG_LEDGER, raw) from err
         if not isinstance(entries, list):
             raise RegistryError(f"model registry: tag {TAG_LEDGER} of {self.name!r} is not a JSON list")
         return [e for e in entries if isinstance(e, dict) and e.get("to")]

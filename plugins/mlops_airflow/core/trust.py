@@ -38,6 +38,7 @@ from mlops_airflow.core.registry import (
     AliasMove,
     AliasStore,
     RegistryError,
+    unreadable_record,
     utc_now,
     version_or_none,
 )
@@ -349,7 +350,12 @@ class ModelRegistry(AliasStore):
             )
         done = self.model_tags().get(_done_key(actor))
         if done:
-            record = json.loads(done)
+            try:
+                record = json.loads(done)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or not {"to", "from"} <= record.keys():
+                raise unreadable_record(self.name, _done_key(actor), done)
             return AliasMove(
                 self.name, CHAMPION, record["to"], record["from"], False, utc_now(), "already done by this run"
             )
@@ -415,9 +421,9 @@ class ModelRegistry(AliasStore):
         try:
             intent = json.loads(raw)
         except ValueError as err:
-            raise RegistryError(
-                f"model registry: tag {TAG_INTENT} of {self.name!r} is not JSON: {raw[:200]!r}"
-            ) from err
+            raise unreadable_record(self.name, TAG_INTENT, raw) from err
+        if not isinstance(intent, dict) or not {"op", "from", "to", "at"} <= intent.keys():
+            raise unreadable_record(self.name, TAG_INTENT, raw)
         if self._champion_version() not in (intent.get("from"), intent.get("to")):
             self._delete_model_tag(TAG_INTENT)
             return None
