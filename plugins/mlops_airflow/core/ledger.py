@@ -593,16 +593,13 @@ class ValidationFailures:
 
 def validation_failures(client: Any, run_id: str) -> ValidationFailures | None:
     """The broken expectations of a CT run, from its ``validation/summary.json`` (None when it has none)."""
-    from mlops_airflow.core.validation import failure_text, one_line
+    from mlops_airflow.core.validation import failure_line, one_line
 
     summary = read_json_artifact(client, run_id, VALIDATION_SUMMARY)
     if summary is None:
         return None
     failed = [f for f in summary.get("failed") or [] if isinstance(f, dict)]
-    lines = []
-    for failure in failed[:MAX_VALIDATION_LINES]:
-        template, slots = failure_text(failure)
-        lines.append(one_line(template.format(*(one_line(v) for v in slots))))
+    lines = [failure_line(failure) for failure in failed[:MAX_VALIDATION_LINES]]
     total = summary.get("failed_count")
     total = total if isinstance(total, int) and not isinstance(total, bool) and total >= len(failed) else len(failed)
     message = summary.get("message")

@@ -120,9 +120,15 @@ class FailedExpectation:
         return jsonable(data)
 
     def text(self) -> str:
-        """The failure as one line of the validation message (:func:`failure_text`, rendered as plain text)."""
-        template, slots = failure_text(self.to_dict())
-        return template.format(*(one_line(v) for v in slots))
+        """The failure as one line of the validation message (:func:`failure_line`)."""
+        return failure_line(self.to_dict())
+
+
+def failure_line(failure: Mapping[str, Any]) -> str:
+    """One broken expectation (:meth:`FailedExpectation.to_dict`, from XCom or the MLflow summary) as one line
+    of plain text: :func:`failure_text` with every slot made one line."""
+    template, slots = failure_text(failure)
+    return template.format(*(one_line(v) for v in slots))
 
 
 def one_line(text: Any) -> str:
