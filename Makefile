@@ -42,7 +42,7 @@ $(UV):
 	python3 -m pip install --user --quiet uv
 
 setup: $(UV) ## install the locked environment (uv is installed first if missing)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 
 data: setup ## generate 15 days of demo batches for credit_default, and one scoring batch (offline, deterministic)
 	@test -n "$$(ls -A $(DEMO_DATA) 2>/dev/null)" || $(RUN) python -m mlops_airflow.core.demo_data $(DEMO_DATA) --days 15
