@@ -114,6 +114,12 @@ def mlflow_server(mlops_home: Path, mlflow_store_template: Path, monkeypatch: py
 
 
 @pytest.fixture
+def mlflow_logins(mlflow_server: str) -> dict[str, tuple[str, str]]:
+    """The (user, password) pairs of the MLflow server: ``admin`` and the READ-only ``serving``."""
+    return {"admin": ADMIN, "serving": SERVING_USER}
+
+
+@pytest.fixture
 def client(mlflow_server: str) -> Any:
     from mlops_airflow.core.tracking import client_for
 
