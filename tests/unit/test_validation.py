@@ -307,3 +307,42 @@ def test_offending_values_are_bounded_and_always_writable(spec, tmp_path):
         "<an integer of 16610 bits>",
         "True",
     ]
+
+
+@pytest.mark.parametrize("case", ["sparse", "bad values", "text ages"])
+def test_files_validated_together_get_the_verdict_each_gets_alone(spec, tmp_path, case):
+    """Files of one schema are validated in one GX call, yet every file's verdict is the one it gets alone: a
+    ``mostly`` rule broken by one file among clean ones (the rows together keep it), values out of range or
+    out of the categories in some files, a file of text ages (another schema) among numeric ones; every
+    passing file's verdict is kept."""
+    landing = tmp_path / "landing"
+    demo_data.write_batches(landing, range(8), n_rows=200)
+    edited = {day: demo_data.generate_batch(day, n_rows=200) for day in (2, 5)}
+    if case == "sparse":
+        edited[2].loc[edited[2].index[:50], "income"] = None  # 25 % missing (max 20 %), 3 % over the files
+        del edited[5]
+    elif case == "bad values":
+        edited[2].loc[edited[2].index[3], "region"] = "atlantis"
+        edited[5].loc[edited[5].index[9], "age"] = 101
+    else:
+        edited[2]["age"] = edited[2]["age"].astype(str) + " years"
+        edited[5].loc[edited[5].index[9], "age"] = 101
+    for day, frame in edited.items():
+        frame.to_csv(landing / demo_data.batch_file_name(day), index=False)
+    window = spec_for_window().model_copy(update={"min_rows": 1})
+    snapshot = write_snapshot(window, str(landing), str(tmp_path / "snap"))
+
+    def found(summary):
+        return sorted((f.file, f.column, f.expectation, f.unexpected_count) for f in summary.failed)
+
+    cache = tmp_path / "verdicts"
+    together = validate_snapshot(spec, snapshot, cache=cache)
+    alone = [
+        hit
+        for b in snapshot.batches
+        for hit in found(validate_snapshot(spec, dataclasses.replace(snapshot, batches=[b])))
+    ]
+    assert found(together) == sorted(alone)
+    assert {hit[0] for hit in alone} == {demo_data.batch_file_name(day) for day in edited}
+    assert together.evaluated == 8 * together.expectations and together.rows == 8 * 200
+    assert len(list(cache.rglob("*.json"))) == 8 - len(edited)  # the passing files' verdicts, each kept
