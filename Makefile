@@ -26,7 +26,9 @@ DEMO_DATA := $(MLOPS_HOME)/data/landing/credit_default
 SCORING_DATA := $(MLOPS_HOME)/data/scoring/credit_default
 # make up: loopback only, and as many task slots as cores (LocalExecutor starts one worker process per slot)
 AIRFLOW_PORT ?= 8080
-NPROC := $(shell nproc 2>/dev/null || echo 2)
+# the cores this process may use; nproc alone answers OMP_NUM_THREADS when it is set (OMP_NUM_THREADS=1 gave
+# make up one task slot on any machine)
+NPROC := $(shell env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 2)
 UP_ENV := AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) AIRFLOW__API__WORKERS=1 \
   AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
   AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
